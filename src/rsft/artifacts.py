@@ -1,0 +1,164 @@
+"""Reading and writing a round's files: atomic writes, Parquet tables, JSONL, the manifest.
+
+Every write goes to a temporary file in the same folder and is renamed into place, so a reader
+never sees half a file and a killed stage leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rsft.errors import RsftError
+
+PROMPTS = "prompts.parquet"
+COMPLETIONS = "completions.parquet"
+REWARDS = "rewards.parquet"
+SELECTION = "selection.parquet"
+SELECTED = "selected.jsonl"
+MANIFEST = "manifest.json"
+CONFIG = "config.yaml"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise RsftError(f"{path.parent}: cannot write here: {e.strerror or e}") from e
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        raise RsftError(f"{path}: write failed: {e.strerror or e}") from e
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]]) -> int:
+    """Write rows as JSON lines; returns the row count."""
+    count = 0
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                count += 1
+            f.flush()
+            os.fsync(f.fileno())
+    return count
+
+
+def write_table(path: str | os.PathLike[str], columns: Mapping[str, list[Any]], schema: pa.Schema) -> None:
+    """Write a Parquet file from column lists, with an explicit schema so empty tables keep their types."""
+    table = pa.table({name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names},
+                     schema=schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
+
+
+def read_table(path: str | os.PathLike[str], stage_hint: str = "") -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        hint = f" (run `rsft {stage_hint}` first)" if stage_hint else ""
+        raise RsftError(f"{path}: missing{hint}")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise RsftError(f"{path}: not a readable Parquet file: {e}") from e
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(obj: Any) -> str:
+    """Short stable hash of a JSON-able config."""
+    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def read_manifest(round_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(round_dir) / MANIFEST
+    if not path.exists():
+        return {"stages": {}}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RsftError(f"{path}:{e.lineno}: manifest is not valid JSON: {e.msg}") from e
+
+
+def record_stage(
+    round_dir: str | os.PathLike[str],
+    stage: str,
+    *,
+    config: Mapping[str, Any],
+    inputs: Iterable[str],
+    outputs: Iterable[str],
+    started: float,
+    counts: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Add one stage's entry to the round's manifest: what it read, wrote, with what, how long."""
+    round_dir = Path(round_dir)
+    entry: dict[str, Any] = {
+        "config": dict(config),
+        "config_hash": config_hash(config),
+        "inputs": {name: file_sha256(round_dir / name) for name in inputs},
+        "outputs": {name: file_sha256(round_dir / name) for name in outputs},
+        "versions": package_versions(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "wall_s": round(time.time() - started, 3),
+        "counts": dict(counts or {}),
+    }
+    if extra:
+        entry.update(extra)
+    manifest = read_manifest(round_dir)
+    manifest.setdefault("stages", {})[stage] = entry
+    write_json(round_dir / MANIFEST, manifest)
+    return entry
+
+
+def package_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("rsft", "torch", "transformers", "trl", "numpy", "pyarrow", "vllm", "reasoning-gym",
+                 "math-verify"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out

@@ -1,0 +1,59 @@
+"""Generators: ``generate(prompts, n, sampling) -> list[list[Completion]]`` (M prompts -> M lists of N).
+
+Backends are looked up by name in ``BACKENDS``; each factory imports its heavy dependencies only
+when called, so ``import rsft`` stays light and ``vllm`` is needed only by the ``vllm`` backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from rsft.errors import RsftError
+from rsft.types import Completion, PromptValue, SamplingParams
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """Anything that samples ``n`` completions for each prompt."""
+
+    name: str
+
+    def generate(
+        self, prompts: Sequence[PromptValue], n: int, sampling: SamplingParams
+    ) -> list[list[Completion]]:
+        """Return one list of exactly ``n`` completions per prompt, in prompt order."""
+        ...
+
+
+def _hf(**options: Any) -> Generator:
+    from rsft.generate.hf import HFGenerator
+
+    return HFGenerator(**options)
+
+
+def _openai(**options: Any) -> Generator:
+    from rsft.generate.openai import OpenAIGenerator
+
+    return OpenAIGenerator(**options)
+
+
+def _vllm(**options: Any) -> Generator:
+    from rsft.generate.vllm import VLLMGenerator
+
+    return VLLMGenerator(**options)
+
+
+BACKENDS: dict[str, Callable[..., Generator]] = {"hf": _hf, "openai": _openai, "vllm": _vllm}
+
+
+def make_generator(backend: str, options: Mapping[str, Any] | None = None) -> Generator:
+    """Build a generator from a backend name and its options (e.g. ``model``, ``batch_size``)."""
+    try:
+        factory = BACKENDS[backend]
+    except KeyError:
+        raise RsftError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
+    try:
+        return factory(**dict(options or {}))
+    except TypeError as e:
+        raise RsftError(f"backend {backend!r}: bad option: {e}") from e
