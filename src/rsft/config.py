@@ -1,0 +1,246 @@
+"""The run configuration: dataclasses whose attribute docstrings are the documentation.
+
+A YAML file maps onto ``RunConfig``; unknown keys are rejected with the nearest valid name, and
+values are type-checked, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import inspect
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rsft.errors import RsftError
+
+
+@dataclass
+class TaskConfig:
+    """A reasoning-gym task as the prompt source."""
+
+    name: str = "chain_sum"
+    """reasoning-gym dataset name."""
+    size: int = 32
+    """Number of prompts."""
+    seed: int = 1
+    """Seed of the questions (few-shot examples come from a different seed)."""
+    shots: int = 3
+    """Solved examples before each question."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Difficulty settings passed to the task's reasoning-gym config."""
+    template: str = "Q: {question}\nA:"
+    """How one question is written."""
+    chat: bool = False
+    """Render as a one-message chat prompt instead of plain text."""
+
+
+@dataclass
+class PromptsConfig:
+    """Where prompts come from: a file/folder (``path``) or a reasoning-gym ``task``."""
+
+    path: str | None = None
+    """JSONL, Parquet, CSV file or a saved datasets folder."""
+    split: str | None = None
+    """Split of a saved DatasetDict."""
+    prompt_field: str = "prompt"
+    """Column holding the prompt (text or messages)."""
+    messages_field: str = "messages"
+    """Column holding chat messages when ``prompt_field`` is absent."""
+    answer_field: str | None = "answer"
+    """Column holding the reference answer (stored as metadata ``answer``)."""
+    task: TaskConfig | None = None
+    """A reasoning-gym task instead of a file."""
+
+
+@dataclass
+class GeneratorConfig:
+    """One generator: a backend, its model and options."""
+
+    backend: str = "hf"
+    """``hf``, ``openai`` or ``vllm``."""
+    model: str = "gemma3-270m"
+    """Model path, hub id (offline), served model name (openai), or ``gemma3-270m``."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Backend options, e.g. ``batch_size``, ``dtype``, ``base_url``, ``concurrency``."""
+    n: int = 0
+    """Samples per prompt from this generator when several are mixed (0: all of them)."""
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling settings; ``temperature: 0`` is greedy."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 50
+    """0 disables; a top-k pre-filter keeps top-p from sorting the whole vocabulary."""
+    max_new_tokens: int = 64
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+
+@dataclass
+class GenerationConfig:
+    """How many completions per prompt, from which generator(s), sampled how."""
+
+    n: int = 8
+    """Completions per prompt (N)."""
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    """The generator (ignored when ``mix`` is given)."""
+    mix: list[GeneratorConfig] = field(default_factory=list)
+    """Several generators sharing the N columns; each entry's ``n`` is its share."""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    shard_size: int = 64
+    """Prompts per shard: each shard is written atomically, and a rerun skips finished shards."""
+
+
+@dataclass
+class ScoringConfig:
+    """Which scorer and what to do when it fails."""
+
+    scorer: Any = "task"
+    """Built-in name (``task``, ``math``, ``exact``, ``regex:PAT``, ``rm:PATH``), ``pkg.module:name``,
+    or a mapping such as ``{gate: math, inner: "rm:PATH"}``."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Scorer options (e.g. ``batch_size`` for ``rm``)."""
+    on_error: str = "fail"
+    """``fail``: a scorer exception stops the stage; ``record``: the pair gets NaN and is counted."""
+    pass_threshold: float = 0.5
+    """Reward at or above which a completion counts as passing, for the statistics."""
+
+
+@dataclass
+class SelectionConfig:
+    """Which completions to keep."""
+
+    strategy: str = "best"
+    """``best`` (one per prompt), ``top_k`` (overall), ``threshold`` (best if >= threshold),
+    ``k_per_prompt``, or ``dpo_pairs`` (best vs worst for DPO)."""
+    k: int | None = None
+    threshold: float | None = None
+    """Minimum reward (``threshold``, ``k_per_prompt``) or minimum margin (``dpo_pairs``)."""
+    dedup: bool = False
+    """Drop repeated identical completions of a prompt before selecting."""
+
+
+@dataclass
+class RunConfig:
+    """One run: prompts -> generate -> score -> select -> export."""
+
+    name: str = "run"
+    """Run folder name under ``out``."""
+    out: str = "runs"
+    """Parent folder of run folders."""
+    prompts: PromptsConfig = field(default_factory=PromptsConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    scoring: ScoringConfig = field(default_factory=ScoringConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out) / self.name
+
+
+def load_config(path: str | Path) -> RunConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise RsftError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise RsftError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    return from_dict(RunConfig, data, str(path))
+
+
+def from_dict(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types."""
+    if not isinstance(data, Mapping):
+        raise RsftError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
+            raise RsftError(f"{where}: unknown key {key!r}{hint}")
+        kwargs[key] = _convert(hints[key], value, f"{where}: {key}")
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except RsftError:
+                continue
+        raise RsftError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise RsftError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint) or (Any,)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise RsftError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise RsftError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_config(config: RunConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string literal right after each field)."""
+    try:
+        tree = ast.parse(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for stmt, nxt in zip(body, body[1:]):
+        if (
+            isinstance(stmt, ast.AnnAssign)
+            and isinstance(stmt.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[stmt.target.id] = " ".join(nxt.value.value.split())
+    return docs

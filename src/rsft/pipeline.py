@@ -1,0 +1,106 @@
+"""The main flow of one RSFT round, top to bottom:
+
+    prompts -> generate (M×N completions) -> score (M×N rewards R) -> select -> export (TRL JSONL)
+
+Every arrow is a stage in ``rsft.stages`` that reads the previous stage's files from the round
+folder and writes its own; this module only wires them together from a ``RunConfig``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rsft import artifacts, stages, stats
+from rsft.config import GenerationConfig, PromptsConfig, RunConfig, ScoringConfig, dump_config
+from rsft.errors import RsftError
+from rsft.generate import Generator, make_generator
+from rsft.prompts import FieldMap, TaskSpec, load_prompts, task_prompts
+from rsft.score import Scorer, as_scorer
+from rsft.types import Prompt
+
+
+def round_dir(config: RunConfig, index: int = 0) -> Path:
+    return config.run_dir / f"round-{index:03d}"
+
+
+def load_prompt_set(config: PromptsConfig) -> list[Prompt]:
+    """The prompts of a run: a reasoning-gym task, or a file/folder with a field mapping."""
+    if config.task is not None and config.path is not None:
+        raise RsftError("prompts: give either 'path' or 'task', not both")
+    if config.task is not None:
+        t = config.task
+        if t.size < 1:
+            raise RsftError(f"prompts.task.size: must be >= 1, got {t.size}")
+        return task_prompts(TaskSpec(t.name, t.size, t.seed, t.shots, t.options, t.template, t.chat))
+    if config.path is None:
+        raise RsftError("prompts: give a 'path' (JSONL/Parquet/CSV/datasets folder) or a reasoning-gym 'task'")
+    fields = FieldMap(prompt=config.prompt_field, messages=config.messages_field, answer=config.answer_field)
+    return load_prompts(config.path, fields, split=config.split)
+
+
+def build_generator(config: GenerationConfig) -> Generator:
+    """One generator, or a ``MixedGenerator`` when ``mix`` lists several."""
+    def one(g: Any) -> Generator:
+        return make_generator(g.backend, {"model": g.model, **g.options})
+
+    if not config.mix:
+        return one(config.generator)
+    from rsft.generate.mixed import MixedGenerator
+
+    shares = [g.n for g in config.mix]
+    if any(k < 1 for k in shares) or sum(shares) != config.n:
+        raise RsftError(f"generation.mix: each entry needs n >= 1 and they must sum to generation.n={config.n}, "
+                        f"got {shares}")
+    return MixedGenerator([(one(g), g.n) for g in config.mix])
+
+
+def build_scorer(config: ScoringConfig) -> Scorer:
+    """A scorer from a spec string (``task``, ``math``, ``rm:PATH``, ``pkg.mod:fn``...) or a ``gate`` mapping."""
+    if isinstance(config.scorer, Mapping):
+        return as_scorer("gate", {**config.scorer, **config.options})
+    if not isinstance(config.scorer, str):
+        raise RsftError(f"scoring.scorer: expected a name or a mapping, got {config.scorer!r}")
+    return as_scorer(config.scorer, config.options)
+
+
+@dataclass
+class RoundResult:
+    round_dir: Path
+    generation: dict[str, Any]
+    reward_stats: dict[str, Any]
+    selection: dict[str, Any]
+    export: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_round(
+    config: RunConfig,
+    index: int = 0,
+    generator: Generator | None = None,
+    scorer: Scorer | None = None,
+    prompts: list[Prompt] | None = None,
+    quiet: bool = False,
+) -> RoundResult:
+    """Run one round end to end into ``<out>/<name>/round-<index>/``. Finished shards are reused."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_text(config.run_dir / artifacts.CONFIG, dump_config(config))
+    out = round_dir(config, index)
+
+    prompts = prompts if prompts is not None else load_prompt_set(config.prompts)
+    generation = stages.generate(out, config.generation, lambda: generator or build_generator(config.generation),
+                                 prompts)
+
+    reward_stats = stages.score(out, config.scoring, scorer or build_scorer(config.scoring),
+                                shard_size=config.generation.shard_size)
+    if not quiet:
+        print(stats.format_stats(reward_stats), file=sys.stderr)
+
+    selection = stages.select_completions(out, config.selection)
+    exported = stages.export_selected(out)
+    if exported["rows"] == 0:
+        stages.warn("no completion was selected: lower the threshold or raise N")
+    return RoundResult(out, generation, reward_stats, selection, exported)

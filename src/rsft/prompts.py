@@ -1,0 +1,235 @@
+"""The prompt set: load it from JSONL, Parquet, CSV, a saved HF dataset, or a reasoning-gym task.
+
+Each row becomes a ``Prompt`` whose id is a stable content hash, so the same prompt keeps its id
+across rounds, files and machines, and artifacts of different stages join on it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rsft.errors import RsftError, where
+from rsft.types import Prompt, PromptValue
+
+ROLES = {"system", "user", "assistant", "tool", "developer"}
+
+
+def prompt_id(prompt: PromptValue) -> str:
+    """16 hex chars of the SHA-256 of the prompt's canonical JSON (text or messages)."""
+    if not isinstance(prompt, str):
+        prompt = [dict(m) for m in prompt]
+    blob = json.dumps(prompt, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class FieldMap:
+    """Which columns of a prompt file hold what."""
+
+    prompt: str = "prompt"
+    """Column with the prompt: plain text, or a list of chat messages."""
+    messages: str = "messages"
+    """Column with chat messages, used when ``prompt`` is absent."""
+    answer: str | None = "answer"
+    """Column with the reference answer, stored as ``metadata['answer']`` (optional column)."""
+    keep: tuple[str, ...] | None = None
+    """Other columns to keep as metadata (default: all of them)."""
+
+
+def load_prompts(path: str | Path, fields: FieldMap | None = None, split: str | None = None) -> list[Prompt]:
+    """Load prompts from a ``.jsonl``/``.json``, ``.parquet``, ``.csv`` file or a saved ``datasets`` folder."""
+    fields = fields or FieldMap()
+    path = Path(path)
+    if not path.exists():
+        raise RsftError(f"{path}: no such file or folder")
+    prompts = [_row_to_prompt(row, fields, path, line) for line, row in _read_rows(path, split)]
+    if not prompts:
+        raise RsftError(f"{path}: no prompts")
+    check_unique(prompts, path)
+    return prompts
+
+
+def check_unique(prompts: Sequence[Prompt], source: object) -> None:
+    seen: dict[str, int] = {}
+    for i, p in enumerate(prompts):
+        if p.prompt_id in seen:
+            raise RsftError(
+                f"{source}: rows {seen[p.prompt_id] + 1} and {i + 1} hold the same prompt (id {p.prompt_id}); "
+                "remove duplicates or vary them"
+            )
+        seen[p.prompt_id] = i
+
+
+def _read_rows(path: Path, split: str | None) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    """Yield (1-based line or row number, row dict)."""
+    if path.is_dir():
+        yield from enumerate(_read_hf_folder(path, split), start=1)
+        return
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        yield from _read_jsonl(path)
+    elif suffix in (".parquet", ".csv"):
+        yield from enumerate(_read_table(path, suffix), start=1)
+    else:
+        raise RsftError(f"{path}: unknown prompt file type {suffix!r} (use .jsonl, .parquet, .csv or a datasets folder)")
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RsftError(f"{where(path, line_no)}: malformed JSON: {e.msg} (column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise RsftError(f"{where(path, line_no)}: expected a JSON object, got {type(row).__name__}")
+            yield line_no, row
+
+
+def _read_table(path: Path, suffix: str) -> list[dict[str, Any]]:
+    import pyarrow as pa
+
+    try:
+        if suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            table = pq.read_table(path)
+        else:
+            import pyarrow.csv as pacsv
+
+            table = pacsv.read_csv(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise RsftError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+    return table.to_pylist()
+
+
+def _read_hf_folder(path: Path, split: str | None) -> list[dict[str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise RsftError(f"{path}: not a saved datasets folder: {e}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None:
+            if len(ds) != 1:
+                raise RsftError(f"{path}: holds splits {sorted(ds)}; choose one with --split")
+            split = next(iter(ds))
+        if split not in ds:
+            raise RsftError(f"{path}: no split {split!r}; it has {sorted(ds)}")
+        ds = ds[split]
+    return ds.to_list()
+
+
+def _row_to_prompt(row: Mapping[str, Any], fields: FieldMap, path: Path, line: int) -> Prompt:
+    if row.get(fields.prompt) is not None:
+        key = fields.prompt
+    elif row.get(fields.messages) is not None:
+        key = fields.messages
+    else:
+        raise RsftError(f"{where(path, line, fields.prompt)}: missing (row has {sorted(row)})")
+    value = _check_prompt_value(row[key], path, line, key)
+    meta: dict[str, Any] = {}
+    if fields.answer and row.get(fields.answer) is not None:
+        meta["answer"] = row[fields.answer]
+    if fields.keep is None:
+        skip = {key, fields.prompt, fields.messages, fields.answer}
+        extra = [k for k in row if k not in skip]
+    else:
+        extra = list(fields.keep)
+    for k in extra:
+        if k not in row:
+            raise RsftError(f"{where(path, line, k)}: missing")
+        meta[k] = row[k]
+    return Prompt(prompt_id(value), value, meta)
+
+
+def _check_prompt_value(value: Any, path: Path, line: int, key: str) -> PromptValue:
+    loc = where(path, line, key)
+    if isinstance(value, str):
+        if not value.strip():
+            raise RsftError(f"{loc}: empty prompt")
+        return value
+    if isinstance(value, list):
+        if not value:
+            raise RsftError(f"{loc}: empty message list")
+        for k, m in enumerate(value):
+            if not isinstance(m, Mapping) or not isinstance(m.get("content"), str) or m.get("role") not in ROLES:
+                raise RsftError(f"{loc}: message {k} must be {{'role': one of {sorted(ROLES)}, 'content': str}}")
+        if not any(m["content"].strip() for m in value):
+            raise RsftError(f"{loc}: all messages are empty")
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise RsftError(f"{loc}: expected text or a list of messages, got {type(value).__name__}")
+
+
+# --- reasoning-gym tasks -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A reasoning-gym task rendered as few-shot plain-text prompts, with gold answers for its scorer."""
+
+    name: str
+    """reasoning-gym dataset name, e.g. ``chain_sum``."""
+    size: int = 32
+    """Number of prompts."""
+    seed: int = 1
+    """Seed of the evaluated questions; few-shot examples use a different, fixed offset of it."""
+    shots: int = 3
+    """Solved examples placed before each question (0 for none)."""
+    options: Mapping[str, Any] = field(default_factory=dict)
+    """Keyword arguments for the task's reasoning-gym config (difficulty settings)."""
+    template: str = "Q: {question}\nA:"
+    """How a question is written; each shot is the same plus `` {answer}\\n\\n``."""
+    chat: bool = False
+    """Wrap the rendered text as one user message instead of plain text."""
+
+
+SHOT_SEED_OFFSET = 100_003
+
+
+def task_prompts(spec: TaskSpec) -> list[Prompt]:
+    """Build prompts for a reasoning-gym task; each prompt's metadata carries the gold answer and entry."""
+    entries = _task_entries(spec.name, spec.size, spec.seed, spec.options)
+    shots = _task_entries(spec.name, spec.shots, spec.seed + SHOT_SEED_OFFSET, spec.options) if spec.shots else []
+    questions = {e["question"] for e in entries}
+    shots = [s for s in shots if s["question"] not in questions]
+    prefix = "".join(spec.template.format(question=s["question"]) + f" {s['answer']}\n\n" for s in shots)
+    prompts = []
+    for entry in entries:
+        text = prefix + spec.template.format(question=entry["question"])
+        value: PromptValue = [{"role": "user", "content": text}] if spec.chat else text
+        entry = json.loads(json.dumps(entry, default=list))  # tuples -> lists: JSON-able, Parquet-able
+        prompts.append(Prompt(prompt_id(value), value, {"answer": entry["answer"], "entry": entry}))
+    check_unique(prompts, f"task {spec.name}")
+    return prompts
+
+
+def _task_entries(name: str, size: int, seed: int, options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``size`` entries with distinct questions (easy settings repeat questions; repeats are skipped)."""
+    import reasoning_gym
+
+    pool = max(4 * size, size + 16)
+    try:
+        dataset = reasoning_gym.create_dataset(name, size=pool, seed=seed, **dict(options))
+    except ValueError as e:
+        raise RsftError(f"task {name!r}: {e}") from None
+    except TypeError as e:
+        raise RsftError(f"task {name!r}: bad option: {e}") from None
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for i in range(pool):
+        entry = dataset[i]
+        if entry["question"] not in seen:
+            seen.add(entry["question"])
+            out.append(entry)
+            if len(out) == size:
+                return out
+    raise RsftError(f"task {name!r}: only {len(out)} distinct questions at these settings; ask for fewer")

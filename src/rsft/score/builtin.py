@@ -1,0 +1,141 @@
+"""The built-in scorers by name: ``REGISTRY[name](arg, options) -> Scorer``.
+
+``arg`` is the text after ``:`` in a spec such as ``"regex:PATTERN"`` or ``"rm:/path/to/model"``
+(empty when there is none); ``options`` are keyword options from the config. Unknown options are
+an error, so a typo does not silently fall back to a default.
+
+- ``exact``: extracted answer == gold ``answer``. Options: ``extract`` (``first_line`` | ``last_line``
+  | ``full``), ``case_sensitive`` (False).
+- ``regex:PATTERN``: ``group(1)`` == gold ``answer`` when the pattern has a group and the row an
+  answer, else "the pattern matches".
+- ``math``: maths answers with math-verify (``\\boxed{}``, ``#### x`` or the last number).
+- ``task``: reasoning-gym's own scorer for the row's ``entry``. Options: ``extract``.
+- ``rm:PATH``: a reward model. Options: ``batch_size``, ``max_length``, ``device``, ``dtype``,
+  ``sort_by_length``.
+- ``gate``: ``gate`` checker, ``inner`` scorer as tie-breaker. Options: ``gate``, ``inner`` (specs),
+  ``gate_options``, ``inner_options``, ``fail_value``, ``pass_offset``, ``threshold``.
+- ``sum``: weighted sum. Option ``terms``: ``{spec: weight}`` or a list of ``[spec, weight]`` or
+  ``[spec, weight, options]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from rsft.errors import RsftError
+from rsft.score import Scorer
+from rsft.score.checkers import ExactMatchScorer, MathScorer, RegexScorer, TaskScorer
+
+
+def _options(name: str, options: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        known = ", ".join(defaults) or "none"
+        raise RsftError(f"scorer {name!r}: unknown option(s) {', '.join(unknown)}; known: {known}")
+    return {**defaults, **options}
+
+
+def _no_arg(name: str, arg: str) -> None:
+    if arg:
+        raise RsftError(f"scorer {name!r} takes no ':' argument, got {name}:{arg}")
+
+
+def exact(arg: str, options: Mapping[str, Any]) -> Scorer:
+    _no_arg("exact", arg)
+    o = _options("exact", options, {"extract": "first_line", "case_sensitive": False})
+    return ExactMatchScorer(extract=o["extract"], case_sensitive=bool(o["case_sensitive"]))
+
+
+def regex(arg: str, options: Mapping[str, Any]) -> Scorer:
+    _options("regex", options, {})
+    return RegexScorer(arg)
+
+
+def math(arg: str, options: Mapping[str, Any]) -> Scorer:
+    _no_arg("math", arg)
+    _options("math", options, {})
+    return MathScorer()
+
+
+def task(arg: str, options: Mapping[str, Any]) -> Scorer:
+    _no_arg("task", arg)
+    o = _options("task", options, {"extract": "first_line"})
+    return TaskScorer(extract=o["extract"])
+
+
+def reward_model(arg: str, options: Mapping[str, Any]) -> Scorer:
+    from rsft.score.reward_model import RewardModelScorer
+
+    o = _options(
+        "rm",
+        options,
+        {"batch_size": 16, "max_length": 1024, "device": "auto", "dtype": "auto", "sort_by_length": True},
+    )
+    return RewardModelScorer(
+        arg,
+        batch_size=int(o["batch_size"]),
+        max_length=int(o["max_length"]),
+        device=str(o["device"]),
+        dtype=str(o["dtype"]),
+        sort_by_length=bool(o["sort_by_length"]),
+    )
+
+
+def gate(arg: str, options: Mapping[str, Any]) -> Scorer:
+    from rsft.score import as_scorer
+    from rsft.score.combine import GatedScorer
+
+    _no_arg("gate", arg)
+    o = _options(
+        "gate",
+        options,
+        {
+            "gate": None,
+            "inner": None,
+            "gate_options": {},
+            "inner_options": {},
+            "fail_value": 0.0,
+            "pass_offset": 1.0,
+            "threshold": 1.0,
+        },
+    )
+    if not o["gate"] or not o["inner"]:
+        raise RsftError("scorer 'gate' needs the options 'gate' (a checker spec) and 'inner' (e.g. 'rm:PATH')")
+    return GatedScorer(
+        as_scorer(o["gate"], o["gate_options"]),
+        as_scorer(o["inner"], o["inner_options"]),
+        fail_value=float(o["fail_value"]),
+        pass_offset=float(o["pass_offset"]),
+        threshold=float(o["threshold"]),
+    )
+
+
+def weighted_sum(arg: str, options: Mapping[str, Any]) -> Scorer:
+    from rsft.score import as_scorer
+    from rsft.score.combine import WeightedSum
+
+    _no_arg("sum", arg)
+    terms = _options("sum", options, {"terms": None})["terms"]
+    if isinstance(terms, Mapping):
+        terms = list(terms.items())
+    if not terms:
+        raise RsftError("scorer 'sum' needs the option 'terms': {spec: weight, ...}")
+    built = []
+    for term in terms:
+        if not isinstance(term, list | tuple) or len(term) not in (2, 3):
+            raise RsftError(f"scorer 'sum': each term is [spec, weight] or [spec, weight, options], got {term!r}")
+        spec, weight, *rest = term
+        built.append((as_scorer(spec, rest[0] if rest else None), float(weight)))
+    return WeightedSum(built)
+
+
+REGISTRY: dict[str, Callable[[str, Mapping[str, Any]], Scorer]] = {
+    "exact": exact,
+    "regex": regex,
+    "math": math,
+    "task": task,
+    "rm": reward_model,
+    "gate": gate,
+    "sum": weighted_sum,
+}

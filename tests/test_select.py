@@ -1,0 +1,305 @@
+"""Selection over the reward matrix, checked against slow pure-Python references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from rsft.errors import RsftError
+from rsft.select import (
+    STRATEGIES,
+    Selection,
+    apply_mask,
+    as_reward_matrix,
+    best_per_prompt,
+    dedup_mask,
+    dpo_pairs,
+    k_per_prompt,
+    keep_above,
+    nan_count,
+    select,
+    top_k_overall,
+)
+
+NAN, INF = float("nan"), float("inf")
+
+
+# --- pure-Python references: NaN is -inf, ties to the first index, strict comparisons ----------
+
+
+def _v(x: float) -> float:
+    return -INF if math.isnan(x) else float(x)
+
+
+def ref_best(R: np.ndarray) -> list[int]:
+    out = []
+    for row in R.tolist():
+        best_j, best = 0, _v(row[0])
+        for j, x in enumerate(row):
+            if _v(x) > best:
+                best_j, best = j, _v(x)
+        out.append(best_j)
+    return out
+
+
+def ref_top_k(R: np.ndarray, k: int) -> list[int]:
+    flat = R.ravel().tolist()
+    order = sorted(range(len(flat)), key=lambda f: (-_v(flat[f]), f))
+    return order[: max(k, 0)]
+
+
+def ref_keep_above(R: np.ndarray, t: float) -> list[tuple[int, int]]:
+    rows = R.tolist()
+    return [(i, j) for i, j in enumerate(ref_best(R)) if _v(rows[i][j]) > -INF and _v(rows[i][j]) >= t]
+
+
+def ref_k_per_prompt(R: np.ndarray, k: int, t: float | None) -> list[tuple[int, int]]:
+    out = []
+    for i, row in enumerate(R.tolist()):
+        ranked = sorted(range(len(row)), key=lambda j: (-_v(row[j]), j))[: max(k, 0)]
+        out += [(i, j) for j in ranked if _v(row[j]) > -INF and (t is None or row[j] >= t)]
+    return out
+
+
+def ref_dpo(R: np.ndarray, min_margin: float) -> list[tuple[int, int, int]]:
+    out = []
+    for i, row in enumerate(R.tolist()):
+        finite = [j for j, x in enumerate(row) if math.isfinite(x)]
+        if not finite:
+            continue
+        hi = lo = finite[0]
+        for j in finite:
+            if row[j] > row[hi]:
+                hi = j
+            if row[j] < row[lo]:
+                lo = j
+        margin = row[hi] - row[lo]
+        if margin > 0 and margin >= min_margin:
+            out.append((i, hi, lo))
+    return out
+
+
+# --- random matrices with the awkward cases ---------------------------------------------------
+
+
+def random_matrix(rng: np.random.Generator) -> np.ndarray:
+    M = int(rng.choice([1, 2, 3, 7, 20]))
+    N = int(rng.choice([1, 2, 4, 8, 13]))
+    kind = rng.integers(4)
+    if kind == 0:
+        R = rng.standard_normal((M, N))
+    elif kind == 1:
+        R = rng.integers(0, 3, (M, N)).astype(np.float64)  # many ties
+    elif kind == 2:
+        R = rng.integers(-2, 3, (M, N))  # an integer dtype, no NaN possible
+        return R
+    else:
+        R = rng.integers(0, 2, (M, N)).astype(np.float32)
+    R[rng.random((M, N)) < 0.15] = NAN
+    R[rng.random((M, N)) < 0.05] = -INF
+    if M > 2:
+        R[rng.integers(M)] = NAN  # an all-NaN row
+        R[rng.integers(M)] = 1.0  # an all-tie row
+    return R
+
+
+MATRICES = [random_matrix(np.random.default_rng(seed)) for seed in range(300)]
+FIXED = [
+    np.array([[5.0]]),
+    np.array([[NAN]]),
+    np.array([[NAN], [1.0], [-INF], [2.0]]),  # M x 1
+    np.array([[NAN, NAN, NAN], [-INF, NAN, -INF], [3.0, 3.0, 3.0]]),
+    np.array([[NAN, 2.0, 2.0, NAN], [-INF, -INF, 0.0, 0.0]]),
+    np.array([[INF, 1.0, INF], [0.0, -1.0, -1.0]]),
+]
+ALL = FIXED + MATRICES
+
+
+@pytest.mark.parametrize("R", ALL)
+def test_best_per_prompt_matches_reference(R):
+    got = best_per_prompt(R)
+    assert got.shape == (R.shape[0],)
+    assert got.tolist() == ref_best(R)
+
+
+@pytest.mark.parametrize("R", ALL)
+def test_top_k_overall_matches_reference(R):
+    n = R.size
+    for k in {0, -3, 1, 2, n // 2, n - 1, n, n + 5, 10 * n}:
+        got = top_k_overall(R, k)
+        assert got.dtype == np.intp
+        assert got.tolist() == ref_top_k(R, k), k
+
+
+@pytest.mark.parametrize("R", ALL)
+def test_keep_above_matches_reference(R):
+    for t in (-INF, -1.0, 0.0, 0.5, 1.0, 2.0):
+        assert keep_above(R, t) == ref_keep_above(R, t), t
+
+
+@pytest.mark.parametrize("R", ALL)
+def test_k_per_prompt_matches_reference(R):
+    for k in (0, 1, 2, 3, R.shape[1], R.shape[1] + 2):
+        for t in (None, 0.0, 1.0):
+            assert k_per_prompt(R, k, threshold=t) == ref_k_per_prompt(R, k, t), (k, t)
+
+
+@pytest.mark.parametrize("R", ALL)
+def test_dpo_pairs_match_reference(R):
+    for m in (-1.0, 0.0, 0.5, 1.0, 2.0):
+        assert dpo_pairs(R, min_margin=m) == ref_dpo(R, m), m
+
+
+@pytest.mark.parametrize("R", ALL[:60])
+def test_nan_count(R):
+    assert nan_count(R) == sum(math.isnan(x) for x in R.ravel().tolist())
+
+
+def test_ties_go_to_first_index():
+    R = np.array([[1.0, 3.0, 3.0], [3.0, 1.0, 3.0]])
+    assert best_per_prompt(R).tolist() == [1, 0]
+    assert top_k_overall(R, 4).tolist() == [1, 2, 3, 5]
+    assert k_per_prompt(R, 2) == [(0, 1), (0, 2), (1, 0), (1, 2)]
+
+
+def test_all_nan_row_is_returned_but_never_kept():
+    R = np.array([[NAN, NAN], [NAN, 1.0]])
+    assert best_per_prompt(R).tolist() == [0, 1]
+    assert keep_above(R, -INF) == [(1, 1)]
+    assert k_per_prompt(R, 2) == [(1, 1)]
+
+
+def test_nan_ranks_with_minus_inf_in_top_k():
+    R = np.array([[NAN, -INF, 0.0]])
+    assert top_k_overall(R, 3).tolist() == [2, 0, 1]  # NaN == -inf: tie, lower index first
+
+
+def test_unsigned_and_bool_matrices():
+    U = np.array([[0, 255, 7], [255, 0, 0]], dtype=np.uint8)
+    assert top_k_overall(U, 6).tolist() == [1, 3, 2, 0, 4, 5]
+    assert dpo_pairs(U) == [(0, 1, 0), (1, 0, 1)]
+    B = np.array([[False, True], [True, True]])
+    assert best_per_prompt(B).tolist() == [1, 0]
+    assert top_k_overall(B, 2).tolist() == [1, 2]
+
+
+def test_top_k_overall_on_a_large_matrix():
+    rng = np.random.default_rng(0)
+    R = rng.standard_normal((1_000_000, 64), dtype=np.float32)
+    np.round(R, 2, out=R)  # thousands of ties at every value, including the k-th
+    R[rng.integers(0, 1_000_000, 5000), rng.integers(0, 64, 5000)] = NAN
+    k = 100_000
+    got = top_k_overall(R, k)
+    assert got.shape == (k,) and len(np.unique(got)) == k
+    flat = R.ravel()
+    vals = flat[got]
+    assert not np.isnan(vals).any()
+    assert (np.diff(vals) <= 0).all()
+    same = np.diff(vals) == 0
+    assert (np.diff(got)[same] > 0).all()  # ties in index order
+    v = vals[-1]
+    assert np.count_nonzero(flat > v) == np.count_nonzero(vals > v)  # everything above v taken
+    assert got[vals == v].tolist() == np.flatnonzero(flat == v)[: np.count_nonzero(vals == v)].tolist()
+    # a sample of rows, against the pure-Python reference
+    sub = R[123_456 : 123_456 + 1500]
+    assert top_k_overall(sub, 2000).tolist() == ref_top_k(sub, 2000)
+
+
+def test_non_contiguous_input():
+    R = np.random.default_rng(1).integers(0, 4, (9, 12)).astype(np.float64)[:, ::2].T
+    assert top_k_overall(R, 20).tolist() == ref_top_k(R, 20)
+    assert best_per_prompt(R).tolist() == ref_best(R)
+
+
+def test_dpo_margin():
+    R = np.array([[0.1, 0.9, 0.5], [0.4, 0.4, 0.4], [NAN, 0.2, 0.8], [0.3, NAN, NAN], [1.0, 0.0, 1.0]])
+    assert dpo_pairs(R) == [(0, 1, 0), (2, 2, 1), (4, 0, 1)]
+    assert dpo_pairs(R, min_margin=0.7) == [(0, 1, 0), (4, 0, 1)]
+    assert dpo_pairs(R, min_margin=0.8) == [(0, 1, 0), (4, 0, 1)]  # margin == min_margin is kept
+    assert dpo_pairs(R, min_margin=0.85) == [(4, 0, 1)]
+    assert dpo_pairs(R, min_margin=1.5) == []
+    assert dpo_pairs(np.array([[NAN, -INF, 2.0, INF, 1.0]])) == [(0, 2, 4)]  # finite entries only
+
+
+def test_dedup_mask_and_apply_mask():
+    texts = [["a", "b", "a", "c"], ["x", "x", "x", "x"], ["p", "q", "q", "p"]]
+    mask = dedup_mask(texts)
+    assert mask.tolist() == [[True, True, False, True], [True, False, False, False], [True, True, False, False]]
+    R = np.array([[1, 2, 9, 0], [5, 7, 8, 9], [3, 1, 4, 6]])
+    D = apply_mask(R, mask)
+    assert D.dtype == np.float64 and R.dtype.kind == "i"  # a float copy, R untouched
+    assert D.tolist() == [[1, 2, -INF, 0], [5, -INF, -INF, -INF], [3, 1, -INF, -INF]]
+    assert k_per_prompt(D, 3) == [(0, 1), (0, 0), (0, 3), (1, 0), (2, 0), (2, 1)]
+    assert dedup_mask([]).shape == (0, 0)
+
+
+def test_dedup_mask_rejects_bad_texts():
+    with pytest.raises(RsftError, match=r"texts\[1\]"):
+        dedup_mask([["a", "b"], ["a"]])
+    with pytest.raises(RsftError, match="string"):
+        dedup_mask([["a", None]])
+    with pytest.raises(RsftError, match="shape"):
+        apply_mask(np.zeros((2, 2)), np.ones((2, 3), dtype=bool))
+
+
+def test_select_strategies():
+    R = np.array([[0.2, 0.9, 0.9], [NAN, NAN, NAN], [0.7, 0.1, 0.8], [0.3, 0.4, 0.1]])
+    s = select(R, "best")
+    assert s == Selection([(0, 1), (2, 2), (3, 1)], "best", 3, 1)
+    assert select(R, "threshold", threshold=0.5).pairs == [(0, 1), (2, 2)]
+    assert select(R, "threshold", threshold=0.5).n_rows_without_pick == 2
+    assert select(R, "top_k", k=4).pairs == [(0, 1), (0, 2), (2, 2), (2, 0)]
+    assert len(select(R, "top_k", k=100).pairs) == 9  # NaN entries dropped
+    assert select(R, "top_k", k=4, threshold=0.75).pairs == [(0, 1), (0, 2), (2, 2)]
+    assert select(R, "k_per_prompt", k=2).pairs == [(0, 1), (0, 2), (2, 2), (2, 0), (3, 1), (3, 0)]
+    assert select(R, "k_per_prompt", k=2, threshold=0.35).pairs == [(0, 1), (0, 2), (2, 2), (2, 0), (3, 1)]
+    assert set(STRATEGIES) == {"best", "top_k", "threshold", "k_per_prompt"}
+
+
+def test_select_with_dedup():
+    R = np.array([[0.9, 0.9, 0.1], [0.5, 0.6, 0.6]])
+    texts = [["same", "same", "other"], ["a", "b", "b"]]
+    assert select(R, "k_per_prompt", k=2).pairs == [(0, 0), (0, 1), (1, 1), (1, 2)]
+    assert select(R, "k_per_prompt", k=2, texts=texts, dedup=True).pairs == [(0, 0), (0, 2), (1, 1), (1, 0)]
+    assert select(R, "top_k", k=10, texts=texts, dedup=True).pairs == [(0, 0), (1, 1), (1, 0), (0, 2)]
+    with pytest.raises(RsftError, match="texts"):
+        select(R, "best", dedup=True)
+
+
+def test_select_errors_are_one_line():
+    R = np.zeros((2, 3))
+    cases = [
+        (lambda: select(R, "argmax"), "unknown selection strategy 'argmax'; valid: best, top_k"),
+        (lambda: select(R, "top_k"), "needs k"),
+        (lambda: select(R, "k_per_prompt"), "needs k"),
+        (lambda: select(R, "top_k", k=0), "positive integer"),
+        (lambda: select(R, "threshold"), "needs a threshold"),
+        (lambda: select(R, "threshold", threshold=NAN), "threshold must be a number"),
+        (lambda: select(np.zeros(3), "best"), "must be 2-D"),
+        (lambda: best_per_prompt(np.zeros((2, 2, 2))), "must be 2-D"),
+        (lambda: top_k_overall(np.zeros((3, 0)), 1), "no samples"),
+        (lambda: as_reward_matrix([[1.0, 2.0], [3.0]]), "not numeric"),
+        (lambda: as_reward_matrix([["a"]]), "real numbers"),
+        (lambda: dpo_pairs(R, min_margin="x"), "min_margin"),
+    ]
+    for call, message in cases:
+        with pytest.raises(RsftError) as err:
+            call()
+        assert message in str(err.value)
+        assert "\n" not in str(err.value)
+
+
+def test_none_in_lists_is_nan():
+    R = as_reward_matrix([[1.0, None], [None, None]])
+    assert nan_count(R) == 3
+    assert keep_above(R, 0.0) == [(0, 0)]
+
+
+def test_empty_matrix():
+    R = np.zeros((0, 4))
+    assert best_per_prompt(R).shape == (0,)
+    assert top_k_overall(R, 5).size == 0
+    assert keep_above(R, 0.0) == [] and k_per_prompt(R, 2) == [] and dpo_pairs(R) == []
+    assert select(R, "top_k", k=3) == Selection([], "top_k", 0, 0)
