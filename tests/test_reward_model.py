@@ -24,7 +24,9 @@ def long_tailed_pairs(n: int, seed: int = 0) -> tuple[list, list[str]]:
     completions = []
     for i in range(n):
         q = f"Q: What is {i} + {i % 7}?"
-        prompts.append(q if i % 2 else [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}])
+        prompts.append(
+            q if i % 2 else [{"role": "system", "content": "Be brief."}, {"role": "user", "content": q}]
+        )
         n_words = min(int(rng.paretovariate(1.2)), 120)
         completions.append(" ".join(rng.choice(WORDS) for _ in range(n_words)))
     return prompts, completions
@@ -32,6 +34,15 @@ def long_tailed_pairs(n: int, seed: int = 0) -> tuple[list, list[str]]:
 
 def one_at_a_time(scorer: RewardModelScorer, prompts: list, completions: list[str]) -> list[float]:
     return [scorer.score([p], [c], [{}])[0] for p, c in zip(prompts, completions, strict=True)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """A 32-wide model gains nothing from threads, and on a busy CPU OpenMP threads slow it 100x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -42,6 +53,12 @@ def rm(tiny_rm: Path) -> RewardModelScorer:
 @pytest.fixture(scope="module")
 def pairs() -> tuple[list, list[str]]:
     return long_tailed_pairs(24)
+
+
+@pytest.fixture(scope="module")
+def reference(rm: RewardModelScorer, pairs) -> list[float]:
+    """Each pair scored on its own: no batching, no padding."""
+    return one_at_a_time(rm, *pairs)
 
 
 # --- padding efficiency on its own -------------------------------------------------------------
@@ -76,7 +93,9 @@ def test_make_batches_longest_first_and_stable() -> None:
 
 
 @pytest.mark.parametrize("sort_by_length", [True, False])
-def test_batched_scores_equal_one_at_a_time_in_original_order(rm: RewardModelScorer, pairs, sort_by_length) -> None:
+def test_batched_scores_equal_one_at_a_time_in_original_order(
+    rm: RewardModelScorer, pairs, reference, sort_by_length
+) -> None:
     prompts, completions = pairs
     rm.sort_by_length = sort_by_length
     try:
@@ -84,9 +103,8 @@ def test_batched_scores_equal_one_at_a_time_in_original_order(rm: RewardModelSco
         assert rm.last_stats["batches"] == 6 and rm.last_stats["n_pairs"] == 24
     finally:
         rm.sort_by_length = True
-    single = one_at_a_time(rm, prompts, completions)
-    np.testing.assert_allclose(batched, single, atol=1e-4)
-    assert len(set(np.round(single, 6))) > 12  # the scores differ per pair: the order check has teeth
+    np.testing.assert_allclose(batched, reference, atol=1e-4)
+    assert len(set(np.round(reference, 6))) > 12  # the scores differ per pair: the order check has teeth
 
 
 def test_sorting_raises_padding_efficiency(rm: RewardModelScorer, pairs) -> None:
@@ -134,12 +152,13 @@ def test_no_chat_template_no_pad_token(tiny_rm: Path, tmp_path: Path) -> None:
     assert scorer.model.config.pad_token_id == scorer.tokenizer.eos_token_id
     prompts, completions = long_tailed_pairs(7, seed=3)
     assert scorer.encode(["Q: 1?"], [" A: 1"]) == [scorer.tokenizer("Q: 1? A: 1")["input_ids"]]
-    np.testing.assert_allclose(scorer.score(prompts, completions), one_at_a_time(scorer, prompts, completions), atol=1e-4)
+    np.testing.assert_allclose(
+        scorer.score(prompts, completions), one_at_a_time(scorer, prompts, completions), atol=1e-4
+    )
 
 
-def test_cuda_oom_halves_the_batch_size(rm: RewardModelScorer, pairs, monkeypatch) -> None:
+def test_cuda_oom_halves_the_batch_size(rm: RewardModelScorer, pairs, reference, monkeypatch) -> None:
     prompts, completions = pairs
-    expected = one_at_a_time(rm, prompts, completions)
     real_forward = rm.model.forward
     sizes: list[int] = []
 
@@ -151,7 +170,7 @@ def test_cuda_oom_halves_the_batch_size(rm: RewardModelScorer, pairs, monkeypatc
 
     monkeypatch.setattr(rm.model, "forward", forward_fitting_two)
     got = rm.score(prompts, completions)
-    np.testing.assert_allclose(got, expected, atol=1e-4)
+    np.testing.assert_allclose(got, reference, atol=1e-4)
     assert sizes[:3] == [4, 2, 2] and set(sizes[3:]) == {2}
     assert rm.last_stats["batch_size"] == 2 and rm.last_stats["batches"] == 12
     assert rm.batch_size == 4  # the next call tries the configured size again
@@ -191,9 +210,9 @@ def test_load_errors(tiny_rm: Path, tmp_path: Path) -> None:
         as_scorer(f"rm:{tiny_rm}", {"batchsize": 2})
 
 
-def test_rm_spec_through_as_scorer(tiny_rm: Path, rm: RewardModelScorer, pairs) -> None:
+def test_rm_spec_through_as_scorer(tiny_rm: Path, pairs, reference) -> None:
     s = as_scorer("rm:" + str(tiny_rm), {"batch_size": 8, "sort_by_length": False, "dtype": "float32"})
     assert isinstance(s, RewardModelScorer) and s.batch_size == 8 and not s.sort_by_length
     assert s.name == f"rm:{tiny_rm}" and s.device == ("cuda" if torch.cuda.is_available() else "cpu")
     prompts, completions = pairs
-    np.testing.assert_allclose(s.score(prompts, completions, [{}] * 24), rm.score(prompts, completions), atol=1e-4)
+    np.testing.assert_allclose(s.score(prompts, completions, [{}] * 24), reference, atol=1e-4)

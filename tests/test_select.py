@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+import rsft.select
 from rsft.errors import RsftError
 from rsft.select import (
     STRATEGIES,
@@ -105,7 +106,7 @@ def random_matrix(rng: np.random.Generator) -> np.ndarray:
     return R
 
 
-MATRICES = [random_matrix(np.random.default_rng(seed)) for seed in range(300)]
+MATRICES = [random_matrix(np.random.default_rng(seed)) for seed in range(200)]
 FIXED = [
     np.array([[5.0]]),
     np.array([[NAN]]),
@@ -152,6 +153,23 @@ def test_dpo_pairs_match_reference(R):
         assert dpo_pairs(R, min_margin=m) == ref_dpo(R, m), m
 
 
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_many_row_blocks_give_the_same_answers(seed, block, monkeypatch):
+    monkeypatch.setattr(rsft.select, "_BLOCK_ELEMS", block)
+    rng = np.random.default_rng(1000 + seed)
+    R = rng.integers(0, 4, (150, 8)).astype(np.float32)
+    R[rng.random(R.shape) < 0.1] = NAN
+    R[rng.integers(150, size=5)] = NAN
+    for k in (1, 3, 20, 75, 76, 300, 1200):  # both the streaming (16k <= n) and the partition path
+        assert top_k_overall(R, k).tolist() == ref_top_k(R, k), k
+    assert best_per_prompt(R).tolist() == ref_best(R)
+    assert keep_above(R, 2.0) == ref_keep_above(R, 2.0)
+    assert k_per_prompt(R, 3, threshold=1.0) == ref_k_per_prompt(R, 3, 1.0)
+    assert dpo_pairs(R, 2.0) == ref_dpo(R, 2.0)
+    assert nan_count(R) == int(np.isnan(R).sum())
+
+
 @pytest.mark.parametrize("R", ALL[:60])
 def test_nan_count(R):
     assert nan_count(R) == sum(math.isnan(x) for x in R.ravel().tolist())
@@ -186,9 +204,14 @@ def test_unsigned_and_bool_matrices():
 
 
 def test_top_k_overall_on_a_large_matrix():
+    n = 1_000_000 * 64
+    h = np.arange(n, dtype=np.uint32)
+    h *= np.uint32(2654435761)  # a multiplicative hash: scrambled, fast to build, deterministic
+    h %= np.uint32(4001)
+    R = h.astype(np.float32).reshape(1_000_000, 64)
+    del h
+    R /= 100  # 4001 distinct values, ~16,000 copies of each: ties at every value, the k-th too
     rng = np.random.default_rng(0)
-    R = rng.standard_normal((1_000_000, 64), dtype=np.float32)
-    np.round(R, 2, out=R)  # thousands of ties at every value, including the k-th
     R[rng.integers(0, 1_000_000, 5000), rng.integers(0, 64, 5000)] = NAN
     k = 100_000
     got = top_k_overall(R, k)
@@ -226,7 +249,11 @@ def test_dpo_margin():
 def test_dedup_mask_and_apply_mask():
     texts = [["a", "b", "a", "c"], ["x", "x", "x", "x"], ["p", "q", "q", "p"]]
     mask = dedup_mask(texts)
-    assert mask.tolist() == [[True, True, False, True], [True, False, False, False], [True, True, False, False]]
+    assert mask.tolist() == [
+        [True, True, False, True],
+        [True, False, False, False],
+        [True, True, False, False],
+    ]
     R = np.array([[1, 2, 9, 0], [5, 7, 8, 9], [3, 1, 4, 6]])
     D = apply_mask(R, mask)
     assert D.dtype == np.float64 and R.dtype.kind == "i"  # a float copy, R untouched

@@ -158,6 +158,23 @@ def record_stage(
     return entry
 
 
+def stage_is_current(
+    round_dir: str | os.PathLike[str], stage: str, config: Mapping[str, Any], inputs: Iterable[str],
+    outputs: Iterable[str],
+) -> dict[str, Any] | None:
+    """The manifest entry of ``stage`` if it ran with this config on these inputs and its outputs are intact."""
+    round_dir = Path(round_dir)
+    entry = read_manifest(round_dir).get("stages", {}).get(stage)
+    if not entry or entry.get("config_hash") != config_hash(config):
+        return None
+    for kind, names in (("inputs", inputs), ("outputs", outputs)):
+        for name in names:
+            path = round_dir / name
+            if not path.exists() or entry.get(kind, {}).get(name) != file_sha256(path):
+                return None
+    return entry
+
+
 def package_versions() -> dict[str, str]:
     from importlib import metadata
 

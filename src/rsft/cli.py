@@ -143,6 +143,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     config = _config_from(args)
     prompts = pipeline.load_prompt_set(config.prompts)
+    pipeline.check_backends(config.generation)
     counts = stages.generate(args.round_dir, config.generation,
                              lambda: pipeline.build_generator(config.generation), prompts)
     _print_json({"round_dir": str(args.round_dir), **counts})

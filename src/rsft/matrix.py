@@ -75,6 +75,20 @@ def write_prompts(path: Path, prompts: Sequence[Prompt]) -> None:
     )
 
 
+def _prompt_key(p: Prompt) -> tuple[str, str]:
+    return p.prompt_id, json.dumps(dict(p.metadata), ensure_ascii=False, default=str, sort_keys=True)
+
+
+def same_prompts(path: Path, prompts: Sequence[Prompt]) -> bool:
+    """True when ``path`` already holds exactly these prompts (so it need not be rewritten)."""
+    if not path.exists():
+        return False
+    try:
+        return [_prompt_key(p) for p in read_prompts(path)] == [_prompt_key(p) for p in prompts]
+    except RsftError:
+        return False
+
+
 def read_prompts(path: Path) -> list[Prompt]:
     table = artifacts.read_table(path, "generate")
     out = []

@@ -17,7 +17,7 @@ from typing import Any
 from rsft import artifacts, stages, stats
 from rsft.config import GenerationConfig, PromptsConfig, RunConfig, ScoringConfig, dump_config
 from rsft.errors import RsftError
-from rsft.generate import Generator, make_generator
+from rsft.generate import BACKENDS, Generator, make_generator
 from rsft.prompts import FieldMap, TaskSpec, load_prompts, task_prompts
 from rsft.score import Scorer, as_scorer
 from rsft.types import Prompt
@@ -47,6 +47,7 @@ def build_generator(config: GenerationConfig) -> Generator:
     def one(g: Any) -> Generator:
         return make_generator(g.backend, {"model": g.model, **g.options})
 
+    check_backends(config)
     if not config.mix:
         return one(config.generator)
     from rsft.generate.mixed import MixedGenerator
@@ -56,6 +57,13 @@ def build_generator(config: GenerationConfig) -> Generator:
         raise RsftError(f"generation.mix: each entry needs n >= 1 and they must sum to generation.n={config.n}, "
                         f"got {shares}")
     return MixedGenerator([(one(g), g.n) for g in config.mix])
+
+
+def check_backends(config: GenerationConfig) -> None:
+    """Fail on an unknown backend name before anything is written or loaded."""
+    for g in config.mix or [config.generator]:
+        if g.backend not in BACKENDS:
+            raise RsftError(f"generation: unknown backend {g.backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
 
 
 def build_scorer(config: ScoringConfig) -> Scorer:
@@ -91,11 +99,13 @@ def run_round(
     out = round_dir(config, index)
 
     prompts = prompts if prompts is not None else load_prompt_set(config.prompts)
+    if generator is None:
+        check_backends(config.generation)
+    scorer = scorer or build_scorer(config.scoring)  # before generating: a bad scorer fails fast
     generation = stages.generate(out, config.generation, lambda: generator or build_generator(config.generation),
                                  prompts)
 
-    reward_stats = stages.score(out, config.scoring, scorer or build_scorer(config.scoring),
-                                shard_size=config.generation.shard_size)
+    reward_stats = stages.score(out, config.scoring, scorer, shard_size=config.generation.shard_size)
     if not quiet:
         print(stats.format_stats(reward_stats), file=sys.stderr)
 

@@ -10,7 +10,7 @@ Pure numpy, no model calls. Conventions shared by every function here:
   never selected, so a row may contribute nothing.
 
 Large matrices are processed in blocks of rows, so the extra memory stays a small fraction of R
-(``top_k_overall`` needs one copy of R's values to find its k-th value).
+(``top_k_overall`` with k above M*N/16 needs one copy of R's values to find its k-th value).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _descending_first(values: np.ndarray) -> np.ndarray:
 
 
 def _pairs(rows: np.ndarray, cols: np.ndarray) -> list[tuple[int, int]]:
-    return list(zip(rows.tolist(), cols.tolist()))
+    return list(zip(rows.tolist(), cols.tolist(), strict=True))
 
 
 # --- selectors ---------------------------------------------------------------------------------
@@ -138,40 +138,80 @@ def top_k_overall(R: npt.ArrayLike, k: int) -> np.ndarray:
     M*N indices; k <= 0 returns none. This is a ranking: it does return NaN and -inf entries when
     k reaches them (``select(..., "top_k")`` drops them).
 
-    Runs in O(M*N) plus O(k log k): a partition of one copy of R's values finds the k-th value
-    v, then a blockwise scan takes every entry above v and the first entries equal to v.
+    O(M*N) plus O(k log k), never a full sort. For k up to M*N/16, one pass over blocks of rows
+    keeps a pool of at most about 2k candidates (extra memory O(k)); for larger k, a partition of
+    one copy of R's values finds the k-th value first.
     """
     R = as_reward_matrix(R)
-    M, N = R.shape
-    n = M * N
+    n = R.size
     k = min(int(k), n)
     if k <= 0:
         return np.empty(0, dtype=np.intp)
+    if 16 * k <= n:
+        idx, values = _top_k_streaming(R, k)
+    else:
+        idx, values = _top_k_by_partition(R, k)
+    return idx[_descending_first(values)]
 
-    work = np.empty(n, dtype=R.dtype)
+
+def _keep_top(idx: np.ndarray, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of candidates listed in index order (ties to the lower index), order kept."""
+    kth = len(values) - k
+    v = np.partition(values, kth)[kth]
+    keep = values > v
+    equal = np.flatnonzero(values == v)[: k - int(np.count_nonzero(keep))]
+    keep[equal] = True
+    return idx[keep], values[keep]
+
+
+def _top_k_streaming(R: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top k (in index order, with values) by one pass over row blocks.
+
+    Once the pool holds k entries with k-th value v, a later entry can only enter when it is
+    strictly above v: an equal one has a higher index than every pooled entry equal to v.
+    """
+    N = R.shape[1]
+    pool_idx: list[np.ndarray] = []
+    pool_val: list[np.ndarray] = []
+    size, v = 0, None
+    for start, block in _row_blocks(R):
+        flat = _clean(block).ravel()
+        new = np.arange(flat.size) if v is None else np.flatnonzero(flat > v)
+        if new.size:
+            pool_idx.append(new + start * N)
+            pool_val.append(flat[new])
+            size += new.size
+        if size >= (k if v is None else 2 * k):
+            idx, values = _keep_top(np.concatenate(pool_idx), np.concatenate(pool_val), k)
+            pool_idx, pool_val, size, v = [idx], [values], k, values.min()
+    idx, values = np.concatenate(pool_idx), np.concatenate(pool_val)
+    return _keep_top(idx, values, k) if size > k else (idx, values)
+
+
+def _top_k_by_partition(R: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top k (in index order, with values): partition a copy to find the k-th value v, then scan."""
+    M, N = R.shape
+    work = np.empty(M * N, dtype=R.dtype)
     if R.dtype.kind == "f":
         np.fmax(R, -np.inf, out=work.reshape(M, N))
     else:
         np.copyto(work.reshape(M, N), R)
-    kth = n - k
+    kth = M * N - k
     work.partition(kth)
     v = work[kth]
-    n_above = int(np.count_nonzero(work[kth:] > v))
+    need_equal = k - int(np.count_nonzero(work[kth:] > v))
     del work
 
-    need_equal = k - n_above
     parts = []
     for start, block in _row_blocks(R):
         flat = _clean(block).ravel()
-        offset = start * N
-        parts.append(np.flatnonzero(flat > v) + offset)
+        parts.append(np.flatnonzero(flat > v) + start * N)
         if need_equal > 0:
             equal = np.flatnonzero(flat == v)[:need_equal]
-            parts.append(equal + offset)
+            parts.append(equal + start * N)
             need_equal -= len(equal)
     idx = np.sort(np.concatenate(parts))
-    values = _clean(R[idx // N, idx % N])
-    return idx[_descending_first(values)]
+    return idx, _clean(R[idx // N, idx % N])
 
 
 def keep_above(R: npt.ArrayLike, threshold: float) -> list[tuple[int, int]]:
@@ -273,7 +313,7 @@ def dpo_pairs(R: npt.ArrayLike, min_margin: float = 0.0) -> list[tuple[int, int,
         with np.errstate(invalid="ignore"):  # inf - inf in rows without finite entries
             margin = block[rows, hi].astype(np.float64) - block[rows, lo].astype(np.float64)
         keep = np.flatnonzero(enough & (margin > 0) & (margin >= m))
-        out.extend(zip((keep + start).tolist(), hi[keep].tolist(), lo[keep].tolist()))
+        out.extend(zip((keep + start).tolist(), hi[keep].tolist(), lo[keep].tolist(), strict=True))
     return out
 
 

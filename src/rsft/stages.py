@@ -86,17 +86,20 @@ def generate(
     existing prompts are used. The generator is only built when a shard is actually missing.
     """
     started = time.time()
-    round_dir.mkdir(parents=True, exist_ok=True)
-    if prompts is not None:
-        matrix.write_prompts(round_dir / artifacts.PROMPTS, prompts)
-    prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
     try:
         sampling_params(config)
     except ValueError as e:
         raise RsftError(f"generation.sampling: {e}") from None
     if config.n < 1:
         raise RsftError(f"generation.n: must be >= 1, got {config.n}")
+    if prompts is not None and not matrix.same_prompts(round_dir / artifacts.PROMPTS, prompts):
+        matrix.write_prompts(round_dir / artifacts.PROMPTS, prompts)
+    prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
     stage_config = {"generation": asdict(config), "prompt_ids": [p.prompt_id for p in prompts]}
+    done = artifacts.stage_is_current(round_dir, "generate", stage_config["generation"], [artifacts.PROMPTS],
+                                      [artifacts.COMPLETIONS])
+    if done:
+        return {**done["counts"], "shards_generated": 0, "reused": True}
     shard_dir, digest = _shards(round_dir, "completions", stage_config)
     size = max(1, config.shard_size)
     count = math.ceil(len(prompts) / size)
@@ -141,6 +144,10 @@ def score(round_dir: Path, config: ScoringConfig, scorer: Scorer, shard_size: in
     comps = matrix.read_completions(round_dir / artifacts.COMPLETIONS, prompts)
     m, n = comps.shape
     stage_config = {"scoring": asdict(config), "completions": artifacts.file_sha256(round_dir / artifacts.COMPLETIONS)}
+    done = artifacts.stage_is_current(round_dir, "score", stage_config["scoring"],
+                                      [artifacts.PROMPTS, artifacts.COMPLETIONS], [artifacts.REWARDS])
+    if done and done.get("scorer") == scorer.name:
+        return {**done["stats"], "reused": True}
     shard_dir, digest = _shards(round_dir, "rewards", stage_config)
     size = max(1, shard_size)
 

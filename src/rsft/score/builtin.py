@@ -101,7 +101,9 @@ def gate(arg: str, options: Mapping[str, Any]) -> Scorer:
         },
     )
     if not o["gate"] or not o["inner"]:
-        raise RsftError("scorer 'gate' needs the options 'gate' (a checker spec) and 'inner' (e.g. 'rm:PATH')")
+        raise RsftError(
+            "scorer 'gate' needs the options 'gate' (a checker spec) and 'inner' (e.g. 'rm:PATH')"
+        )
     return GatedScorer(
         as_scorer(o["gate"], o["gate_options"]),
         as_scorer(o["inner"], o["inner_options"]),
@@ -124,7 +126,9 @@ def weighted_sum(arg: str, options: Mapping[str, Any]) -> Scorer:
     built = []
     for term in terms:
         if not isinstance(term, list | tuple) or len(term) not in (2, 3):
-            raise RsftError(f"scorer 'sum': each term is [spec, weight] or [spec, weight, options], got {term!r}")
+            raise RsftError(
+                f"scorer 'sum': each term is [spec, weight] or [spec, weight, options], got {term!r}"
+            )
         spec, weight, *rest = term
         built.append((as_scorer(spec, rest[0] if rest else None), float(weight)))
     return WeightedSum(built)

@@ -232,7 +232,9 @@ class TaskScorer:
             except RsftError:
                 raise
             except Exception as e:  # a task's scorer choking on a malformed answer is a wrong answer
-                out.append(Verdict(0.0, f"answer: {answer!r}; {dataset} scorer failed: {type(e).__name__}: {e}"))
+                out.append(
+                    Verdict(0.0, f"answer: {answer!r}; {dataset} scorer failed: {type(e).__name__}: {e}")
+                )
                 continue
             out.append(Verdict(value, f"answer: {answer!r}"))
         return out

@@ -86,7 +86,9 @@ class GatedScorer:
         inner_by_index = dict(zip(passing, inner_out, strict=True))
         out = []
         for i, g in enumerate(gate_out):
-            gate_note = f"{self.gate.name}={score_value(g):g}" + (f" ({details_of(g)})" if details_of(g) else "")
+            gate_note = f"{self.gate.name}={score_value(g):g}" + (
+                f" ({details_of(g)})" if details_of(g) else ""
+            )
             if i not in inner_by_index:
                 out.append(Verdict(self.fail_value, gate_note))
                 continue

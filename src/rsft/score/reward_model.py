@@ -38,7 +38,9 @@ def padding_efficiency(lengths: Sequence[int], batch_size: int, sort_by_length: 
     Example: lengths ``[1, 10, 1, 10]``, batch size 2: as given, two batches of ``[1, 10]`` process
     40 tokens for 22 real ones (0.55); sorted, ``[10, 10]`` and ``[1, 1]`` waste nothing (1.0).
     """
-    padded = sum(max(lengths[i] for i in b) * len(b) for b in make_batches(lengths, batch_size, sort_by_length))
+    padded = sum(
+        max(lengths[i] for i in b) * len(b) for b in make_batches(lengths, batch_size, sort_by_length)
+    )
     return sum(lengths) / padded if padded else 1.0
 
 
@@ -119,7 +121,9 @@ class RewardModelScorer:
             texts = []
             for prompt, completion in zip(prompts, completions, strict=True):
                 messages = (
-                    [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+                    [{"role": "user", "content": prompt}]
+                    if isinstance(prompt, str)
+                    else [dict(m) for m in prompt]
                 )
                 messages.append({"role": "assistant", "content": completion})
                 texts.append(tok.apply_chat_template(messages, tokenize=False))
