@@ -202,16 +202,17 @@ def _top_k_by_partition(R: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     need_equal = k - int(np.count_nonzero(work[kth:] > v))
     del work
 
-    parts = []
+    idx_parts, val_parts = [], []
     for start, block in _row_blocks(R):
         flat = _clean(block).ravel()
-        parts.append(np.flatnonzero(flat > v) + start * N)
+        keep = flat > v
         if need_equal > 0:
             equal = np.flatnonzero(flat == v)[:need_equal]
-            parts.append(equal + start * N)
+            keep[equal] = True
             need_equal -= len(equal)
-    idx = np.sort(np.concatenate(parts))
-    return idx, _clean(R[idx // N, idx % N])
+        idx_parts.append(np.flatnonzero(keep) + start * N)
+        val_parts.append(flat[keep])
+    return np.concatenate(idx_parts), np.concatenate(val_parts)
 
 
 def keep_above(R: npt.ArrayLike, threshold: float) -> list[tuple[int, int]]:

@@ -163,6 +163,8 @@ def score(round_dir: Path, config: ScoringConfig, scorer: Scorer, shard_size: in
             labels=[f"prompt {prompts[i].prompt_id} sample {j}" for i, j in pairs],
         )
         bar.update(len(pairs))
+        for key in ("real_tokens", "padded_tokens"):  # reward models report their padding waste
+            padding[key] = padding.get(key, 0) + (getattr(scorer, "last_stats", None) or {}).get(key, 0)
         return {
             "prompt_id": [prompts[i].prompt_id for i, _ in pairs],
             "sample_idx": [j for _, j in pairs],
@@ -172,12 +174,15 @@ def score(round_dir: Path, config: ScoringConfig, scorer: Scorer, shard_size: in
             "failed": failed,
         }
 
+    padding: dict[str, int] = {}
     with progress(m * n, "score", unit="pair") as bar:
         table, made = _run_shards(shard_dir, math.ceil(m / size), make, matrix.REWARDS_SCHEMA)
     _finish_shards(shard_dir, table, round_dir / artifacts.REWARDS)
     R, _ = matrix.read_rewards(round_dir / artifacts.REWARDS, comps.prompt_ids)
     summary = stats.reward_stats(R, comps.n_tokens, pass_threshold=config.pass_threshold)
     summary["failed_pairs"] = int(sum(table.column("failed").to_pylist()))
+    if padding.get("padded_tokens"):
+        summary["padding_efficiency"] = round(padding["real_tokens"] / padding["padded_tokens"], 4)
     artifacts.record_stage(round_dir, "score", config=stage_config["scoring"],
                            inputs=[artifacts.PROMPTS, artifacts.COMPLETIONS], outputs=[artifacts.REWARDS],
                            started=started, counts={"pairs": m * n, "shards_scored": made},

@@ -19,15 +19,17 @@ import numpy.typing as npt
 from rsft.errors import RsftError
 from rsft.select import as_reward_matrix
 
+_BLOCK_ELEMS = 1 << 18
+
 MIN_SAMPLES_PER_PROMPT = 10
 """Below this N, ``reward_stats`` warns that per-prompt estimates are noisy."""
 
 
-def _float(x: object) -> float | None:
+def _float(x: Any) -> float | None:
     """A plain float, or None for a missing or non-finite value."""
     if x is None:
         return None
-    out = float(x)  # type: ignore[arg-type]
+    out = float(x)
     return out if np.isfinite(out) else None
 
 
@@ -39,18 +41,33 @@ def _mean(x: np.ndarray) -> float | None:
 
 
 def _distribution(R: np.ndarray, finite: np.ndarray) -> dict[str, Any]:
-    """Mean, std (population), min, max over finite rewards, and per-prompt best vs mean."""
-    values = R[finite]
+    """Mean, std (population), min, max over finite rewards, and per-prompt best vs mean.
+
+    Works in blocks of rows, so the extra memory stays small next to R.
+    """
+    n = int(np.count_nonzero(finite))
     has_any = finite.any(axis=1)
     best = np.max(R, axis=1, where=finite, initial=-np.inf)[has_any]
-    counts = np.count_nonzero(finite, axis=1)[has_any]
-    row_mean = np.sum(R, axis=1, where=finite, dtype=np.float64)[has_any] / counts
+    row_sum = np.sum(R, axis=1, where=finite, dtype=np.float64)
+    row_mean = row_sum[has_any] / np.count_nonzero(finite, axis=1)[has_any]
+    mean = std = low = high = None
+    if n:
+        mean = float(row_sum.sum() / n)
+        squares = 0.0
+        step = max(1, _BLOCK_ELEMS // R.shape[1])
+        for start in range(0, R.shape[0], step):
+            rows = slice(start, start + step)
+            d = R[rows][finite[rows]].astype(np.float64) - mean
+            squares += float(np.dot(d, d))
+        std = float(np.sqrt(squares / n))
+        low = np.min(R, where=finite, initial=np.inf)
+        high = np.max(R, where=finite, initial=-np.inf)
     return {
-        "n_finite": int(values.size),
-        "mean": _mean(values),
-        "std": _float(np.std(values, dtype=np.float64)) if values.size else None,
-        "min": _float(values.min()) if values.size else None,
-        "max": _float(values.max()) if values.size else None,
+        "n_finite": n,
+        "mean": _float(mean),
+        "std": _float(std),
+        "min": _float(low),
+        "max": _float(high),
         "best_of_n_mean": _mean(best),
         "per_prompt_mean": _mean(row_mean),
     }
@@ -155,11 +172,11 @@ def reward_stats(
 def format_stats(stats: dict[str, Any]) -> str:
     """A short human-readable block of ``reward_stats`` output."""
 
-    def f(x: object) -> str:
+    def f(x: Any) -> str:
         return "n/a" if x is None else f"{x:.4g}"
 
-    def pct(x: object) -> str:
-        return "n/a" if x is None else f"{100 * x:.1f}%"  # type: ignore[operator]
+    def pct(x: Any) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f}%"
 
     s = stats
     lines = [
@@ -171,6 +188,10 @@ def format_stats(stats: dict[str, Any]) -> str:
     ]
     if s.get("length_reward_corr") is not None:
         lines.append(f"  length-reward correlation {s['length_reward_corr']:+.3f}")
+    if s.get("padding_efficiency") is not None:
+        lines.append(f"  reward-model padded-token efficiency {s['padding_efficiency']:.3f}")
+    if s.get("failed_pairs"):
+        lines.append(f"  failed pairs (scorer error, recorded as NaN): {s['failed_pairs']}")
     lines += [f"  warning: {w}" for w in s.get("warnings", [])]
     return "\n".join(lines)
 
