@@ -8,6 +8,7 @@ Bad input exits with code 2 and one line ``rsft: error: ...``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -194,6 +195,12 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str, list[Callab
 }
 
 
+PLUGGED: dict[str, tuple[str, str]] = {
+    "stats": ("rsft.bon_report", "Best-of-N curve of a scored round: E[max reward], pass@n and KL per n"),
+}
+"""Commands whose module declares its own options (``add_arguments``) and body (``main``)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rsft", description="Rejection-sampling fine-tuning and Best-of-N.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -210,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
         for add in adders:
             add(p)
         p.set_defaults(func=func)
+    for name, (module_name, help_text) in PLUGGED.items():
+        module = importlib.import_module(module_name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(func=module.main)
     return parser
 
 

@@ -3,14 +3,16 @@
 Sections:
 - reward summary (``reward_stats``, ``format_stats``): what the scores look like and whether
   selection has anything to work with;
-- Best-of-N statistics (KL bound and expected best-of-n) belong in a section of their own below.
+- Best-of-N statistics (``bon_curve``, ``format_bon_curve``): what reward and pass rate Best-of-n
+  buys for each n, and its KL from the base policy (``bon_kl_bound``, ``bon_distribution``, ``kl``).
 
-Every value returned is a plain Python int, float, str, list or None (never NaN or inf), so it
-goes into JSON as is.
+Every value in the summaries (``reward_stats``, ``bon_curve``) is a plain Python int, float, str,
+list or None (never NaN or inf), so it goes into JSON as is.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -197,3 +199,300 @@ def format_stats(stats: dict[str, Any]) -> str:
 
 
 # --- Best-of-N statistics ----------------------------------------------------------------------
+#
+# Best-of-N (BoN) draws n iid completions from the base policy pi and keeps the highest-reward one.
+# Two questions matter before paying for a large n: how much reward it buys (``expected_best_of_n``,
+# ``pass_at_k``, estimated without bias from one M x N round) and how far it moves from pi
+# (``bon_kl_bound``, and exactly on a finite support ``bon_distribution`` + ``kl``).
+#
+# Failed scorings in R: NaN (and -inf, a masked duplicate) rank below every finite reward, as in
+# selection, where they are never picked over a scored completion. When every one of the n draws
+# is such an entry, the "best" counts as the lowest finite reward in R, the worst outcome seen. So
+# every prompt stays in every average (the curve is over the same prompts at each n), a failure
+# lowers the estimate rather than vanishing from it, and a 0/1 checker's failures count as 0. For
+# ``pass_at_k`` a NaN never passes.
+
+
+def _n_arg(n: object, name: str = "n") -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{name} must be a positive integer, got {n!r}")
+    return int(n)
+
+
+def bon_kl_bound(n: int) -> float:
+    """Upper bound on KL(pi_BoN || pi) in nats: ``log n - (n - 1) / n``.
+
+    Exact when rewards have no ties (a continuous reward); with ties (e.g. a 0/1 checker) the true
+    KL is strictly smaller for n > 1. 0 at n = 1.
+
+    Raises:
+        ValueError: n is not a positive integer.
+    """
+    n = _n_arg(n)
+    return math.log(n) - (n - 1) / n
+
+
+def _distribution_arg(p: npt.ArrayLike, name: str) -> np.ndarray:
+    try:
+        a = np.asarray(p, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a 1-D array of probabilities") from None
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {a.shape}")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValueError(f"{name} must hold finite, non-negative probabilities")
+    if abs(a.sum() - 1.0) > 1e-6:
+        raise ValueError(f"{name} must sum to 1, sums to {a.sum():.6g}")
+    return a
+
+
+def bon_distribution(p: npt.ArrayLike, r: npt.ArrayLike, n: int) -> np.ndarray:
+    """The exact Best-of-n distribution over a finite support.
+
+    Outcome i has base probability ``p[i]`` and reward ``r[i]``. Grouping outcomes by reward
+    level v, with F the CDF of the reward under p, the best of n iid draws lands in level v with
+    probability ``F(v)^n - F(v-)^n``, and that mass splits within the level in proportion to p.
+    Tied draws may be broken by first index or uniformly at random: the draws are iid, so the
+    selected outcome is distributed the same way under either rule.
+
+    Raises:
+        ValueError: p is not a probability vector, r does not match it or is not finite, or n is
+            not a positive integer.
+    """
+    n = _n_arg(n)
+    p = _distribution_arg(p, "p")
+    try:
+        r = np.asarray(r, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError("r must be a 1-D array of rewards") from None
+    if r.shape != p.shape:
+        raise ValueError(f"r has shape {r.shape} but p has shape {p.shape}")
+    if not np.all(np.isfinite(r)):
+        raise ValueError("r must hold finite rewards (no NaN or inf)")
+    p = p / p.sum()
+    _, level = np.unique(r, return_inverse=True)
+    mass = np.bincount(level, weights=p)
+    cdf = np.minimum(np.cumsum(mass), 1.0)
+    below = np.maximum(cdf - mass, 0.0)
+    picked = cdf**n - below**n
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(mass > 0, picked / mass, 0.0)
+    return p * share[level]
+
+
+def kl(q: npt.ArrayLike, p: npt.ArrayLike) -> float:
+    """KL(q || p) in nats between two distributions on the same support.
+
+    ``0 * log(0 / p) = 0``; inf when q puts mass where p has none.
+
+    Raises:
+        ValueError: either is not a probability vector, or their shapes differ.
+    """
+    q = _distribution_arg(q, "q")
+    p = _distribution_arg(p, "p")
+    if q.shape != p.shape:
+        raise ValueError(f"q has shape {q.shape} but p has shape {p.shape}")
+    on = q > 0
+    if np.any(p[on] == 0):
+        return math.inf
+    return max(0.0, float(np.sum(q[on] * np.log(q[on] / p[on]))))
+
+
+# Estimates from one round: for each prompt, its N samples stand in for pi.
+
+
+def _order_weights(N: int, n: int) -> np.ndarray:
+    """``w[i] = C(i, n-1) / C(N, n)``: the chance that ascending position i (0-based) is the best
+    of a uniformly random n-subset of N.
+
+    Computed downward from ``w[N-1] = n / N`` with factors in [0, 1], so nothing overflows for
+    any N; weights too small for float64 underflow to 0.
+    """
+    w = np.zeros(N)
+    factors = (np.arange(N - 1, n - 1, -1) - n + 1) / np.arange(N - 1, n - 1, -1)  # i = N-1 .. n
+    w[n - 1 :] = (n / N) * np.concatenate(([1.0], np.cumprod(factors)))[::-1]
+    return w
+
+
+def _miss_probabilities(N: int, k: int) -> np.ndarray:
+    """``g[c] = C(N - c, k) / C(N, k)`` for c = 0..N: the chance that k of N samples, c of which
+    pass, include no pass. A running product of factors in [0, 1]."""
+    c = np.arange(N)
+    factors = np.clip((N - c - k) / (N - c), 0.0, 1.0)
+    return np.concatenate(([1.0], np.cumprod(factors)))
+
+
+def _k_arg(k: object, N: int, name: str) -> int:
+    try:
+        k = _n_arg(k, name)
+    except ValueError as e:
+        raise RsftError(str(e)) from None
+    if k > N:
+        raise RsftError(f"{name}={k} is above N={N} samples per prompt: no unbiased estimate")
+    return k
+
+
+def _floored(R: np.ndarray, floor: float) -> np.ndarray:
+    """R as float64 with NaN and -inf replaced by ``floor`` (the lowest finite reward)."""
+    out = np.asarray(R, dtype=np.float64)
+    bad = np.isnan(out) | (out == -np.inf)
+    return np.where(bad, floor, out) if bad.any() else out
+
+
+def _finite_floor(R: np.ndarray) -> float | None:
+    finite = np.isfinite(R)
+    return float(np.min(R, where=finite, initial=np.inf)) if finite.any() else None
+
+
+def _level_kl(sorted_rows: np.ndarray, n: int) -> np.ndarray:
+    """Per row, KL(BoN || uniform) over the row's N samples taken as equally likely outcomes.
+
+    Within a tie the BoN / base ratio is constant, so this is a sum over reward levels: a level
+    ending at sorted position b (1-based) and starting after a has base mass (b - a) / N and BoN
+    mass (b / N)^n - (a / N)^n.
+    """
+    rows, N = sorted_rows.shape
+    if n == 1:
+        return np.zeros(rows)
+    ends = np.ones((rows, N), dtype=bool)
+    ends[:, :-1] = sorted_rows[:, 1:] != sorted_rows[:, :-1]
+    b = np.where(ends, np.arange(1, N + 1), 0)
+    a = np.zeros_like(b)
+    a[:, 1:] = np.maximum.accumulate(b, axis=1)[:, :-1]
+    base = (b - a) / N
+    picked = (b / N) ** n - (a / N) ** n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(ends & (picked > 0), picked * np.log(picked / base), 0.0)
+    return np.maximum(terms.sum(axis=1), 0.0)
+
+
+def _curve_sums(R: np.ndarray, ns: list[int], threshold: float, with_kl: bool = True) -> tuple[np.ndarray, ...]:
+    """Sums over prompts of E[max of n], pass@n and the empirical KL (0 unless ``with_kl``), for
+    each n in ns. Works in blocks of rows, sorting each block once for every n."""
+    M, N = R.shape
+    best, passed, div = np.zeros(len(ns)), np.zeros(len(ns)), np.zeros(len(ns))
+    floor = _finite_floor(R)
+    weights = [_order_weights(N, n) for n in ns]
+    misses = [_miss_probabilities(N, n) for n in ns]
+    step = max(1, _BLOCK_ELEMS // N)
+    for start in range(0, M, step):
+        block = R[start : start + step]
+        n_pass = np.count_nonzero(block >= threshold, axis=1)
+        rows = np.sort(_floored(block, floor if floor is not None else 0.0), axis=1)
+        for t, n in enumerate(ns):
+            best[t] += float(np.sum(rows[:, n - 1 :] @ weights[t][n - 1 :]))
+            passed[t] += float(np.sum(1.0 - misses[t][n_pass]))
+            if with_kl:
+                div[t] += float(np.sum(_level_kl(rows, n)))
+    if floor is None:
+        best[:] = np.nan
+    return best, passed, div
+
+
+def _matrix(R: npt.ArrayLike) -> np.ndarray:
+    R = as_reward_matrix(R)
+    return R if R.dtype.kind == "f" else R.astype(np.float64)
+
+
+def _threshold_arg(threshold: object) -> float:
+    t = threshold
+    if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating)) or not np.isfinite(t):
+        raise RsftError(f"threshold must be a finite number, got {threshold!r}")
+    return float(t)
+
+
+def expected_best_of_n(R: npt.ArrayLike, n: int) -> float:
+    """Unbiased estimate of E[best reward of n iid samples], averaged over prompts.
+
+    Per prompt, with its N rewards sorted ascending ``r_(1) <= ... <= r_(N)``, the mean over all
+    n-subsets of the subset's maximum is ``sum_i r_(i) C(i-1, n-1) / C(N, n)``. n = 1 gives the
+    row mean, n = N the row max. NaN and -inf count as the worst sample (see the section note);
+    NaN when R has no prompt or no finite reward.
+
+    Raises:
+        RsftError: a bad R, or n not in 1..N.
+    """
+    R = _matrix(R)
+    if R.shape[0] == 0:
+        return math.nan
+    n = _k_arg(n, R.shape[1], "n")
+    return float(_curve_sums(R, [n], 0.0, with_kl=False)[0][0] / R.shape[0])
+
+
+def pass_at_k(R: npt.ArrayLike, k: int, threshold: float = 0.5) -> float:
+    """Unbiased pass@k averaged over prompts: ``1 - C(N - c, k) / C(N, k)`` per prompt, where c of
+    its N rewards are >= threshold (a NaN never passes).
+
+    For any reward, this is also the chance that Best-of-k's pick reaches the threshold, since the
+    pick is the max. NaN when R has no prompt.
+
+    Raises:
+        RsftError: a bad R or threshold, or k not in 1..N.
+    """
+    R = _matrix(R)
+    t = _threshold_arg(threshold)
+    if R.shape[0] == 0:
+        return math.nan
+    k = _k_arg(k, R.shape[1], "k")
+    n_pass = np.count_nonzero(R >= t, axis=1)
+    return float(np.mean(1.0 - _miss_probabilities(R.shape[1], k)[n_pass]))
+
+
+def bon_curve(
+    R: npt.ArrayLike, ns: list[int] | None = None, threshold: float = 0.5
+) -> list[dict[str, Any]]:
+    """What Best-of-n buys, for each n, estimated from one M x N round.
+
+    Args:
+        R: M x N rewards (NaN for a failed scoring).
+        ns: the n to report (each in 1..N); default the powers of two up to N, then N.
+        threshold: a reward >= this passes, for ``pass_at_n``.
+
+    Returns:
+        One dict per n, ascending: ``n``; ``expected_max_reward`` (``expected_best_of_n``);
+        ``pass_at_n`` (``pass_at_k``: with a 0/1 checker the solve rate, with any reward the
+        chance the pick reaches ``threshold``); ``kl_bound`` (``bon_kl_bound(n)``);
+        ``kl_estimate``, the mean over prompts of the exact BoN KL when a prompt's N samples are
+        taken as its whole distribution (ties, e.g. 0/1 rewards, bring it far below the bound;
+        it is a plug-in estimate, biased low when N is not much above n). A value that is
+        undefined (no prompts, no finite reward) is None.
+
+    Raises:
+        RsftError: a bad R or threshold, or an n not in 1..N.
+    """
+    R = _matrix(R)
+    t = _threshold_arg(threshold)
+    M, N = R.shape
+    if ns is None:
+        ns = [2**i for i in range(N.bit_length()) if 2**i <= N] + [N]
+    ns = sorted({_k_arg(n, N, "n") for n in ns})
+    if M == 0:
+        best = passed = div = np.full(len(ns), np.nan)
+    else:
+        best, passed, div = (s / M for s in _curve_sums(R, ns, t))
+    return [
+        {
+            "n": n,
+            "expected_max_reward": _float(best[i]),
+            "pass_at_n": _float(passed[i]),
+            "kl_bound": bon_kl_bound(n),
+            "kl_estimate": _float(div[i]),
+        }
+        for i, n in enumerate(ns)
+    ]
+
+
+def format_bon_curve(rows: list[dict[str, Any]], threshold: float | None = None) -> str:
+    """``bon_curve`` rows as an aligned table."""
+
+    def f(x: Any) -> str:
+        return "n/a" if x is None else f"{x:.4g}"
+
+    at = "" if threshold is None else f" (r>={threshold:g})"
+    header = ["n", "E[max reward]", f"pass@n{at}", "KL bound", "KL est."]
+    table = [header] + [
+        [str(r["n"]), f(r["expected_max_reward"]), f(r["pass_at_n"]), f(r["kl_bound"]), f(r.get("kl_estimate"))]
+        for r in rows
+    ]
+    widths = [max(len(row[c]) for row in table) for c in range(len(header))]
+    return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in table)
