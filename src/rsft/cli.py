@@ -24,6 +24,7 @@ from rsft.config import (
     SelectionConfig,
     TaskConfig,
     field_docs,
+    key_value,
     load_config,
 )
 from rsft.errors import RsftError
@@ -31,15 +32,6 @@ from rsft.errors import RsftError
 
 def _doc(cls: type, name: str) -> str:
     return field_docs(cls).get(name, "")
-
-
-def _kv(text: str) -> tuple[str, Any]:
-    import yaml
-
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, yaml.safe_load(value)
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -57,7 +49,7 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=int, help=_doc(TaskConfig, "size"))
     g.add_argument("--task-seed", type=int, help=_doc(TaskConfig, "seed"))
     g.add_argument("--shots", type=int, help=_doc(TaskConfig, "shots"))
-    g.add_argument("--task-option", type=_kv, action="append", metavar="KEY=VALUE", help=_doc(TaskConfig, "options"))
+    g.add_argument("--task-option", type=key_value, action="append", metavar="KEY=VALUE", help=_doc(TaskConfig, "options"))
 
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
@@ -65,7 +57,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("-n", type=int, help=_doc(GenerationConfig, "n"))
     g.add_argument("--backend", help="generation backend: hf, openai or vllm")
     g.add_argument("--model", help="model path, hub id (offline), served model name, or gemma3-270m")
-    g.add_argument("--option", type=_kv, action="append", metavar="KEY=VALUE",
+    g.add_argument("--option", type=key_value, action="append", metavar="KEY=VALUE",
                    help="backend option, e.g. batch_size=8, dtype=bfloat16, base_url=http://host/v1")
     g.add_argument("--temperature", type=float, help="sampling temperature (0: greedy)")
     g.add_argument("--top-p", type=float, help="nucleus sampling mass")
@@ -79,7 +71,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 def _add_scoring_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("scoring")
     g.add_argument("--scorer", help=_doc(ScoringConfig, "scorer"))
-    g.add_argument("--scorer-option", type=_kv, action="append", metavar="KEY=VALUE", help=_doc(ScoringConfig, "options"))
+    g.add_argument("--scorer-option", type=key_value, action="append", metavar="KEY=VALUE", help=_doc(ScoringConfig, "options"))
     g.add_argument("--on-error", choices=["fail", "record"], help=_doc(ScoringConfig, "on_error"))
     g.add_argument("--pass-threshold", type=float, help=_doc(ScoringConfig, "pass_threshold"))
 
@@ -197,6 +189,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str, list[Callab
 
 PLUGGED: dict[str, tuple[str, str]] = {
     "stats": ("rsft.bon_report", "Best-of-N curve of a scored round: E[max reward], pass@n and KL per n"),
+    "bon": ("rsft.bon", "Best-of-N at inference: N candidates per prompt, scored, the best one per JSON line"),
+    "serve": ("rsft.serve", "serve Best-of-N over the OpenAI API (/v1/completions, /v1/chat/completions)"),
 }
 """Commands whose module declares its own options (``add_arguments``) and body (``main``)."""
 

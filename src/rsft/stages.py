@@ -269,7 +269,7 @@ def select_completions(round_dir: Path, config: SelectionConfig) -> dict[str, An
     cols: dict[str, list[Any]] = {name: [] for name in matrix.SELECTION_SCHEMA.names}
 
     def add(i: int, j: int, rank: int, role: str, pair: int) -> None:
-        for key, value in zip(cols, (ids[i], j, float(R[i, j]), rank, role, pair)):
+        for key, value in zip(cols, (ids[i], j, float(R[i, j]), rank, role, pair), strict=True):
             cols[key].append(value)
 
     if config.strategy == "dpo_pairs":

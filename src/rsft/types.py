@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 Message = Mapping[str, Any]
 """One chat message: ``{"role": ..., "content": ...}``."""
 
-PromptValue = Union[str, Sequence[Message]]
+PromptValue = str | Sequence[Message]
 """What a generator sees: plain text, or a list of chat messages."""
 
 

@@ -38,7 +38,7 @@ class MixedGenerator:
 
     def generate(self, prompts: Sequence[PromptValue], n: int, sampling: SamplingParams) -> list[list[Completion]]:
         rows: list[list[Completion]] = [[] for _ in prompts]
-        for index, ((generator, _), count) in enumerate(zip(self.parts, self.counts(n))):
+        for index, ((generator, _), count) in enumerate(zip(self.parts, self.counts(n), strict=True)):
             if count == 0:
                 continue
             part = generator.generate(prompts, count, replace(sampling, seed=sampling.seed + 7919 * index))

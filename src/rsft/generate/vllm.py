@@ -86,11 +86,11 @@ class VLLMGenerator:
         text = [i for i, p in enumerate(prompts) if isinstance(p, str)]
         outputs: dict[int, Any] = {}
         if text:
-            for i, out in zip(text, self.llm.generate([prompts[i] for i in text], params, use_tqdm=False)):
+            for i, out in zip(text, self.llm.generate([prompts[i] for i in text], params, use_tqdm=False), strict=True):
                 outputs[i] = out
         if chat:
             messages = [[dict(m) for m in prompts[i]] for i in chat]
-            for i, out in zip(chat, self.llm.chat(messages, params, use_tqdm=False)):
+            for i, out in zip(chat, self.llm.chat(messages, params, use_tqdm=False), strict=True):
                 outputs[i] = out
         self.calls += 1
         return [self._completions(outputs[i], n) for i in range(len(prompts))]

@@ -64,6 +64,14 @@ def task(arg: str, options: Mapping[str, Any]) -> Scorer:
     return TaskScorer(extract=o["extract"])
 
 
+def code(arg: str, options: Mapping[str, Any]) -> Scorer:
+    from rsft.score.code import CodeScorer
+
+    _no_arg("code", arg)
+    o = _options("code", options, {"timeout": 5.0, "memory_mb": 512, "workers": 2})
+    return CodeScorer(timeout=float(o["timeout"]), memory_mb=int(o["memory_mb"]), workers=int(o["workers"]))
+
+
 def reward_model(arg: str, options: Mapping[str, Any]) -> Scorer:
     from rsft.score.reward_model import RewardModelScorer
 
@@ -139,6 +147,7 @@ REGISTRY: dict[str, Callable[[str, Mapping[str, Any]], Scorer]] = {
     "regex": regex,
     "math": math,
     "task": task,
+    "code": code,
     "rm": reward_model,
     "gate": gate,
     "sum": weighted_sum,

@@ -1,0 +1,714 @@
+"""Run an untrusted Python program in a throwaway process with limits: ``run_program``.
+
+A run writes the program into a fresh temporary directory (removed afterwards) and starts a small
+*supervisor* (this file run as a script, ``python -I -S sandbox.py key=value...``) in a new session
+with a scrubbed environment (only ``PATH=/usr/bin:/bin``, ``LANG``, ``HOME`` and ``TMPDIR``, both
+the sandbox directory) and stdin on ``/dev/null``. The supervisor sets up isolation, forks the
+program's process, enforces the wall-clock limit, cleans up and reports on a pipe. The rsft process
+only reads capped output and never runs untrusted code, so nothing the program does can kill it or
+make it hang. ``SandboxResult.isolation`` names the layers a run actually got:
+
+- ``rlimits`` (always): ``RLIMIT_CPU``, ``RLIMIT_AS`` (``memory_mb``), ``RLIMIT_FSIZE``,
+  ``RLIMIT_NPROC`` (``max_processes``), ``RLIMIT_CORE=0``. Linux does not enforce ``RLIMIT_NPROC``
+  for root, and for any other user it counts *all* of that user's processes.
+- ``uid`` (when rsft runs as root): the program runs as a throwaway uid (random, unused by any
+  account), so it owns nothing outside its directory (no writes or deletes outside it), cannot signal
+  any other process (rsft, its supervisor, other sandboxes) and ``RLIMIT_NPROC`` counts only its own
+  processes. The supervisor also sets ``no_new_privs`` (setuid binaries gain nothing).
+- ``pids_cgroup`` (root with a writable cgroup-v1 ``pids`` hierarchy, or v2 with ``pids`` delegated):
+  a per-run cgroup with ``pids.max = max_processes``, enforced whatever the uid.
+- ``mountns``: a private mount namespace where the sandbox directory, ``/tmp``, ``/var/tmp``,
+  ``/dev/shm`` and ``/run/lock`` are fresh size-limited tmpfs (``max_file_mb`` each, so the program
+  cannot fill the disk, see other runs or leave files behind) and ``/proc`` shows only the sandbox's
+  processes. When the interpreter lives under a directory the throwaway uid cannot enter (``/root``
+  with pyenv), that directory is replaced by an empty tmpfs with only the interpreter bound back,
+  read-only, which also hides the rest of it.
+- ``pidns``: a PID namespace; the program is its pid 1, ``os.getppid()`` is 0, ``kill(-1)`` reaches
+  only the sandbox, and every process left in it dies with the program.
+- ``netns``: a new network namespace with only a down loopback: no connection succeeds, not even to
+  127.0.0.1. Without it (``network_isolated=False``: no ``CAP_SYS_ADMIN`` and no user namespaces, as
+  in a default Docker container), the program has the host's network; a warning is logged once.
+- ``userns`` (not root): an unprivileged user namespace, which makes the other namespaces possible
+  without root; the uid stays the caller's, so ``RLIMIT_NPROC`` counts the caller's processes too.
+
+Without namespaces and without root only ``rlimits`` and the process-group cleanup remain: the
+program then runs as the calling user, can read and write whatever that user can, and can signal
+that user's processes (it still cannot kill rsft through ``os.getppid()``, which is the supervisor).
+On timeout the program is killed with SIGKILL together with its whole process group (and pid
+namespace / uid / cgroup, where present). Output is read through pipes by the rsft process, which
+keeps the head and the tail of each stream (``max_output_bytes`` in all) and discards the middle, so
+huge output neither blocks the program nor exhausts memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import select
+import stat
+import sys
+import time
+
+# ---- supervisor -----------------------------------------------------------------------------------
+# Runs as ``python -I -S sandbox.py key=value...`` in every run, so it imports only cheap modules
+# (dataclasses, json or subprocess would double its start-up); the rsft side starts further below.
+
+PROGRAM_NAME = "main.py"
+"""The file the program is written to, in the sandbox directory."""
+
+_CLONE_NEWNS, _CLONE_NEWIPC, _CLONE_NEWUSER = 0x00020000, 0x08000000, 0x10000000
+_CLONE_NEWPID, _CLONE_NEWNET = 0x20000000, 0x40000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
+_SIGKILL, _SIGXCPU, _SIGXFSZ = 9, 24, 25
+_WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+_NOBODY = 65534
+
+
+def _libc_call(name: str, *args: object) -> None:
+    """Call a libc function that returns 0 on success, raising ``OSError`` otherwise."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if getattr(libc, name)(*args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{name}: {os.strerror(err)}")
+
+
+def _unshare(flags: int) -> None:
+    _libc_call("unshare", ctypes.c_int(flags))
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    def arg(s: str | None) -> ctypes.c_char_p:
+        return ctypes.c_char_p(None if s is None else s.encode())
+
+    _libc_call("mount", arg(source), arg(target), arg(fstype), ctypes.c_ulong(flags), arg(data))
+
+
+def _prctl(option: int, value: int) -> None:
+    zero = ctypes.c_ulong(0)
+    _libc_call("prctl", ctypes.c_int(option), ctypes.c_ulong(value), zero, zero, zero)
+
+
+def _blocked(path: str) -> list[str]:
+    """Components of ``path`` that an unrelated uid cannot use: ancestors without o+x, path without o+rx."""
+    out = []
+    parts = path.strip("/").split("/")
+    for i in range(1, len(parts) + 1):
+        part = "/" + "/".join(parts[:i])
+        need = stat.S_IXOTH | (stat.S_IROTH if i == len(parts) else 0)
+        try:
+            if os.stat(part).st_mode & need != need:
+                out.append(part)
+        except OSError:
+            out.append(part)
+    return out
+
+
+def _uid_is_mapped(uid: int) -> bool:
+    try:
+        with open("/proc/self/uid_map") as f:
+            rows = [tuple(int(x) for x in line.split()) for line in f if line.strip()]
+    except OSError:
+        return True
+    return any(inside <= uid < inside + count for inside, _, count in rows)
+
+
+def _choose_uid(requested: int, mount_ns: bool, python_dirs: list[str]) -> int | None:
+    """The uid to drop to (root only), or None when the interpreter would be out of its reach."""
+    if os.geteuid() != 0 or requested < 0:
+        return None
+    for dirpath in python_dirs:
+        blocked = _blocked(dirpath)
+        if blocked and (not mount_ns or dirpath in blocked):
+            return None
+    for uid in (requested, _NOBODY):
+        if _uid_is_mapped(uid):
+            return uid
+    return None
+
+
+def _unshare_namespaces(network: bool, layers: list[str]) -> None:
+    """Enter what namespaces this process may; the next fork is the PID namespace's init."""
+    if os.geteuid() != 0:
+        uid, gid = os.geteuid(), os.getegid()
+        try:
+            _unshare(_CLONE_NEWUSER)
+            for name, text in (
+                ("setgroups", "deny"),
+                ("uid_map", f"{uid} {uid} 1"),
+                ("gid_map", f"{gid} {gid} 1"),
+            ):
+                with open(f"/proc/self/{name}", "w") as f:
+                    f.write(text)
+        except OSError:
+            return
+        layers.append("userns")
+    wanted = [(_CLONE_NEWNS, "mountns"), (_CLONE_NEWPID, "pidns"), (_CLONE_NEWIPC, "ipcns")]
+    if not network:
+        wanted.append((_CLONE_NEWNET, "netns"))
+    for flag, name in wanted:
+        try:
+            _unshare(flag)
+            layers.append(name)
+        except OSError:
+            pass
+
+
+def _expose_interpreter(python_dirs: list[str]) -> None:
+    """Replace each directory that hides the interpreter from other uids by a tmpfs holding only it."""
+    needed = [d for d in python_dirs if _blocked(d)]
+    fds = {d: os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d in needed}
+    covered: list[str] = []
+    for d in needed:
+        top = _blocked(d)[0]
+        if not any(top == c or top.startswith(c + "/") for c in covered):
+            _mount("tmpfs", top, "tmpfs", _MS_NOSUID | _MS_NODEV, "mode=755,size=1m")
+            covered.append(top)
+    for d, fd in fds.items():
+        os.makedirs(d, 0o755, exist_ok=True)
+        _mount(f"/proc/self/fd/{fd}", d, None, _MS_BIND | _MS_REC)
+        _mount(None, d, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+        os.close(fd)
+
+
+def _setup_filesystem(cfg: dict[str, str], uid: int | None, pid_ns: bool) -> None:
+    """In the private mount namespace: fresh tmpfs for the sandbox and world-writable dirs, own /proc."""
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE)
+    workdir = os.getcwd()
+    files = {}
+    for name in os.listdir("."):
+        with open(name, "rb") as f:
+            files[name] = f.read()
+    if uid is not None:
+        _expose_interpreter(_python_dirs(cfg))
+    size = f"size={int(cfg['fsize_mb'])}m"
+    for d in _WORLD_WRITABLE:
+        if os.path.isdir(d) and not os.path.islink(d):
+            _mount("tmpfs", d, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=1777,{size},nr_inodes=1024")
+    os.makedirs(workdir, exist_ok=True)
+    owner = "" if uid is None else f",uid={uid},gid={uid}"
+    _mount("tmpfs", workdir, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=700,{size},nr_inodes=4096{owner}")
+    os.chdir(workdir)
+    for name, data in files.items():
+        with open(name, "wb") as f:
+            f.write(data)
+        if uid is not None:
+            os.chown(name, uid, uid)
+    if pid_ns:
+        _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
+
+
+def _python_dirs(cfg: dict[str, str]) -> list[str]:
+    return [d for d in cfg["python_dirs"].split(os.pathsep) if d]
+
+
+def _set_rlimits(cfg: dict[str, str]) -> None:
+    mb = 1024 * 1024
+    cpu = int(cfg["cpu_s"])
+    limits = [
+        (resource.RLIMIT_CORE, 0, 0),
+        (resource.RLIMIT_CPU, cpu, cpu + 1),
+        (resource.RLIMIT_AS, int(cfg["memory_mb"]) * mb, int(cfg["memory_mb"]) * mb),
+        (resource.RLIMIT_FSIZE, int(cfg["fsize_mb"]) * mb, int(cfg["fsize_mb"]) * mb),
+        (resource.RLIMIT_NPROC, int(cfg["nproc"]), int(cfg["nproc"])),
+    ]
+    for res, soft, hard in limits:
+        cur_hard = resource.getrlimit(res)[1]
+        if cur_hard != resource.RLIM_INFINITY:
+            soft, hard = min(soft, cur_hard), min(hard, cur_hard)
+        resource.setrlimit(res, (soft, hard))
+
+
+def _exec_program(cfg: dict[str, str], layers: list[str], uid: int | None) -> None:
+    """In the forked child: join the cgroup, build the filesystem, limit, drop privileges, exec."""
+    if cfg["cgroup"]:
+        with open(os.path.join(cfg["cgroup"], "cgroup.procs"), "w") as f:
+            f.write("0")
+    if "mountns" in layers:
+        _setup_filesystem(cfg, uid, "pidns" in layers)
+    os.setsid()
+    _set_rlimits(cfg)
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)
+    _prctl(_PR_SET_NO_NEW_PRIVS, 1)
+    _prctl(_PR_SET_PDEATHSIG, _SIGKILL)
+    os.execve(cfg["python"], [cfg["python"], "-I", "-S", PROGRAM_NAME], dict(os.environ))
+
+
+def _wait(pid: int, timeout: float) -> str:
+    """Wait for ``pid`` up to ``timeout`` seconds, SIGKILL it past that; ``exit:N``, ``signal:N`` or ``timeout``."""
+    deadline = time.monotonic() + timeout
+    status = None
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        pidfd = -1
+    if pidfd >= 0:
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        if poller.poll(max(0.0, timeout) * 1000):
+            status = os.waitpid(pid, 0)[1]
+        os.close(pidfd)
+    else:
+        while time.monotonic() < deadline:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+                break
+            time.sleep(0.005)
+    if status is None:
+        os.kill(pid, _SIGKILL)
+        os.waitpid(pid, 0)
+        return "timeout"
+    if os.WIFSIGNALED(status):
+        return f"signal:{os.WTERMSIG(status)}"
+    return f"exit:{os.WEXITSTATUS(status)}"
+
+
+def _kill_leftovers(pid: int, uid: int | None) -> None:
+    """Kill what the program left behind: its process group and, as its uid, every process of that uid."""
+    try:
+        os.killpg(pid, _SIGKILL)
+    except OSError:
+        pass
+    if uid is None:
+        return
+    helper = os.fork()
+    if helper == 0:
+        try:
+            os.setuid(uid)
+            for _ in range(100):  # kill(-1) spares the caller; repeat while a fork bomb races it
+                os.kill(-1, _SIGKILL)
+        except OSError:
+            pass
+        os._exit(0)
+    os.waitpid(helper, 0)
+
+
+def _supervise(argv: list[str]) -> int:
+    """The supervisor's main: run the program once and write ``layers=...`` / ``outcome=...`` to the report fd."""
+    cfg = dict(arg.split("=", 1) for arg in argv)
+    report_fd = int(cfg["report_fd"])
+    os.set_inheritable(report_fd, False)
+    layers = ["rlimits"]
+    try:
+        if cfg["namespaces"] == "1":
+            _unshare_namespaces(cfg["network"] == "1", layers)
+        uid = _choose_uid(int(cfg["uid"]), "mountns" in layers, _python_dirs(cfg))
+        if uid is not None:
+            layers.append("uid")
+        if cfg["cgroup"]:
+            layers.append("pids_cgroup")
+        err_r, err_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(err_r)
+            try:
+                _exec_program(cfg, layers, uid)
+            except BaseException as e:  # report any setup failure, never run the program unconfined
+                os.write(err_w, f"{type(e).__name__}: {e}".encode(errors="replace"))
+            os._exit(127)
+        os.close(err_w)
+        with os.fdopen(err_r, "rb") as f:
+            setup_error = f.read().decode(errors="replace")
+        if setup_error:
+            _wait(pid, 0)
+            outcome = f"error:sandbox setup failed: {setup_error}"
+        else:
+            outcome = _wait(pid, float(cfg["timeout"]))
+        if "pidns" not in layers:
+            _kill_leftovers(pid, uid)
+    except Exception as e:
+        outcome = f"error:supervisor failed: {type(e).__name__}: {e}"
+    report = f"layers={','.join(layers)}\noutcome={outcome}".replace("\r", " ")
+    os.write(report_fd, report.encode(errors="replace"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_supervise(sys.argv[1:]))
+
+
+# ---- rsft side ------------------------------------------------------------------------------------
+
+import functools  # noqa: E402
+import logging  # noqa: E402
+import secrets  # noqa: E402
+import selectors  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+from collections.abc import Mapping  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Literal  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+Status = Literal["ok", "failed", "timeout", "killed", "error"]
+
+_SUPERVISOR = os.path.abspath(__file__)
+_GRACE_S = 5.0
+"""How long past ``timeout`` rsft waits for the supervisor before killing its whole process group."""
+_UID_BASE, _UID_SPAN = 1_800_000_000, 1 << 20
+"""Throwaway uids come from this range; one is drawn at random per run and checked to be no account."""
+_warned: set[str] = set()
+_cgroups_broken = False
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """What happened to one program."""
+
+    status: Status
+    """``ok`` (exit 0), ``failed`` (non-zero exit), ``timeout`` (wall-clock or CPU limit), ``killed``
+    (another signal: segfault, file-size limit, ...), ``error`` (the sandbox itself could not run it)."""
+    returncode: int | None
+    """The exit code, ``-N`` when killed by signal N, None on timeout or error."""
+    stdout: str
+    """Captured output; past ``max_output_bytes`` only its head and tail are kept."""
+    stderr: str
+    wall_s: float
+    """Seconds from start to cleanup, as seen by rsft (interpreter start-up included)."""
+    network_isolated: bool = False
+    """True when the program ran in its own network namespace (no network at all)."""
+    isolation: tuple[str, ...] = ()
+    """The isolation layers this run got (see the module docstring)."""
+    message: str = ""
+    """Why the sandbox stopped or failed the program, when it did (e.g. ``wall-clock limit 1.0 s``)."""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class _CappedBuffer:
+    """Keeps the first and the last bytes of a stream, ``cap`` in all, and counts what it dropped."""
+
+    def __init__(self, cap: int) -> None:
+        self.head_cap = cap // 2
+        self.tail_cap = cap - self.head_cap
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.dropped = 0
+
+    def add(self, data: bytes) -> None:
+        room = self.head_cap - len(self.head)
+        if room > 0:
+            self.head += data[:room]
+            data = data[room:]
+        if not data:
+            return
+        self.tail += data
+        excess = len(self.tail) - self.tail_cap
+        if excess > 0:
+            self.dropped += excess
+            del self.tail[:excess]
+
+    def text(self) -> str:
+        if not self.dropped:
+            return (self.head + self.tail).decode("utf-8", errors="replace")
+        gap = f"\n[... {self.dropped} bytes dropped ...]\n"
+        return self.head.decode("utf-8", errors="replace") + gap + self.tail.decode("utf-8", errors="replace")
+
+
+def run_program(
+    source: str,
+    *,
+    timeout: float = 5.0,
+    cpu_seconds: int = 5,
+    memory_mb: int = 512,
+    max_file_mb: int = 16,
+    max_processes: int = 32,
+    max_output_bytes: int = 65536,
+    network: bool = False,
+    files: Mapping[str, str | bytes] | None = None,
+    python: str | None = None,
+    namespaces: bool = True,
+) -> SandboxResult:
+    """Run ``source`` with this interpreter (``-I -S``: no site-packages) in a fresh sandbox.
+
+    Args:
+        source: the program, written to ``main.py`` in the sandbox directory (its cwd, HOME, TMPDIR).
+        timeout: wall-clock seconds before the program and everything it started are killed.
+        cpu_seconds: ``RLIMIT_CPU`` (per process).
+        memory_mb: ``RLIMIT_AS`` (address space per process).
+        max_file_mb: ``RLIMIT_FSIZE``, and the size of each tmpfs where a mount namespace is available.
+        max_processes: processes and threads the program may have at once (see ``isolation``).
+        max_output_bytes: stdout and stderr each keep at most this much (head and tail).
+        network: False runs the program without network where a network namespace is available.
+        files: extra files for the sandbox directory, by plain file name.
+        python: the interpreter for the program (default: this one, ``sys.executable``).
+        namespaces: False skips every namespace (to test the fallback layers, or where they misbehave).
+    """
+    if timeout <= 0 or cpu_seconds < 1 or memory_mb < 1 or max_file_mb < 1 or max_processes < 1:
+        raise ValueError("timeout, cpu_seconds, memory_mb, max_file_mb and max_processes must be positive")
+    start = time.monotonic()
+    workdir = tempfile.mkdtemp(prefix="rsft-sandbox-")
+    cgroup = None
+    try:
+        _write_files(workdir, {PROGRAM_NAME: source, **(files or {})})
+        uid = _throwaway_uid() if os.geteuid() == 0 else -1
+        if uid >= 0:
+            os.chown(workdir, uid, uid)  # for the case without a mount namespace
+        cgroup = _new_pids_cgroup(max_processes)
+        python = python or sys.executable
+        cfg = {
+            "python": python,
+            "python_dirs": os.pathsep.join(_python_dirs_of(python)),
+            "namespaces": "1" if namespaces else "0",
+            "timeout": repr(float(timeout)),
+            "cpu_s": str(int(cpu_seconds)),
+            "memory_mb": str(int(memory_mb)),
+            "fsize_mb": str(int(max_file_mb)),
+            "nproc": str(int(max_processes)),
+            "network": "1" if network else "0",
+            "uid": str(uid),
+            "cgroup": cgroup or "",
+        }
+        return _supervise_run(cfg, workdir, timeout, max_output_bytes, start)
+    finally:
+        if cgroup:
+            _remove_cgroup(cgroup)
+        shutil.rmtree(workdir, onerror=_force_remove)
+
+
+def _write_files(workdir: str, files: Mapping[str, str | bytes]) -> None:
+    for name, content in files.items():
+        if not name or "/" in name or name in (".", ".."):
+            raise ValueError(f"sandbox files need plain names, got {name!r}")
+        data = content.encode() if isinstance(content, str) else content
+        with open(os.path.join(workdir, name), "wb") as f:
+            f.write(data)
+
+
+@functools.lru_cache(maxsize=8)
+def _python_dirs_of(python: str) -> tuple[str, ...]:
+    """Directories ``python`` needs: its prefixes (base and venv) and the folders of its binary and link."""
+    if python == sys.executable:
+        prefixes = [sys.base_prefix, sys.prefix]
+    else:
+        code = "import sys; print(sys.base_prefix); print(sys.prefix)"
+        run = subprocess.run([python, "-I", "-S", "-c", code], capture_output=True, text=True, timeout=30)
+        if run.returncode != 0:
+            raise ValueError(f"cannot run the sandbox interpreter {python!r}: {run.stderr.strip()[-200:]}")
+        prefixes = run.stdout.split("\n")[:2]
+    dirs = {os.path.realpath(p) for p in prefixes if p}
+    dirs |= {os.path.dirname(os.path.realpath(python)), os.path.dirname(os.path.abspath(python))}
+    return tuple(sorted(d for d in dirs if not any(d.startswith(o + "/") for o in dirs if o != d)))
+
+
+def _throwaway_uid() -> int:
+    import pwd
+
+    while True:
+        uid = _UID_BASE + secrets.randbelow(_UID_SPAN)
+        try:
+            pwd.getpwuid(uid)
+        except KeyError:
+            return uid
+
+
+def _supervise_run(
+    cfg: dict[str, str], workdir: str, timeout: float, cap: int, start: float
+) -> SandboxResult:
+    """Start the supervisor, drain its pipes (capped) until it is done or overdue, then build the result."""
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
+    report_r, report_w = os.pipe()
+    try:
+        argv = [sys.executable, "-I", "-S", _SUPERVISOR, *(f"{k}={v}" for k, v in cfg.items())]
+        proc = subprocess.Popen(
+            [*argv, f"report_fd={report_w}"],
+            cwd=workdir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(report_w,),
+            start_new_session=True,
+        )
+    except OSError as e:
+        os.close(report_r)
+        return SandboxResult("error", None, "", "", time.monotonic() - start, message=f"cannot start: {e}")
+    finally:
+        os.close(report_w)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err, report = _CappedBuffer(cap), _CappedBuffer(cap), _CappedBuffer(8192)
+    sinks = {proc.stdout.fileno(): out, proc.stderr.fileno(): err, report_r: report}
+    overdue = _drain(sinks, start + timeout + _GRACE_S)
+    _kill_group(proc.pid)
+    if overdue:
+        _drain(sinks, time.monotonic() + 1.0)
+    proc.wait()
+    proc.stdout.close()
+    proc.stderr.close()
+    os.close(report_r)
+    fields = dict(line.split("=", 1) for line in report.text().splitlines() if "=" in line)
+    layers = tuple(x for x in fields.get("layers", "").split(",") if x)
+    status, returncode, message = _outcome(fields.get("outcome", ""), overdue, timeout)
+    _warn_once(cfg, layers)
+    return SandboxResult(
+        status=status,
+        returncode=returncode,
+        stdout=out.text(),
+        stderr=err.text(),
+        wall_s=time.monotonic() - start,
+        network_isolated="netns" in layers,
+        isolation=layers,
+        message=message,
+        stdout_truncated=out.dropped > 0,
+        stderr_truncated=err.dropped > 0,
+    )
+
+
+def _drain(sinks: dict[int, _CappedBuffer], deadline: float) -> bool:
+    """Read every fd into its sink until all are at EOF; True when ``deadline`` came first."""
+    with selectors.DefaultSelector() as sel:
+        for fd in sinks:
+            try:
+                sel.register(fd, selectors.EVENT_READ)
+            except (KeyError, ValueError):
+                pass  # closed in an earlier call
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return True
+            for key, _ in sel.select(left):
+                data = os.read(key.fd, 65536)
+                if data:
+                    sinks[key.fd].add(data)
+                else:
+                    sel.unregister(key.fd)
+    return False
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def _outcome(outcome: str, overdue: bool, timeout: float) -> tuple[Status, int | None, str]:
+    kind, _, value = outcome.partition(":")
+    if overdue or kind == "timeout":
+        return "timeout", None, f"wall-clock limit {timeout:g} s"
+    if kind == "exit":
+        code = int(value)
+        return ("ok" if code == 0 else "failed"), code, ""
+    if kind == "signal":
+        sig = int(value)
+        if sig == signal.SIGXCPU:
+            return "timeout", -sig, "CPU time limit"
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        extra = " (file size limit)" if sig == signal.SIGXFSZ else ""
+        return "killed", -sig, f"killed by {name}{extra}"
+    if kind == "error":
+        return "error", None, value
+    return "error", None, "the supervisor died without a report"
+
+
+def _warn_once(cfg: dict[str, str], layers: tuple[str, ...]) -> None:
+    warnings = []
+    if cfg["network"] == "0" and "netns" not in layers:
+        warnings.append("no network namespace available: sandboxed programs can use the network")
+    if cfg["uid"] != "-1" and "uid" not in layers:
+        warnings.append("running as root without a throwaway uid: the program runs as root")
+    for text in warnings:
+        if text not in _warned:
+            _warned.add(text)
+            log.warning("rsft sandbox: %s", text)
+
+
+def _force_remove(func: object, path: str, exc_info: object) -> None:
+    """``rmtree`` error handler: a program may have left a directory without permissions."""
+    try:
+        os.chmod(os.path.dirname(path), 0o700)
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass
+
+
+# ---- per-run pids cgroup --------------------------------------------------------------------------
+
+
+def _pids_cgroup_parent() -> str | None:
+    """The cgroup directory (ours) under which a child with ``pids.max`` can be made, if any."""
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split() for line in f]
+        with open("/proc/self/cgroup") as f:
+            own = [line.strip().split(":", 2) for line in f if line.count(":") >= 2]
+    except OSError:
+        return None
+    for _dev, mnt, fstype, opts, *_ in mounts:
+        if fstype == "cgroup" and "pids" in opts.split(","):
+            rel = next((p for _, ctl, p in own if "pids" in ctl.split(",")), None)
+        elif fstype == "cgroup2":
+            rel = next((p for hid, ctl, p in own if hid == "0" and ctl == ""), None)
+            try:
+                with open(os.path.join(mnt + (rel or ""), "cgroup.subtree_control")) as f:
+                    if "pids" not in f.read().split():
+                        continue
+            except OSError:
+                continue
+        else:
+            continue
+        if rel is not None:
+            return os.path.normpath(mnt + rel)
+    return None
+
+
+def _new_pids_cgroup(max_processes: int) -> str | None:
+    global _cgroups_broken
+    if _cgroups_broken:
+        return None
+    parent = _pids_cgroup_parent()
+    if parent is None:
+        _cgroups_broken = True
+        return None
+    path = os.path.join(parent, f"rsft-sandbox-{secrets.token_hex(8)}")
+    try:
+        os.mkdir(path)
+    except OSError:
+        _cgroups_broken = True
+        return None
+    try:
+        with open(os.path.join(path, "pids.max"), "w") as f:
+            f.write(str(max_processes))
+    except OSError:
+        _cgroups_broken = True
+        os.rmdir(path)
+        return None
+    return path
+
+
+def _remove_cgroup(path: str) -> None:
+    for _ in range(200):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            try:
+                with open(os.path.join(path, "cgroup.procs")) as f:
+                    for pid in f.read().split():
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except OSError:
+                            pass
+            except OSError:
+                pass
+            time.sleep(0.01)
+    log.warning("rsft sandbox: could not remove cgroup %s", path)

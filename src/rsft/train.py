@@ -1,0 +1,479 @@
+"""The training stage: instruction-tune a model on a round's ``selected.jsonl`` with TRL's SFTTrainer.
+
+Reads ``ROUND_DIR/selected.jsonl`` and writes ``ROUND_DIR/checkpoint/`` plus
+``ROUND_DIR/train_log.jsonl`` (one line per logged optimizer step). Prompt/completion rows train on
+the completion only (TRL masks the prompt and appends EOS); conversational rows go through the
+tokenizer's chat template. Full fine-tuning or LoRA.
+
+The checkpoint folder holds, besides ``rsft_train.json`` (what was trained, on what, how it went):
+
+- LoRA with ``merge`` (the default): the merged full model and tokenizer at the top, so the folder
+  loads with ``AutoModelForCausalLM.from_pretrained`` and serves as the next round's policy, and
+  the adapter alone under ``adapter/`` (loadable with peft on the base model).
+- LoRA without ``merge``: the adapter and tokenizer only (load with ``peft.AutoPeftModelForCausalLM``).
+- Full fine-tuning: the full model and tokenizer.
+
+Training happens in a temporary folder beside the checkpoint that is renamed into place at the
+end, so a failed or interrupted run leaves the previous checkpoint (or none), never half of one.
+Weights stay float32 (the master copy); on a CUDA GPU with bf16 support the maths runs in bf16
+autocast. torch, transformers, trl and peft are imported only inside functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rsft import artifacts
+from rsft.errors import RsftError
+
+CHECKPOINT = "checkpoint"
+TRAIN_LOG = "train_log.jsonl"
+TRAIN_INFO = "rsft_train.json"
+ADAPTER = "adapter"
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+_REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
+
+
+@dataclass
+class TrainConfig:
+    """How to fine-tune the policy on the selected completions (TRL SFTTrainer)."""
+
+    lora: bool = True
+    """Train a LoRA adapter instead of all the weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    lora_target_modules: str | list[str] = "all-linear"
+    """Modules that get adapters: ``all-linear`` (every linear layer except the output head) or names."""
+    merge: bool = True
+    """LoRA: also save the adapter merged into a full checkpoint, so the next round and the generators
+    load a plain model folder (the adapter alone goes to ``checkpoint/adapter/``)."""
+    learning_rate: float = 1e-4
+    """Peak learning rate (linear decay); full fine-tuning usually wants ~10x less than LoRA."""
+    epochs: float = 2.0
+    """Passes over ``selected.jsonl``."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides ``epochs``)."""
+    batch_size: int = 8
+    """Rows per device per forward pass."""
+    grad_accum: int = 1
+    """Forward passes per optimizer step (effective batch = ``batch_size * grad_accum``)."""
+    max_length: int | None = 1024
+    """Tokens per row at most (prompt + completion); longer rows are truncated at the end."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass to save GPU memory (slower); never used on CPU."""
+    logging_steps: int = 1
+    """Optimizer steps between lines of ``train_log.jsonl``."""
+    report_to: str = "none"
+    """Experiment tracker for TRL: ``none``, ``tensorboard`` (logs to ``ROUND_DIR/tensorboard/``),
+    ``wandb`` or ``mlflow``."""
+    seed: int = 0
+    """Seed of the LoRA initialisation and the data order."""
+
+
+def read_selected(path: Path) -> tuple[list[dict[str, Any]], str]:
+    """The rows of ``selected.jsonl`` and their format: ``prompt_completion``, ``conversational``,
+    ``messages`` or ``text``. Raises :class:`RsftError` on a missing, empty or malformed file."""
+    if not path.is_file():
+        raise RsftError(f"{path}: missing (run `rsft export` on this round first)")
+    rows, kinds = [], set()
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RsftError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
+            kind, row = _row_kind(row, f"{path}:{line_no}")
+            kinds.add(kind)
+            rows.append(row)
+    if not rows:
+        raise RsftError(f"{path} is empty: no completion was kept; lower the selection threshold or raise N")
+    if len(kinds) > 1:
+        raise RsftError(f"{path}: rows mix formats ({', '.join(sorted(kinds))}); use one")
+    return rows, kinds.pop()
+
+
+def _row_kind(row: Any, where: str) -> tuple[str, dict[str, Any]]:
+    if not isinstance(row, dict):
+        raise RsftError(f"{where}: expected a JSON object, got {type(row).__name__}")
+    if "chosen" in row or "rejected" in row:
+        raise RsftError(f"{where}: a preference pair (chosen/rejected) is DPO data; rsft train does SFT: "
+                        "select with another strategy than dpo_pairs")
+    if "prompt" in row and "completion" in row:
+        prompt, completion = row["prompt"], row["completion"]
+        if isinstance(prompt, str) and isinstance(completion, str):
+            return "prompt_completion", {"prompt": prompt, "completion": completion}
+        if _is_messages(prompt) and _is_messages(completion):
+            return "conversational", {"prompt": prompt, "completion": completion}
+        raise RsftError(f"{where}: 'prompt' and 'completion' must both be strings or both message lists")
+    if "messages" in row and _is_messages(row["messages"]):
+        return "messages", {"messages": row["messages"]}
+    if isinstance(row.get("text"), str):
+        return "text", {"text": row["text"]}
+    raise RsftError(f"{where}: expected 'prompt' and 'completion' (or 'messages', or 'text'); got keys "
+                    f"{', '.join(map(repr, row)) or 'none'}")
+
+
+def _is_messages(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in value)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Reject values that would fail deep inside the trainer, naming the field."""
+    positive = {"learning_rate": config.learning_rate, "epochs": config.epochs, "batch_size": config.batch_size,
+                "grad_accum": config.grad_accum, "logging_steps": config.logging_steps}
+    if config.lora:
+        positive.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha)
+    for name, value in (("max_steps", config.max_steps), ("max_length", config.max_length)):
+        if value is not None:
+            positive[name] = value
+    for name, value in positive.items():
+        if not value > 0:
+            raise RsftError(f"train.{name}: must be positive, got {value!r}")
+    if not 0 <= config.lora_dropout < 1:
+        raise RsftError(f"train.lora_dropout: must be in [0, 1), got {config.lora_dropout!r}")
+    if config.report_to not in REPORT_TO:
+        raise RsftError(f"train.report_to: expected one of {', '.join(REPORT_TO)}, got {config.report_to!r}")
+    packages = _REPORT_PACKAGES.get(config.report_to, ())
+    if packages and not any(importlib.util.find_spec(p) for p in packages):
+        raise RsftError(f"train.report_to {config.report_to!r} needs the {packages[0]} package: "
+                        f"pip install {packages[0]}")
+
+
+def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path | None = None) -> dict[str, Any]:
+    """Fine-tune ``base_model`` on ``round_dir/selected.jsonl``; save to ``out_dir`` (default
+    ``round_dir/checkpoint``) and log to ``round_dir/train_log.jsonl``.
+
+    ``base_model`` is a model folder, a locally cached hub id, or ``gemma3-270m`` (the embedded
+    default). Returns ``{"checkpoint", "rows", "steps", "final_loss", "tail_loss", "wall_s", ...}``.
+    """
+    started = time.time()
+    round_dir = Path(round_dir)
+    out_dir = Path(out_dir) if out_dir is not None else round_dir / CHECKPOINT
+    data_path = round_dir / artifacts.SELECTED
+    rows, data_format = read_selected(data_path)
+    data_sha = artifacts.file_sha256(data_path)
+    check_config(config)
+    try:
+        import datasets
+        import torch
+        import trl  # noqa: F401
+        if config.lora:
+            import peft  # noqa: F401
+    except ImportError as e:
+        raise RsftError(f"training needs the 'train' extra: pip install 'rsft[train]' ({e})") from e
+
+    model, tokenizer, model_path = _load_base(base_model)
+    if data_format in ("conversational", "messages") and not tokenizer.chat_template:
+        raise RsftError(f"{data_path}: chat rows need a tokenizer with a chat template; {base_model!r} has none "
+                        "(use plain-text prompts with a base model)")
+    cuda = torch.cuda.is_available()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        work.chmod(0o755)
+        trainer = _build_trainer(model, tokenizer, datasets.Dataset.from_list(rows), config, work, cuda)
+        log = _attach_logger(trainer, work / TRAIN_LOG)
+        train_started = time.time()
+        result = trainer.train()
+        train_s = time.time() - train_started
+        staged = work / CHECKPOINT
+        _save(trainer.model, tokenizer, staged, config)
+        records = log.records
+        info = {
+            "base_model": base_model,
+            "base_model_path": model_path,
+            "data": {"path": str(data_path), "sha256": data_sha, "rows": len(rows), "format": data_format},
+            "rows": len(rows),
+            "steps": trainer.state.global_step,
+            "epochs": config.epochs,
+            "epochs_done": trainer.state.epoch,
+            "final_loss": records[-1]["loss"] if records else None,
+            "tail_loss": _tail_mean([r["loss"] for r in records]),
+            "train_loss": result.training_loss,
+            "train_s": round(train_s, 3),
+            "wall_s": round(time.time() - started, 3),
+            "lora": _lora_info(config),
+            "merged": bool(config.lora and config.merge),
+            "device": "cuda" if cuda else "cpu",
+            "dtype": "float32",
+            "mixed_precision": "bf16" if _use_bf16(cuda) else "no",
+            "config": dataclasses.asdict(config),
+            "versions": _versions(),
+        }
+        artifacts.write_json(staged / TRAIN_INFO, info)
+        os.replace(work / TRAIN_LOG, round_dir / TRAIN_LOG)
+        if (work / "trainer" / "runs").is_dir():
+            _swap_in(work / "trainer" / "runs", round_dir / "tensorboard")
+        _swap_in(staged, out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _record_manifest(round_dir, out_dir, base_model, config, info, started)
+    return {"checkpoint": str(out_dir), "rows": info["rows"], "steps": info["steps"],
+            "final_loss": info["final_loss"], "tail_loss": info["tail_loss"], "train_s": info["train_s"],
+            "wall_s": info["wall_s"], "log": str(round_dir / TRAIN_LOG)}
+
+
+def _load_base(base_model: str) -> tuple[Any, Any, str]:
+    """The base model in float32 and its tokenizer (with a pad token), via rsft.models."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rsft.models import resolve_model_path
+
+    path = resolve_model_path(base_model)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    except Exception as e:  # any failure becomes one line for the user
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise RsftError(f"model {base_model!r}: cannot load: {type(e).__name__}: {first}") from e
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise RsftError(f"model {base_model!r}: tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer, path
+
+
+def _use_bf16(cuda: bool) -> bool:
+    import torch
+
+    return cuda and torch.cuda.is_bf16_supported()
+
+
+def _build_trainer(model: Any, tokenizer: Any, dataset: Any, config: TrainConfig, work: Path, cuda: bool) -> Any:
+    from transformers import PrinterCallback, ProgressCallback
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(
+        output_dir=str(work / "trainer"),
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        max_length=config.max_length,
+        bf16=_use_bf16(cuda),
+        activation_checkpointing=cuda and config.activation_checkpointing,
+        use_cpu=not cuda,
+        logging_steps=config.logging_steps,
+        save_strategy="no",
+        report_to=[] if config.report_to == "none" else [config.report_to],
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        dataset_num_proc=None,
+    )
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    try:
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=peft_config)
+    except ValueError as e:
+        raise RsftError(f"cannot set up training: {e}") from e
+    # Progress goes to stderr through rsft's bar; stdout stays for the command's JSON summary.
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _attach_logger(trainer: Any, path: Path) -> Any:
+    """A callback that appends each logged step to ``path`` (flushed, so it can be tailed live)."""
+    from transformers import TrainerCallback
+
+    from rsft.progress import progress
+
+    class LossLog(TrainerCallback):
+        def __init__(self) -> None:
+            self.records: list[dict[str, Any]] = []
+            self.bar: Any = None
+            self.started = time.time()
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started = time.time()
+            self.bar = progress(state.max_steps, "train", unit="step")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.bar.update(1)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if not logs or "loss" not in logs:
+                return
+            record = {"step": state.global_step, "loss": float(logs["loss"]),
+                      "learning_rate": logs.get("learning_rate"), "epoch": logs.get("epoch"),
+                      "grad_norm": _float_or_none(logs.get("grad_norm")),
+                      "elapsed_s": round(time.time() - self.started, 3)}
+            self.records.append(record)
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}")
+
+        def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.bar.close()
+
+    path.touch()
+    logger = LossLog()
+    trainer.add_callback(logger)
+    return logger
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _tail_mean(losses: list[float]) -> float | None:
+    """Mean of the last 10% of the logged losses (at least one): less noisy than the last one."""
+    if not losses:
+        return None
+    k = max(1, math.ceil(0.1 * len(losses)))
+    return sum(losses[-k:]) / k
+
+
+def _save(model: Any, tokenizer: Any, target: Path, config: TrainConfig) -> None:
+    """Write the adapter and/or full model and the tokenizer to ``target``."""
+    target.mkdir()
+    if _is_peft(model):
+        adapter_dir = target / ADAPTER if config.merge else target
+        model.save_pretrained(str(adapter_dir))
+        (adapter_dir / "README.md").unlink(missing_ok=True)  # peft's model-card stub
+        if config.merge:
+            model = model.merge_and_unload()
+    if not _is_peft(model):
+        model.config.use_cache = True  # the trainer turns the KV cache off; generation wants it
+        model.save_pretrained(str(target))
+    tokenizer.save_pretrained(str(target))
+
+
+def _is_peft(model: Any) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    """Rename ``new`` onto ``target``, replacing an existing folder."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _lora_info(config: TrainConfig) -> dict[str, Any] | None:
+    if not config.lora:
+        return None
+    return {"r": config.lora_r, "alpha": config.lora_alpha, "dropout": config.lora_dropout,
+            "target_modules": config.lora_target_modules}
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    versions = artifacts.package_versions()
+    for name in ("peft", "accelerate", "datasets"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _record_manifest(round_dir: Path, out_dir: Path, base_model: str, config: TrainConfig,
+                     info: dict[str, Any], started: float) -> None:
+    """Add the ``train`` entry to the round's manifest (when the checkpoint lives in the round)."""
+    try:
+        info_name = str((out_dir / TRAIN_INFO).relative_to(round_dir))
+    except ValueError:
+        return
+    artifacts.record_stage(round_dir, "train", config={"base_model": base_model, **dataclasses.asdict(config)},
+                           inputs=[artifacts.SELECTED], outputs=[TRAIN_LOG, info_name], started=started,
+                           counts={"rows": info["rows"], "steps": info["steps"]},
+                           extra={"final_loss": info["final_loss"], "tail_loss": info["tail_loss"]})
+
+
+# --- command line: `rsft train ROUND_DIR` ---------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser, round_dir: bool = True) -> None:
+    """Add the ``rsft train`` options to ``parser``; flag help is the TrainConfig field's docstring.
+
+    ``round_dir=False`` leaves out the ``ROUND_DIR`` positional, for a CLI that adds it itself.
+    Every option defaults to None, so only flags actually given override a config file.
+    """
+    from rsft.config import field_docs
+
+    docs = field_docs(TrainConfig)
+    if round_dir:
+        parser.add_argument("round_dir", type=Path, metavar="ROUND_DIR",
+                            help="the round folder: reads selected.jsonl, writes checkpoint/")
+    g = parser.add_argument_group("training")
+    g.add_argument("--model", help="starting checkpoint: model folder, cached hub id, or gemma3-270m (default)")
+    bool_flag = argparse.BooleanOptionalAction
+    g.add_argument("--lora", action=bool_flag, default=None, help=docs["lora"])
+    g.add_argument("--lora-r", type=int, help=docs["lora_r"])
+    g.add_argument("--lora-alpha", type=int, help=docs["lora_alpha"])
+    g.add_argument("--merge", action=bool_flag, default=None, help=docs["merge"])
+    g.add_argument("--learning-rate", "--lr", type=float, help=docs["learning_rate"])
+    g.add_argument("--epochs", type=float, help=docs["epochs"])
+    g.add_argument("--max-steps", type=int, help=docs["max_steps"])
+    g.add_argument("--batch-size", type=int, help=docs["batch_size"])
+    g.add_argument("--grad-accum", type=int, help=docs["grad_accum"])
+    g.add_argument("--max-length", type=int, help=docs["max_length"])
+    g.add_argument("--report-to", choices=REPORT_TO, help=docs["report_to"])
+    g.add_argument("--seed", type=int, help=docs["seed"])
+
+
+_FLAGS = ("lora", "lora_r", "lora_alpha", "merge", "learning_rate", "epochs", "max_steps", "batch_size",
+          "grad_accum", "max_length", "report_to", "seed")
+
+
+def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """``base`` (default: TrainConfig defaults) with every flag given on the command line applied."""
+    given = {name: getattr(args, name) for name in _FLAGS if getattr(args, name, None) is not None}
+    return dataclasses.replace(base or TrainConfig(), **given)
+
+
+def main(args: argparse.Namespace) -> None:
+    """``rsft train ROUND_DIR``: train on ROUND_DIR/selected.jsonl and print the summary as JSON.
+
+    With ``--config``, the run config's ``train`` section (if it has one) is the base and its
+    generator model the default starting checkpoint; flags override both.
+    """
+    base, model = None, None
+    if getattr(args, "config", None):
+        from rsft.config import load_config
+
+        run_config = load_config(args.config)
+        base = getattr(run_config, "train", None)
+        model = run_config.generation.generator.model
+    from rsft.models import EMBEDDED_DEFAULT
+
+    summary = train(args.round_dir, config_from_args(args, base), args.model or model or EMBEDDED_DEFAULT)
+    print(json.dumps(summary, indent=2))

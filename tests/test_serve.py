@@ -1,0 +1,375 @@
+"""``rsft serve`` for real on 127.0.0.1: the official openai client, auth, limits, queueing, batching.
+
+A deterministic fake generator is used where exact outputs matter; the tiny random Llama where the
+real hf path matters (batching, the subprocess entry point).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import uvicorn
+from fake_openai_server import FakeServer
+
+from rsft.generate.hf import HFGenerator
+from rsft.serve import create_app
+from rsft.types import Completion, PromptValue, SamplingParams
+
+KEY = "sk-test-123"
+
+
+def length(prompt: Any, completion: str) -> float:
+    """The scorer of these tests: longer is better."""
+    return float(len(completion))
+
+
+class FakeGenerator:
+    """Candidate j of a prompt is ``"<key>:<j>" + "x" * (3j mod n)``: distinct lengths, longest not first.
+
+    ``key`` is the text prompt or the last chat message. With ``block`` set, every call waits for
+    it, so tests can hold the worker busy and fill the queue deterministically.
+    """
+
+    name = "fake"
+
+    def __init__(self, block: threading.Event | None = None) -> None:
+        self.block = block
+        self.started = threading.Event()
+        self.batches: list[int] = []
+        self.samplings: list[SamplingParams] = []
+
+    @property
+    def calls(self) -> int:
+        return len(self.batches)
+
+    def generate(self, prompts: Sequence[PromptValue], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+        self.batches.append(len(prompts))
+        self.samplings.append(sampling)
+        self.started.set()
+        if self.block is not None:
+            self.block.wait(10)
+        out = []
+        for p in prompts:
+            key = p if isinstance(p, str) else p[-1]["content"]
+            out.append([Completion(f"{key}:{j}" + "x" * ((3 * j) % n), j + 1, "length" if j % 2 else "stop")
+                        for j in range(n)])
+        return out
+
+
+class Running:
+    """Serve an app with uvicorn on a free 127.0.0.1 port in a background thread."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        port = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=1))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
+
+    def __enter__(self) -> Running:
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert self._thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def client(self, api_key: str = KEY) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=30)
+
+    def post(self, path: str, body: Any = None, key: str | None = KEY, **kwargs: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        headers.update(kwargs.pop("headers", {}))
+        if body is not None:
+            kwargs["json"] = body
+        return httpx.post(self.url + path, headers=headers, timeout=30, **kwargs)
+
+
+@pytest.fixture
+def fake_server() -> Iterator[tuple[Running, FakeGenerator]]:
+    gen = FakeGenerator()
+    app = create_app(gen, length, "argmax", model_name="bon-test", max_n=8, max_tokens=32, max_body_bytes=20_000)
+    with Running(app) as server:
+        yield server, gen
+
+
+def rsft_field(response: Any) -> dict[str, Any]:
+    return response.model_extra["rsft"]
+
+
+# --- the OpenAI client -----------------------------------------------------------------------------
+
+
+def test_completions_return_the_longest_candidate(fake_server):
+    server, gen = fake_server
+    r = server.client().completions.create(model="bon-test", prompt="hi", n=4, max_tokens=5, temperature=0.5,
+                                           top_p=0.9, stop=["\n\n"], seed=7)
+    assert len(r.choices) == 1 and r.choices[0].index == 0
+    ext = rsft_field(r)
+    texts = [c["text"] for c in ext["candidates"]]
+    assert texts == ["hi:0", "hi:1xxx", "hi:2xx", "hi:3x"]
+    assert r.choices[0].text == "hi:1xxx" == max(texts, key=len)
+    assert r.choices[0].finish_reason == "length"  # candidate 1 of the fake ran out of tokens
+    assert ext == {"selector": "argmax", "n": 4, "score": 7.0, "scores": [4.0, 7.0, 6.0, 5.0],
+                   "candidates": [{"text": t, "score": float(len(t))} for t in texts], "chosen_index": 1}
+    assert r.usage.completion_tokens == 1 + 2 + 3 + 4 and r.usage.prompt_tokens == 0
+    assert r.model == "bon-test" and r.object == "text_completion"
+    assert gen.samplings[-1] == SamplingParams(temperature=0.5, top_p=0.9, top_k=0, max_new_tokens=5,
+                                               stop=("\n\n",), seed=7)
+
+
+def test_chat_completions_and_best_of_wins_over_n(fake_server):
+    server, gen = fake_server
+    messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "yo"}]
+    r = server.client().chat.completions.create(model="x", messages=messages, n=2, extra_body={"best_of": 5})
+    ext = rsft_field(r)
+    assert ext["n"] == 5 and ext["chosen_index"] == 3
+    assert r.choices[0].message.content == "yo:3xxxx" and r.choices[0].message.role == "assistant"
+    assert ext["scores"] == [float(len(c["text"])) for c in ext["candidates"]]
+    assert r.object == "chat.completion" and len(r.choices) == 1
+    assert gen.samplings[-1].max_new_tokens == 32  # no max_tokens: the server's limit
+
+
+def test_models_and_health(fake_server):
+    server, _ = fake_server
+    assert [m.id for m in server.client().models.list().data] == ["bon-test"]
+    health = httpx.get(server.url + "/health").json()
+    assert health["status"] == "ok" and health["waiting"] == 0 and health["selector"] == "argmax"
+
+
+# --- auth and request limits -----------------------------------------------------------------------
+
+
+def test_api_key_required_when_set():
+    app = create_app(FakeGenerator(), length, api_key=KEY)
+    with Running(app) as server:
+        with pytest.raises(openai.AuthenticationError):
+            server.client(api_key="wrong").completions.create(model="m", prompt="hi")
+        r = server.post("/v1/completions", {"prompt": "hi"}, key=None)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert httpx.get(server.url + "/v1/models").status_code == 401
+        assert httpx.get(server.url + "/health").status_code == 200  # health stays open
+        assert server.client().completions.create(model="m", prompt="hi", n=2).choices[0].text == "hi:1x"
+
+
+def test_huge_body_413(fake_server):
+    server, _ = fake_server
+    r = server.post("/v1/completions", {"prompt": "x" * 50_000})
+    assert r.status_code == 413 and "exceeds" in r.json()["error"]["message"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts the bytes it reads
+        yield b'{"prompt": "'
+        for _ in range(50):
+            yield b"y" * 1000
+        yield b'"}'
+
+    assert server.post("/v1/completions", content=chunks()).status_code == 413
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"prompt": "hi", "n": 9}, "max_n=8"),
+    ({"prompt": "hi", "n": 2, "best_of": 9}, "max_n=8"),
+    ({"prompt": "hi", "max_tokens": 33}, "limit of 32"),
+    ({"prompt": "hi", "n": 0}, "n"),
+    ({"prompt": "hi", "temperature": -1}, "temperature"),
+    ({"prompt": "hi", "stream": True}, "stream"),
+    ({"prompt": ["a", "b"]}, "one prompt"),
+    ({"n": 2}, "prompt"),
+    ({"messages": [{"role": "wizard", "content": "hi"}]}, "role"),
+])
+def test_invalid_requests_422(fake_server, body, message):
+    server, gen = fake_server
+    path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+    r = server.post(path, body)
+    assert r.status_code == 422, r.text
+    assert message in r.json()["error"]["message"]
+    assert gen.calls == 0
+
+
+def test_malformed_json_422(fake_server):
+    server, _ = fake_server
+    r = server.post("/v1/chat/completions", content=b'{"messages": [', headers={"content-type": "application/json"})
+    assert r.status_code == 422 and "malformed JSON" in r.json()["error"]["message"]
+
+
+# --- queueing and batching -------------------------------------------------------------------------
+
+
+def _post_in_thread(server: Running, prompt: str, results: dict[str, int]) -> threading.Thread:
+    def run() -> None:
+        results[prompt] = server.post("/v1/completions", {"prompt": prompt, "n": 2}).status_code
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t
+
+
+def _wait_for(condition: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_full_queue_503_then_everyone_answered():
+    release = threading.Event()
+    gen = FakeGenerator(block=release)
+    app = create_app(gen, length, max_queue=2, batch_window_ms=0)
+    with Running(app) as server:
+        results: dict[str, int] = {}
+        try:
+            threads = [_post_in_thread(server, "a", results)]
+            assert gen.started.wait(10)  # "a" holds the worker
+            threads += [_post_in_thread(server, p, results) for p in ("b", "c")]
+            _wait_for(lambda: httpx.get(server.url + "/health").json()["waiting"] == 2)
+            r = server.post("/v1/completions", {"prompt": "d"})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            assert r.json()["error"]["code"] == "queue_full"
+        finally:
+            release.set()
+        for t in threads:
+            t.join(10)
+    assert results == {"a": 200, "b": 200, "c": 200}
+    assert gen.batches == [1, 2]  # b and c waited together and went out in one call
+
+
+def test_request_timeout_504():
+    release = threading.Event()
+    gen = FakeGenerator(block=release)
+    with Running(create_app(gen, length, request_timeout=0.3)) as server:
+        try:
+            r = server.post("/v1/completions", {"prompt": "slow"})
+            assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        finally:
+            release.set()
+
+
+def test_generator_error_fails_only_its_request():
+    class Picky(FakeGenerator):
+        def generate(self, prompts, n, sampling):
+            if any(p == "bad" for p in prompts):
+                raise ValueError("cannot do 'bad'")
+            return super().generate(prompts, n, sampling)
+
+    gen = Picky()
+    with Running(create_app(gen, length, batch_window_ms=200)) as server:
+        results: dict[str, int] = {}
+        threads = [_post_in_thread(server, p, results) for p in ("ok1", "bad", "ok2")]
+        for t in threads:
+            t.join(10)
+    assert results == {"ok1": 200, "bad": 500, "ok2": 200}
+
+
+@pytest.fixture(scope="module")
+def tiny_generator(tiny_lm: Path) -> HFGenerator:
+    return HFGenerator(str(tiny_lm))
+
+
+def test_fifty_concurrent_requests_are_batched(tiny_generator, caplog):
+    caplog.set_level(logging.INFO, logger="rsft.serve")
+    calls_before = tiny_generator.calls
+    app = create_app(tiny_generator, length, batch_window_ms=50, max_tokens=4)
+    statuses: list[int] = []
+    with Running(app) as server:
+        def one(i: int) -> None:
+            body = {"prompt": f"Q: What is {i} + 1?\nA:", "n": 2, "max_tokens": 4, "top_k": 20}
+            statuses.append(server.post("/v1/completions", body).status_code)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert statuses == [200] * 50
+    calls = tiny_generator.calls - calls_before
+    assert 1 <= calls <= 10, calls
+    logs = [json.loads(r.getMessage()) for r in caplog.records if r.name == "rsft.serve"]
+    posts = [e for e in logs if e["path"] == "/v1/completions"]
+    assert len(posts) == 50 and all(e["status"] == 200 and e["n"] == 2 and e["latency_ms"] > 0 for e in posts)
+    assert sum(e["batch_size"] for e in posts) > 50  # most requests shared their batch
+
+
+def test_tiny_model_best_candidate_by_openai_client(tiny_generator):
+    with Running(create_app(tiny_generator, length, max_tokens=6)) as server:
+        client = server.client()
+        r = client.completions.create(model="tiny", prompt="The quick brown", n=4, max_tokens=6, seed=3)
+        ext = rsft_field(r)
+        lengths = [len(c["text"]) for c in ext["candidates"]]
+        assert ext["chosen_index"] == lengths.index(max(lengths))
+        assert r.choices[0].text == ext["candidates"][ext["chosen_index"]]["text"]
+        assert r.usage.prompt_tokens > 0 and 4 <= r.usage.completion_tokens <= 24
+        chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hello"}],
+                                              n=3, max_tokens=6)
+        ext = rsft_field(chat)
+        assert ext["n"] == 3 and chat.choices[0].message.content == max(
+            (c["text"] for c in ext["candidates"]), key=len)
+
+
+# --- the entry point -------------------------------------------------------------------------------
+
+
+def test_python_m_rsft_serve_in_front_of_another_openai_server(tmp_path):
+    """The entry point with real flags, proxying a (fake) llama.cpp-style server: light, no torch."""
+    (tmp_path / "my_scorers.py").write_text("def likes_c2(prompt, completion):\n"
+                                            "    return float(completion.endswith('c2'))\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RSFT_TEST_KEY": KEY, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    with FakeServer() as upstream:
+        cmd = [sys.executable, "-m", "rsft.serve", "--backend", "openai", "--model", "fake-model",
+               "--option", f"base_url={upstream.base_url}", "--scorer", "my_scorers:likes_c2",
+               "--port", str(port), "--max-n", "4", "--api-key-env", "RSFT_TEST_KEY", "--model-name", "proxy"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_for_health(proc, url)
+            client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0)
+            r = client.chat.completions.create(model="proxy", messages=[{"role": "user", "content": "hi"}], n=4)
+            ext = rsft_field(r)
+            assert ext["selector"] == "argmax" and ext["chosen_index"] == 2
+            assert ext["scores"] == [0.0, 0.0, 1.0, 0.0]
+            assert r.choices[0].message.content.startswith("hi s") and r.choices[0].message.content.endswith("c2")
+            assert upstream.stats.bodies[-1]["n"] == 4 and r.model == "proxy"
+            assert httpx.post(url + "/v1/completions", json={"prompt": "hi", "n": 5},
+                              headers={"Authorization": f"Bearer {KEY}"}).status_code == 422
+            assert httpx.post(url + "/v1/completions", json={"prompt": "hi"}).status_code == 401
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=20)
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert [(e["path"], e["status"]) for e in lines] == [
+        ("/health", 200), ("/v1/chat/completions", 200), ("/v1/completions", 422), ("/v1/completions", 401)]
+
+
+def _wait_for_health(proc: subprocess.Popen, url: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "server did not come up"
+        time.sleep(0.1)
