@@ -102,8 +102,8 @@ def extract_code(text: str) -> str:
 
 def _is_python(text: str) -> bool:
     try:
-        compile(text, "<prompt>", "exec")
-    except (SyntaxError, ValueError):
+        compile(text, "<prompt>", "exec")  # compiles only: nothing of the prompt runs here
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return True
 
@@ -197,7 +197,7 @@ class CodeScorer:
 def _details(result: SandboxResult) -> str:
     if result.ok:
         return "failed: exited before the tests finished"
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    last = lines[-1].strip() if lines else result.message
-    text = result.status + (f": {last}" if last else "")
+    lines = [line.strip() for line in result.stderr.splitlines() if line.strip()]
+    why = result.message if result.message and result.status != "failed" else (lines[-1] if lines else "")
+    text = result.status + (f": {why}" if why else "")
     return text if len(text) <= _DETAILS_CHARS else text[: _DETAILS_CHARS - 3] + "..."
