@@ -234,3 +234,9 @@ def test_cli_main_trains_and_a_failed_retrain_keeps_the_checkpoint(tiny_lm, tmp_
     assert json.loads((round_dir / "checkpoint" / "rsft_train.json").read_text()) == info
     assert set(p.name for p in round_dir.iterdir()) == {"selected.jsonl", "checkpoint", "train_log.jsonl",
                                                          "manifest.json"}
+
+
+def test_missing_tracker_package_is_named(monkeypatch):
+    monkeypatch.setattr(train_mod.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(RsftError, match="report_to 'tensorboard' needs the tensorboard package"):
+        train_mod.check_config(TrainConfig(report_to="tensorboard"))

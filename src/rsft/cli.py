@@ -163,6 +163,18 @@ def cmd_export(args: argparse.Namespace) -> None:
     _print_json(stages.export_selected(args.round_dir))
 
 
+def cmd_train(args: argparse.Namespace) -> None:
+    from rsft import train
+
+    train.main(args)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from rsft import train
+
+    train.add_arguments(p, round_dir=False)
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     from rsft import pipeline
 
@@ -182,6 +194,8 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str, list[Callab
     "select": (cmd_select, "pick completions from the reward matrix into ROUND_DIR/selection.parquet",
                [_add_selection_args]),
     "export": (cmd_export, "write the selected completions as TRL-ready ROUND_DIR/selected.jsonl", []),
+    "train": (cmd_train, "fine-tune the starting checkpoint on ROUND_DIR/selected.jsonl into ROUND_DIR/checkpoint/",
+              [_add_train_args]),
     "run": (cmd_run, "one whole round (generate, score, select, export) from a YAML config",
             [_add_prompt_args, _add_generation_args, _add_scoring_args, _add_selection_args]),
 }

@@ -130,6 +130,46 @@ class SelectionConfig:
 
 
 @dataclass
+class TrainConfig:
+    """How to fine-tune the policy on the selected completions (TRL SFTTrainer)."""
+
+    lora: bool = True
+    """Train a LoRA adapter instead of all the weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    lora_target_modules: str | list[str] = "all-linear"
+    """Modules that get adapters: ``all-linear`` (every linear layer except the output head) or names."""
+    merge: bool = True
+    """LoRA: also save the adapter merged into a full checkpoint, so the next round and the generators
+    load a plain model folder (the adapter alone goes to ``checkpoint/adapter/``)."""
+    learning_rate: float = 1e-4
+    """Peak learning rate (linear decay); full fine-tuning usually wants ~10x less than LoRA."""
+    epochs: float = 2.0
+    """Passes over ``selected.jsonl``."""
+    max_steps: int | None = None
+    """Stop after this many optimizer steps (overrides ``epochs``)."""
+    batch_size: int = 8
+    """Rows per device per forward pass."""
+    grad_accum: int = 1
+    """Forward passes per optimizer step (effective batch = ``batch_size * grad_accum``)."""
+    max_length: int | None = 1024
+    """Tokens per row at most (prompt + completion); longer rows are truncated at the end."""
+    activation_checkpointing: bool = False
+    """Recompute activations in the backward pass to save GPU memory (slower); never used on CPU."""
+    logging_steps: int = 1
+    """Optimizer steps between lines of ``train_log.jsonl``."""
+    report_to: str = "none"
+    """Experiment tracker for TRL: ``none``, ``tensorboard`` (logs to ``ROUND_DIR/tensorboard/``),
+    ``wandb`` or ``mlflow``."""
+    seed: int = 0
+    """Seed of the LoRA initialisation and the data order."""
+
+
+@dataclass
 class RunConfig:
     """One run: prompts -> generate -> score -> select -> export."""
 
@@ -141,6 +181,7 @@ class RunConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     @property
     def run_dir(self) -> Path:

@@ -30,11 +30,11 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rsft import artifacts
+from rsft.config import TrainConfig
 from rsft.errors import RsftError
 
 CHECKPOINT = "checkpoint"
@@ -43,46 +43,6 @@ TRAIN_INFO = "rsft_train.json"
 ADAPTER = "adapter"
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 _REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
-
-
-@dataclass
-class TrainConfig:
-    """How to fine-tune the policy on the selected completions (TRL SFTTrainer)."""
-
-    lora: bool = True
-    """Train a LoRA adapter instead of all the weights."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA scaling numerator (the update is scaled by ``lora_alpha / lora_r``)."""
-    lora_dropout: float = 0.0
-    """Dropout on the LoRA branch."""
-    lora_target_modules: str | list[str] = "all-linear"
-    """Modules that get adapters: ``all-linear`` (every linear layer except the output head) or names."""
-    merge: bool = True
-    """LoRA: also save the adapter merged into a full checkpoint, so the next round and the generators
-    load a plain model folder (the adapter alone goes to ``checkpoint/adapter/``)."""
-    learning_rate: float = 1e-4
-    """Peak learning rate (linear decay); full fine-tuning usually wants ~10x less than LoRA."""
-    epochs: float = 2.0
-    """Passes over ``selected.jsonl``."""
-    max_steps: int | None = None
-    """Stop after this many optimizer steps (overrides ``epochs``)."""
-    batch_size: int = 8
-    """Rows per device per forward pass."""
-    grad_accum: int = 1
-    """Forward passes per optimizer step (effective batch = ``batch_size * grad_accum``)."""
-    max_length: int | None = 1024
-    """Tokens per row at most (prompt + completion); longer rows are truncated at the end."""
-    activation_checkpointing: bool = False
-    """Recompute activations in the backward pass to save GPU memory (slower); never used on CPU."""
-    logging_steps: int = 1
-    """Optimizer steps between lines of ``train_log.jsonl``."""
-    report_to: str = "none"
-    """Experiment tracker for TRL: ``none``, ``tensorboard`` (logs to ``ROUND_DIR/tensorboard/``),
-    ``wandb`` or ``mlflow``."""
-    seed: int = 0
-    """Seed of the LoRA initialisation and the data order."""
 
 
 def read_selected(path: Path) -> tuple[list[dict[str, Any]], str]:
@@ -169,7 +129,8 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
     out_dir = Path(out_dir) if out_dir is not None else round_dir / CHECKPOINT
     data_path = round_dir / artifacts.SELECTED
     rows, data_format = read_selected(data_path)
-    data_sha = artifacts.file_sha256(data_path)
+    data = {"path": str(data_path), "sha256": artifacts.file_sha256(data_path), "rows": len(rows),
+            "format": data_format}
     check_config(config)
     try:
         import datasets
@@ -196,28 +157,8 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
         train_s = time.time() - train_started
         staged = work / CHECKPOINT
         _save(trainer.model, tokenizer, staged, config)
-        records = log.records
-        info = {
-            "base_model": base_model,
-            "base_model_path": model_path,
-            "data": {"path": str(data_path), "sha256": data_sha, "rows": len(rows), "format": data_format},
-            "rows": len(rows),
-            "steps": trainer.state.global_step,
-            "epochs": config.epochs,
-            "epochs_done": trainer.state.epoch,
-            "final_loss": records[-1]["loss"] if records else None,
-            "tail_loss": _tail_mean([r["loss"] for r in records]),
-            "train_loss": result.training_loss,
-            "train_s": round(train_s, 3),
-            "wall_s": round(time.time() - started, 3),
-            "lora": _lora_info(config),
-            "merged": bool(config.lora and config.merge),
-            "device": "cuda" if cuda else "cpu",
-            "dtype": "float32",
-            "mixed_precision": "bf16" if _use_bf16(cuda) else "no",
-            "config": dataclasses.asdict(config),
-            "versions": _versions(),
-        }
+        info = _train_info(base_model, model_path, data, config, trainer, result, log.records, cuda)
+        info["train_s"], info["wall_s"] = round(train_s, 3), round(time.time() - started, 3)
         artifacts.write_json(staged / TRAIN_INFO, info)
         os.replace(work / TRAIN_LOG, round_dir / TRAIN_LOG)
         if (work / "trainer" / "runs").is_dir():
@@ -229,6 +170,30 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
     return {"checkpoint": str(out_dir), "rows": info["rows"], "steps": info["steps"],
             "final_loss": info["final_loss"], "tail_loss": info["tail_loss"], "train_s": info["train_s"],
             "wall_s": info["wall_s"], "log": str(round_dir / TRAIN_LOG)}
+
+
+def _train_info(base_model: str, model_path: str, data: dict[str, Any], config: TrainConfig, trainer: Any,
+                result: Any, records: list[dict[str, Any]], cuda: bool) -> dict[str, Any]:
+    """The contents of ``rsft_train.json`` (the caller adds ``train_s`` and ``wall_s``)."""
+    return {
+        "base_model": base_model,
+        "base_model_path": model_path,
+        "data": data,
+        "rows": data["rows"],
+        "steps": trainer.state.global_step,
+        "epochs": config.epochs,
+        "epochs_done": trainer.state.epoch,
+        "final_loss": records[-1]["loss"] if records else None,
+        "tail_loss": _tail_mean([r["loss"] for r in records]),
+        "train_loss": result.training_loss,
+        "lora": _lora_info(config),
+        "merged": bool(config.lora and config.merge),
+        "device": "cuda" if cuda else "cpu",
+        "dtype": "float32",
+        "mixed_precision": "bf16" if _use_bf16(cuda) else "no",
+        "config": dataclasses.asdict(config),
+        "versions": _versions(),
+    }
 
 
 def _load_base(base_model: str) -> tuple[Any, Any, str]:
