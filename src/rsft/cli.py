@@ -181,6 +181,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     config = _config_from(args)
     _set(config, "name", args.name)
     _set(config, "out", args.out)
+    if args.rounds is not None:
+        config.rounds.rounds, config.rounds.train = args.rounds, True
+    if config.rounds.train:
+        from rsft import rounds
+
+        _print_json(rounds.run_rounds(config))
+        return
     result = pipeline.run_round(config)
     _print_json({"round_dir": str(result.round_dir), "selected": result.export["rows"],
                  "selected_jsonl": result.export["path"]})
@@ -204,6 +211,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str, list[Callab
 PLUGGED: dict[str, tuple[str, str]] = {
     "stats": ("rsft.bon_report", "Best-of-N curve of a scored round: E[max reward], pass@n and KL per n"),
     "bon": ("rsft.bon", "Best-of-N at inference: N candidates per prompt, scored, the best one per JSON line"),
+    "report": ("rsft.report", "HTML report of an RSFT run: rewards, kept set, eval with CI, KL, control, losses"),
     "serve": ("rsft.serve", "serve Best-of-N over the OpenAI API (/v1/completions, /v1/chat/completions)"),
 }
 """Commands whose module declares its own options (``add_arguments``) and body (``main``)."""
@@ -217,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--name", help="run folder name (under --out)")
             p.add_argument("--out", help="parent folder of runs (default: runs)")
+            p.add_argument("--rounds", type=int,
+                           help="full RSFT: K rounds of generate, score, select, train and held-out eval gate")
         elif name != "export":
             p.add_argument("round_dir", type=Path, metavar="ROUND_DIR", help="the round folder, e.g. runs/x/round-000")
         else:

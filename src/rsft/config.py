@@ -170,6 +170,50 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The held-out eval that gates promotion: prompts the selection never sees, with their own scorer."""
+
+    prompts: PromptsConfig | None = None
+    """Held-out prompts (a file or a task with a different seed); None disables the gate."""
+    scorer: Any = "task"
+    """Scorer of the eval (may differ from the training scorer, e.g. a checker while training used an RM)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options of the eval scorer."""
+    n: int = 1
+    """Samples per held-out prompt; the metric is the mean reward over them."""
+    sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(temperature=0.0))
+    """Eval sampling (default greedy)."""
+    margin: float = 0.0
+    """A round is promoted only if its metric beats the current best by more than this."""
+    kl_samples: int = 2
+    """Completions per held-out prompt sampled from the policy (temperature 1, no filters) to
+    estimate KL(policy || base); 0 disables KL tracking."""
+    kl_max_new_tokens: int = 32
+    """Length of the KL samples."""
+
+
+@dataclass
+class RoundsConfig:
+    """How rounds follow each other."""
+
+    rounds: int = 1
+    """Rounds of generate -> score -> select -> train -> eval."""
+    train: bool = False
+    """Fine-tune on each round's kept set and gate on the held-out eval (``rsft run --rounds K`` sets
+    it); False runs one round of data generation only (generate, score, select, export)."""
+    prompts_per_round: int | None = None
+    """Prompts drawn from the pool each round (None: all of them every round)."""
+    refresh: str = "subsample"
+    """``subsample`` (a fresh seeded sample each round) or ``rotate`` (consecutive slices of a seeded
+    shuffle, so rounds see different prompts until the pool is used up)."""
+    seed: int = 0
+    """Seed of the prompt refresh."""
+    control: bool = False
+    """Also train a random-selection control each round (one random completion per prompt, as many
+    rows as the kept set) and evaluate it the same way."""
+
+
+@dataclass
 class RunConfig:
     """One run: prompts -> generate -> score -> select -> export."""
 
@@ -182,6 +226,8 @@ class RunConfig:
     scoring: ScoringConfig = field(default_factory=ScoringConfig)
     selection: SelectionConfig = field(default_factory=SelectionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
 
     @property
     def run_dir(self) -> Path:

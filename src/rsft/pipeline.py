@@ -92,10 +92,12 @@ def run_round(
     scorer: Scorer | None = None,
     prompts: list[Prompt] | None = None,
     quiet: bool = False,
+    write_config: bool = True,
 ) -> RoundResult:
     """Run one round end to end into ``<out>/<name>/round-<index>/``. Finished shards are reused."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.write_text(config.run_dir / artifacts.CONFIG, dump_config(config))
+    if write_config:
+        artifacts.write_text(config.run_dir / artifacts.CONFIG, dump_config(config))
     out = round_dir(config, index)
 
     prompts = prompts if prompts is not None else load_prompt_set(config.prompts)

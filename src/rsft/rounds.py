@@ -1,0 +1,280 @@
+"""RSFT rounds: generate -> score -> select -> train -> held-out eval gate, K times.
+
+Round k samples from the current policy (the base model, or the last promoted checkpoint),
+keeps the best completions, fine-tunes the *current policy* on them, and evaluates the result on
+held-out prompts that selection never sees. The checkpoint is promoted only when its eval metric
+beats the best so far by the configured margin; otherwise the run keeps the previous policy and
+records why. KL(policy || base) is estimated beside the metric, and an optional control arm trains
+on random completions so users can see whether selection by reward beat chance.
+
+Every step writes its files into the round folder and is skipped on a rerun when they are intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsft import artifacts, matrix, pipeline, stages
+from rsft.config import (
+    GenerationConfig,
+    GeneratorConfig,
+    RunConfig,
+    SamplingConfig,
+    ScoringConfig,
+    dump_config,
+)
+from rsft.errors import RsftError
+from rsft.generate import Generator
+from rsft.types import Prompt
+
+EVAL = "eval.json"
+ROUNDS = "rounds.json"
+
+
+# --- prompt refresh ------------------------------------------------------------------------------
+
+
+def round_prompts(pool: list[Prompt], index: int, config: RunConfig) -> list[Prompt]:
+    """The prompts of round ``index``: all of them, a seeded sub-sample, or a rotating slice."""
+    r = config.rounds
+    size = r.prompts_per_round
+    if size is None or size >= len(pool):
+        return list(pool)
+    if r.refresh == "subsample":
+        rng = random.Random(f"{r.seed}:{index}")
+        picked = sorted(rng.sample(range(len(pool)), size))
+    elif r.refresh == "rotate":
+        order = list(range(len(pool)))
+        random.Random(r.seed).shuffle(order)
+        start = (index * size) % len(pool)
+        picked = sorted((order * 2)[start : start + size])
+    else:
+        raise RsftError(f"rounds.refresh: expected 'subsample' or 'rotate', got {r.refresh!r}")
+    return [pool[i] for i in picked]
+
+
+# --- policies ------------------------------------------------------------------------------------
+
+
+class Policies:
+    """Generators for each checkpoint, loaded once and reused (the base is needed by every round)."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self._generators: dict[str, Generator] = {}
+
+    def generator(self, model: str) -> Generator:
+        if model not in self._generators:
+            g = self.config.generation.generator
+            gen_config = dataclasses.replace(self.config.generation, mix=[],
+                                             generator=GeneratorConfig(g.backend, model, dict(g.options)))
+            self._generators[model] = pipeline.build_generator(gen_config)
+        return self._generators[model]
+
+    def lm(self, model: str) -> tuple[Any, Any]:
+        """(model, tokenizer) of a checkpoint, for log-probabilities (shared with the hf generator)."""
+        g = self.generator(model)
+        if hasattr(g, "model") and hasattr(g, "tokenizer"):
+            return g.model, g.tokenizer
+        from rsft.models import load_causal_lm
+
+        return load_causal_lm(model)
+
+
+# --- eval ----------------------------------------------------------------------------------------
+
+
+def metric_with_ci(R: np.ndarray) -> dict[str, Any]:
+    """Mean reward per prompt, averaged; 95% CI (Wilson for 0/1 rewards with one sample, else normal)."""
+    per_prompt = np.array([np.nanmean(row) if np.isfinite(row).any() else 0.0 for row in R], dtype=float)
+    m = len(per_prompt)
+    mean = float(per_prompt.mean()) if m else math.nan
+    binary = R.shape[1] == 1 and np.isin(R[np.isfinite(R)], (0.0, 1.0)).all()
+    if binary and m:
+        z, p = 1.96, mean
+        centre = (p + z * z / (2 * m)) / (1 + z * z / m)
+        half = z * math.sqrt(p * (1 - p) / m + z * z / (4 * m * m)) / (1 + z * z / m)
+        low, high = centre - half, centre + half
+    else:
+        se = float(per_prompt.std(ddof=1) / math.sqrt(m)) if m > 1 else math.nan
+        low, high = mean - 1.96 * se, mean + 1.96 * se
+    return {"name": "accuracy" if binary else "mean_reward", "value": mean, "ci_low": low, "ci_high": high, "n": m}
+
+
+def evaluate(config: RunConfig, policies: Policies, model: str, base: str, out: Path) -> dict[str, Any]:
+    """Held-out metric (with CI) of ``model`` and its KL from ``base``; files under ``out/eval*``."""
+    e = config.eval
+    prompts = pipeline.load_prompt_set(e.prompts)
+    gen = GenerationConfig(n=e.n, sampling=e.sampling, shard_size=config.generation.shard_size,
+                           generator=GeneratorConfig(config.generation.generator.backend, model))
+    stages.generate(out / "eval", gen, lambda: policies.generator(model), prompts)
+    scoring = ScoringConfig(scorer=e.scorer, options=e.options, on_error="fail")
+    stages.score(out / "eval", scoring, pipeline.build_scorer(scoring), shard_size=gen.shard_size)
+    R, _ = matrix.read_rewards(out / "eval" / artifacts.REWARDS, [p.prompt_id for p in prompts])
+    if np.isnan(R).any():
+        raise RsftError(f"{out / 'eval'}: the eval scorer failed on {int(np.isnan(R).sum())} pairs; "
+                        "an eval that cannot score is never a reason to promote")
+    return {"metric": metric_with_ci(R), "kl": kl_from_base(config, policies, model, base, prompts, out)}
+
+
+def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, prompts: list[Prompt],
+                 out: Path) -> dict[str, Any] | None:
+    """Monte Carlo KL(policy || base): samples from the policy at temperature 1 without filters."""
+    e = config.eval
+    if e.kl_samples < 1:
+        return None
+    from rsft.logprobs import kl_estimate, sequence_logprobs
+
+    sampling = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=e.kl_max_new_tokens, seed=1)
+    gen = GenerationConfig(n=e.kl_samples, sampling=sampling, shard_size=config.generation.shard_size,
+                           generator=GeneratorConfig(config.generation.generator.backend, model))
+    stages.generate(out / "kl", gen, lambda: policies.generator(model), prompts)
+    comps = matrix.read_completions(out / "kl" / artifacts.COMPLETIONS, prompts)
+    render = getattr(policies.generator(model), "render", None)
+    if render is None and any(p.is_chat for p in prompts):
+        raise RsftError("eval: KL on chat prompts needs the hf backend (its chat template renders the prompt)")
+    flat_prompts = [render(p.prompt) if render else p.prompt for p in prompts for _ in range(e.kl_samples)]
+    texts = [t for row in comps.texts for t in row]
+    lp_policy = sequence_logprobs(*policies.lm(model), flat_prompts, texts)
+    lp_base = lp_policy if model == base else sequence_logprobs(*policies.lm(base), flat_prompts, texts)
+    return kl_estimate(lp_policy, lp_base)
+
+
+# --- one round -----------------------------------------------------------------------------------
+
+
+def train_arm(arm_dir: Path, config: RunConfig, start: str) -> str:
+    """Fine-tune ``start`` on ``arm_dir/selected.jsonl`` unless an intact checkpoint exists; returns it."""
+    from rsft.train import train
+
+    checkpoint = arm_dir / "checkpoint"
+    key = {"base_model": start, **dataclasses.asdict(config.train)}
+    if not artifacts.stage_is_current(arm_dir, "train", key, [artifacts.SELECTED], ["checkpoint/rsft_train.json"]):
+        train(arm_dir, config.train, base_model=start)
+    return str(checkpoint)
+
+
+def write_control_set(round_dir: Path, count: int, seed: int) -> int:
+    """One random completion for each of ``count`` random prompts: the random-selection control."""
+    prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
+    comps = matrix.read_completions(round_dir / artifacts.COMPLETIONS, prompts)
+    rng = random.Random(seed)
+    rows_idx = sorted(rng.sample(range(len(prompts)), min(count, len(prompts))))
+    from rsft.export import sft_row
+
+    rows = [sft_row(prompts[i], comps.texts[i][rng.randrange(comps.shape[1])]) for i in rows_idx]
+    return artifacts.write_jsonl(round_dir / "control" / artifacts.SELECTED, rows)
+
+
+def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: bool = False) -> dict[str, Any]:
+    """The whole RSFT loop. Returns the summary also written to ``<run>/rounds.json``."""
+    if config.eval.prompts is None:
+        raise RsftError("eval.prompts: RSFT rounds need held-out eval prompts (the gate never promotes blindly)")
+    run_dir = config.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_text(run_dir / artifacts.CONFIG, dump_config(config))
+    policies = Policies(config)
+    base = config.generation.generator.model
+    if generator is not None:
+        policies._generators[base] = generator
+    pool = pipeline.load_prompt_set(config.prompts)
+    baseline = _eval_file(run_dir / "baseline", {"round": -1, "checkpoint": base}, config, policies, base)
+    best, current, history = baseline["metric"]["value"], base, []
+    say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
+    say(f"base: {_fmt(baseline)}")
+    for k in range(config.rounds.rounds):
+        rd = pipeline.round_dir(config, k)
+        result = pipeline.run_round(_with_policy(config, current), k, generator=policies.generator(current),
+                                    prompts=round_prompts(pool, k, config), quiet=quiet, write_config=False)
+        kept = result.export["rows"]
+        if kept == 0:
+            raise RsftError(f"{rd}: the kept set is empty; lower selection.threshold or raise generation.n")
+        checkpoint = train_arm(rd, config, current)
+        info = {"round": k, "checkpoint": checkpoint, "started_from": current, "kept": kept,
+                "reward_mean_all": result.reward_stats.get("mean"),
+                "reward_mean_kept": result.selection.get("mean_selected_reward")}
+        ev = _eval_file(rd, info, config, policies, base)
+        if config.rounds.control:
+            ev["control"] = _control(config, policies, rd, kept, current, base, k)
+        value = ev["metric"]["value"]
+        promoted = value > best + config.eval.margin
+        ev.update(best_before=best, margin=config.eval.margin, promoted=promoted,
+                  reason=f"{ev['metric']['name']} {value:.3f} {'>' if promoted else '<='} best {best:.3f} "
+                         f"+ margin {config.eval.margin:.3f}")
+        ev["warnings"] = over_optimisation([*history, ev])
+        artifacts.write_json(rd / EVAL, ev)
+        history.append(ev)
+        if promoted:
+            best, current = value, checkpoint
+        say(f"round {k}: {_fmt(ev)} -> {'promoted' if promoted else 'kept ' + current}")
+        for w in ev["warnings"]:
+            stages.warn(w)
+    summary = {"base": base, "current": current, "best": best, "baseline": baseline,
+               "rounds": [{key: h.get(key) for key in ("round", "checkpoint", "promoted", "reason", "kept", "metric",
+                                                       "kl", "control")} for h in history]}
+    artifacts.write_json(run_dir / ROUNDS, summary)
+    return summary
+
+
+def _with_policy(config: RunConfig, model: str) -> RunConfig:
+    """The run config with the generator pointed at ``model`` (recorded in the round's manifest)."""
+    g = config.generation.generator
+    generation = dataclasses.replace(config.generation, mix=[], generator=GeneratorConfig(g.backend, model, g.options))
+    return dataclasses.replace(config, generation=generation)
+
+
+def _control(config: RunConfig, policies: Policies, rd: Path, kept: int, start: str, base: str, k: int):
+    write_control_set(rd, kept, seed=config.rounds.seed * 1000 + k)
+    checkpoint = train_arm(rd / "control", config, start)
+    ev = _eval_file(rd / "control", {"round": k, "checkpoint": checkpoint, "kept": kept}, config, policies, base)
+    return {key: ev[key] for key in ("metric", "kl", "kept", "checkpoint")}
+
+
+def _eval_file(folder: Path, info: dict[str, Any], config: RunConfig, policies: Policies, base: str) -> dict[str, Any]:
+    """Evaluate ``info["checkpoint"]`` into ``folder/eval.json``, or reuse that file when it was
+    computed with the same eval config for the same checkpoint."""
+    identity = {"eval": dataclasses.asdict(config.eval), "checkpoint": info["checkpoint"]}
+    meta = Path(info["checkpoint"]) / "rsft_train.json"
+    if meta.exists():
+        identity["trained"] = artifacts.file_sha256(meta)
+    key = artifacts.config_hash(identity)
+    path = folder / EVAL
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("eval_key") == key:
+            return {**old, **info}
+    result = {**info, **evaluate(config, policies, info["checkpoint"], base, folder), "eval_key": key}
+    artifacts.write_json(path, result)
+    return result
+
+
+def over_optimisation(history: list[dict[str, Any]]) -> list[str]:
+    """Reward up + KL up + eval down between the last two rounds is the classic over-optimisation sign."""
+    if len(history) < 2:
+        return []
+    a, b = history[-2], history[-1]
+    try:
+        reward_up = b["reward_mean_kept"] > a["reward_mean_kept"]
+        kl_up = b["kl"]["mean"] > a["kl"]["mean"]
+        eval_down = b["metric"]["value"] < a["metric"]["value"]
+    except (KeyError, TypeError):
+        return []
+    if reward_up and kl_up and eval_down:
+        return [f"round {b['round']}: reward up, KL up, held-out eval down: possible over-optimisation "
+                "of the scorer; consider fewer epochs, a lower learning rate or a better scorer"]
+    return []
+
+
+def _fmt(ev: dict[str, Any]) -> str:
+    m = ev["metric"]
+    kl = ev.get("kl")
+    text = f"{m['name']} {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] (n={m['n']})"
+    return text + (f", KL {kl['mean']:.4f} ± {kl['stderr']:.4f}" if kl else "")
