@@ -49,6 +49,7 @@ class HFGenerator:
         self.batch_size = batch_size
         self.name = name or f"hf:{model}"
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self._stop_ids: dict[tuple[str, ...], frozenset[int]] = {}
         self.calls = 0
 
     def render(self, prompt: PromptValue) -> str:
@@ -104,21 +105,39 @@ class HFGenerator:
             kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
         else:
             kwargs.update(temperature=None, top_p=None, top_k=None)
-        if sampling.stop:
+        stop_ids = self.stop_token_ids(sampling.stop)
+        if stop_ids:
+            kwargs["eos_token_id"] = sorted(self.eos_ids | stop_ids)
+        elif sampling.stop:
             kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
         with torch.inference_mode():
             result = self.model.generate(**enc, **kwargs)
         self.calls += 1
         new_tokens = result.sequences[:, enc["input_ids"].shape[1] :]
         token_logprobs = recorder.finish(new_tokens)
-        rows = [self._completion(new_tokens[k], token_logprobs[k], sampling.stop) for k in range(len(new_tokens))]
+        ends = self.eos_ids | stop_ids
+        rows = [self._completion(new_tokens[k], token_logprobs[k], sampling.stop, ends) for k in range(len(new_tokens))]
         return [[rows[i * copies + (0 if greedy else j)] for j in range(n)] for i in range(len(texts))]
 
-    def _completion(self, ids: Any, logprobs: Any, stop: tuple[str, ...]) -> Completion:
+    def stop_token_ids(self, stop: tuple[str, ...]) -> frozenset[int]:
+        """Tokens whose text contains a one-character stop string (e.g. ``\\n``), found once per stop set.
+
+        Stopping on these ids is exactly "stop at the first occurrence" for one-character stops and
+        much cheaper than transformers' stop-string criteria on a large vocabulary; longer stop
+        strings (which may span tokens) use the criteria instead.
+        """
+        if not stop or any(len(s) != 1 for s in stop):
+            return frozenset()
+        if stop not in self._stop_ids:
+            pieces = self.tokenizer.batch_decode([[i] for i in range(len(self.tokenizer))])
+            self._stop_ids[stop] = frozenset(i for i, p in enumerate(pieces) if any(s in p for s in stop))
+        return self._stop_ids[stop]
+
+    def _completion(self, ids: Any, logprobs: Any, stop: tuple[str, ...], ends: set[int] | frozenset[int]) -> Completion:
         ids_list = ids.tolist()
         length, finish = len(ids_list), "length"
         for pos, tok in enumerate(ids_list):
-            if tok in self.eos_ids:
+            if tok in ends:
                 length, finish = pos + 1, "stop"
                 break
         text = self._decode(ids_list[:length])
