@@ -71,6 +71,9 @@ def _build_embedded_cache(target: Path) -> None:
         ) from exc
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars: rsft shows its own progress
 
     try:
         gguf_path = Path(assemble())
@@ -153,7 +156,9 @@ def load_causal_lm(spec: str, dtype: str = "auto", device: str = "auto") -> tupl
         raise RsftError(f"model {spec!r}: no such path {path}")
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # its "Loading weights" bars: rsft shows its own progress
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)

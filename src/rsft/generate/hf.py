@@ -1,17 +1,22 @@
-"""The ``hf`` backend: transformers ``generate`` on CPU or CUDA.
+"""The ``hf`` backend: a transformers causal LM on CPU or CUDA, with rsft's own decoding loop.
 
-Prompts are tokenized once and batched with left padding; ``num_return_sequences=n`` samples all N
-completions of a batch in one call. A logits processor records each sampled token's log-probability
-under the model's own distribution (before temperature/top-k/top-p), needed later for KL estimates.
+Prompts are tokenized once and batched with left padding. Each prompt is prefilled ONCE and its KV
+cache copied to its N sample rows (``generate(num_return_sequences=N)`` would prefill it N times,
+which dominates the cost of few-shot prompts). Sampling applies temperature, top-k and top-p
+without sorting the vocabulary when top-k is set (``rsft.generate.sampling``). Each sampled
+token's log-probability under the model's own distribution (temperature 1, no filters) is kept
+for KL estimates.
 """
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from rsft.errors import RsftError
+from rsft.generate.sampling import sample_next
 from rsft.progress import progress
 from rsft.types import Completion, PromptValue, SamplingParams
 
@@ -51,6 +56,8 @@ class HFGenerator:
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self._stop_ids: dict[tuple[str, ...], frozenset[int]] = {}
         self.calls = 0
+        # transformers renamed `past_key_values` to `cache` (5.x); use whichever this version takes
+        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def render(self, prompt: PromptValue) -> str:
         """The exact text the model is conditioned on (chat prompts go through the chat template)."""
@@ -70,7 +77,7 @@ class HFGenerator:
             raise RsftError(f"n must be >= 1, got {n}")
         texts = [self.render(p) for p in prompts]
         per_call = self.batch_size or max(1, 64 // n)
-        torch.manual_seed(sampling.seed)
+        self._rng = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
         out: list[list[Completion]] = []
         bar = progress(len(texts), "generate", unit="prompt")
         started, done_tokens = time.time(), 0
@@ -84,40 +91,68 @@ class HFGenerator:
         return out
 
     def _generate_batch(self, texts: list[str], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+        """Prefill each prompt once, copy its KV cache to its N rows, then decode all rows together."""
         import torch
-        from transformers import LogitsProcessorList
 
-        greedy = sampling.temperature == 0
-        copies = 1 if greedy else n
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=_adds_bos(self.tokenizer, texts))
-        enc = enc.to(self.model.device)
-        recorder = _LogprobRecorder()
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=sampling.max_new_tokens,
-            num_return_sequences=copies,
-            do_sample=not greedy,
-            logits_processor=LogitsProcessorList([recorder]),
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=sorted(self.eos_ids),
-            return_dict_in_generate=True,
-        )
-        if not greedy:
-            kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
-        else:
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+        copies = 1 if sampling.temperature == 0 else n  # greedy rows would all be identical
+        tok = self.tokenizer
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=_adds_bos(tok, texts))
+        ids, mask = enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         stop_ids = self.stop_token_ids(sampling.stop)
-        if stop_ids:
-            kwargs["eos_token_id"] = sorted(self.eos_ids | stop_ids)
-        elif sampling.stop:
-            kwargs.update(stop_strings=list(sampling.stop), tokenizer=self.tokenizer)
+        ends = torch.tensor(sorted(self.eos_ids | stop_ids), device=ids.device)
+        check_strings = bool(sampling.stop) and not stop_ids  # multi-character stops: decode and look
         with torch.inference_mode():
-            result = self.model.generate(**enc, **kwargs)
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                             logits_to_keep=1)
+            cache = _cache_of(out)
+            if copies > 1:
+                if hasattr(cache, "batch_repeat_interleave"):
+                    cache.batch_repeat_interleave(copies)
+                else:  # a cache type that cannot be copied: prefill every row instead
+                    out = self.model(input_ids=ids.repeat_interleave(copies, 0),
+                                     attention_mask=mask.repeat_interleave(copies, 0),
+                                     position_ids=positions.repeat_interleave(copies, 0), use_cache=True,
+                                     logits_to_keep=1)
+                    cache = _cache_of(out)
+            logits = out.logits[:, -1].float()
+            logits = logits.repeat_interleave(copies, 0) if logits.shape[0] != ids.shape[0] * copies else logits
+            mask = mask.repeat_interleave(copies, 0)
+            position = positions[:, -1].repeat_interleave(copies, 0)
+            rows = logits.shape[0]
+            done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
+            steps, logprobs = [], []
+            for step in range(sampling.max_new_tokens):
+                nxt = sample_next(logits, sampling, self._rng)
+                lp = logits.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+                nxt = nxt.masked_fill(done, tok.pad_token_id)
+                steps.append(nxt)
+                logprobs.append(lp.masked_fill(done, 0.0))
+                done |= torch.isin(nxt, ends)
+                if check_strings:
+                    done |= self._hit_stop_string(torch.stack(steps, 1), done, sampling.stop)
+                if bool(done.all()) or step == sampling.max_new_tokens - 1:
+                    break
+                mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+                position = position + 1
+                out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position[:, None],
+                                 use_cache=True, **{self._cache_kw: cache})
+                logits = out.logits[:, -1].float()
         self.calls += 1
-        new_tokens = result.sequences[:, enc["input_ids"].shape[1] :]
-        token_logprobs = recorder.finish(new_tokens)
-        ends = self.eos_ids | stop_ids
-        rows = [self._completion(new_tokens[k], token_logprobs[k], sampling.stop, ends) for k in range(len(new_tokens))]
-        return [[rows[i * copies + (0 if greedy else j)] for j in range(n)] for i in range(len(texts))]
+        new_tokens, token_logprobs = torch.stack(steps, 1).cpu(), torch.stack(logprobs, 1).cpu()
+        self.last_tokens = new_tokens  # the sampled ids of the last batch (rows = prompt-major), for inspection
+        ends_set = self.eos_ids | stop_ids
+        done_rows = [self._completion(new_tokens[k], token_logprobs[k], sampling.stop, ends_set) for k in range(rows)]
+        return [[done_rows[i * copies + (j if copies > 1 else 0)] for j in range(n)] for i in range(len(texts))]
+
+    def _hit_stop_string(self, tokens: Any, done: Any, stop: tuple[str, ...]) -> Any:
+        import torch
+
+        hit = torch.zeros_like(done)
+        for k in (~done).nonzero().flatten().tolist():
+            if _first_stop(self._decode(tokens[k].tolist()), stop) is not None:
+                hit[k] = True
+        return hit
 
     def stop_token_ids(self, stop: tuple[str, ...]) -> frozenset[int]:
         """Tokens whose text contains a one-character stop string (e.g. ``\\n``), found once per stop set.
@@ -164,36 +199,9 @@ class HFGenerator:
         return lo
 
 
-class _LogprobRecorder:
-    """Logits processor that keeps log p(token) of each sampled token, from the unwarped logits.
-
-    transformers runs custom processors before the sampling warpers (temperature, top-k, top-p), so
-    the scores seen here are the model's own. Step t's token is only known at step t+1 (it is the
-    last column of ``input_ids`` then), so one step of log-probabilities is kept in flight.
-    """
-
-    def __init__(self) -> None:
-        self.pending: Any = None
-        self.steps: list[Any] = []
-
-    def __call__(self, input_ids: Any, scores: Any) -> Any:
-        import torch
-
-        if self.pending is not None:
-            self.steps.append(self.pending.gather(1, input_ids[:, -1:]).squeeze(1))
-        self.pending = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-    def finish(self, new_tokens: Any) -> Any:
-        """(batch, generated) tensor of per-token log-probabilities (0 beyond a sequence's end)."""
-        import torch
-
-        if self.pending is not None:
-            self.steps.append(self.pending.gather(1, new_tokens[:, len(self.steps) : len(self.steps) + 1]).squeeze(1))
-            self.pending = None
-        if not self.steps:
-            return torch.zeros(new_tokens.shape, dtype=torch.float32)
-        return torch.stack(self.steps, dim=1).cpu()
+def _cache_of(output: Any) -> Any:
+    cache = getattr(output, "cache", None)
+    return cache if cache is not None else output.past_key_values
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
