@@ -90,6 +90,33 @@ def test_greedy_equals_transformers_generate(gen):
         assert row[0].text == gen.tokenizer.decode(ref_ids, skip_special_tokens=True)
 
 
+FEW_SHOT = "Q: What is 2 + 3?\nA: 5\n\nQ: What is 7 - 4?\nA: 3\n\nQ: the quick brown fox?\nA: dog\n\n"
+
+
+def test_shared_few_shot_prefix_is_encoded_once_and_changes_nothing(tiny_lm):
+    """Prompts sharing a long prefix take the prefix-cache path; results equal a plain forward/generate."""
+    gen = HFGenerator(str(tiny_lm))  # one batch, so last_tokens covers every row
+    prompts = [FEW_SHOT + "Q: What is 1 + 1?\nA:", FEW_SHOT + "Q: hi\nA:", FEW_SHOT + "Q: What is 10 - 4 - 3?\nA:"]
+    encoded = [gen.tokenizer(p)["input_ids"] for p in prompts]
+    from rsft.generate.hf import MIN_SHARED_PREFIX, _common_prefix
+
+    assert _common_prefix(encoded) >= MIN_SHARED_PREFIX
+    ours = gen.generate(prompts, 1, SamplingParams(temperature=0, max_new_tokens=8))
+    enc = gen.tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        ref = gen.model.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=gen.tokenizer.pad_token_id,
+                                 eos_token_id=sorted(gen.eos_ids))
+    for i, row in enumerate(ours):
+        ref_ids = ref[i, enc["input_ids"].shape[1]:].tolist()[: row[0].n_tokens]
+        assert gen.last_tokens[i].tolist()[: row[0].n_tokens] == ref_ids
+        assert row[0].logprob == pytest.approx(_forward_logprob(gen, prompts[i], ref_ids), abs=1e-3)
+    sampled = gen.generate(prompts, 4, SamplingParams(temperature=1.0, max_new_tokens=6, seed=9))
+    for k in range(12):
+        c = sampled[k // 4][k % 4]
+        ids = gen.last_tokens[k].tolist()[: c.n_tokens]
+        assert c.logprob == pytest.approx(_forward_logprob(gen, prompts[k // 4], ids), abs=1e-3)
+
+
 def test_stop_string_cuts_text_and_counts_tokens(gen):
     out = gen.generate(PROMPTS, 6, SamplingParams(max_new_tokens=16, seed=2, stop=(" ",)))
     cut = [c for row in out for c in row if c.finish_reason == "stop"]
@@ -98,6 +125,17 @@ def test_stop_string_cuts_text_and_counts_tokens(gen):
         for c in row:
             assert " " not in c.text
             assert c.n_tokens <= 16
+
+
+def test_multi_character_stop_strings(gen):
+    """Stops longer than one character are checked on the decoded text; text is cut before them."""
+    free = gen.generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, seed=4))
+    pair = next(c.text[1:3] for row in free for c in row if len(c.text) >= 4)  # a 2-char string that occurs
+    out = gen.generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, seed=4, stop=(pair,)))
+    assert any(c.finish_reason == "stop" for row in out for c in row)
+    for row in out:
+        for c in row:
+            assert pair not in c.text
 
 
 def test_chat_prompts_use_the_template_and_plain_fallback(gen, tiny_lm_no_template):

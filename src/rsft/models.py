@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,7 @@ def _build_embedded_cache(target: Path) -> None:
         del model.config.quantization_config
 
     target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is an ordinary directory
@@ -110,6 +112,17 @@ def _build_embedded_cache(target: Path) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_stale_temps(target: Path, max_age_s: float = 3600.0) -> None:
+    """Delete temp copies left by a build that was killed (older than ``max_age_s``)."""
+    now = time.time()
+    for old in target.parent.glob(f".{target.name}.tmp-*"):
+        try:
+            if now - old.stat().st_mtime > max_age_s:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _one_line(exc: BaseException) -> str:

@@ -91,68 +91,99 @@ class HFGenerator:
         return out
 
     def _generate_batch(self, texts: list[str], n: int, sampling: SamplingParams) -> list[list[Completion]]:
-        """Prefill each prompt once, copy its KV cache to its N rows, then decode all rows together."""
+        """Prefill the batch once, copy each prompt's KV cache to its N rows, decode the unfinished rows."""
         import torch
 
         copies = 1 if sampling.temperature == 0 else n  # greedy rows would all be identical
-        tok = self.tokenizer
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=_adds_bos(tok, texts))
-        ids, mask = enc["input_ids"].to(self.model.device), enc["attention_mask"].to(self.model.device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         stop_ids = self.stop_token_ids(sampling.stop)
-        ends = torch.tensor(sorted(self.eos_ids | stop_ids), device=ids.device)
-        check_strings = bool(sampling.stop) and not stop_ids  # multi-character stops: decode and look
         with torch.inference_mode():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                             logits_to_keep=1)
-            cache = _cache_of(out)
-            if copies > 1:
-                if hasattr(cache, "batch_repeat_interleave"):
-                    cache.batch_repeat_interleave(copies)
-                else:  # a cache type that cannot be copied: prefill every row instead
-                    out = self.model(input_ids=ids.repeat_interleave(copies, 0),
-                                     attention_mask=mask.repeat_interleave(copies, 0),
-                                     position_ids=positions.repeat_interleave(copies, 0), use_cache=True,
-                                     logits_to_keep=1)
-                    cache = _cache_of(out)
-            logits = out.logits[:, -1].float()
-            logits = logits.repeat_interleave(copies, 0) if logits.shape[0] != ids.shape[0] * copies else logits
-            mask = mask.repeat_interleave(copies, 0)
-            position = positions[:, -1].repeat_interleave(copies, 0)
-            rows = logits.shape[0]
-            done = torch.zeros(rows, dtype=torch.bool, device=ids.device)
-            steps, logprobs = [], []
-            for step in range(sampling.max_new_tokens):
-                nxt = sample_next(logits, sampling, self._rng)
-                lp = logits.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
-                nxt = nxt.masked_fill(done, tok.pad_token_id)
-                steps.append(nxt)
-                logprobs.append(lp.masked_fill(done, 0.0))
-                done |= torch.isin(nxt, ends)
-                if check_strings:
-                    done |= self._hit_stop_string(torch.stack(steps, 1), done, sampling.stop)
-                if bool(done.all()) or step == sampling.max_new_tokens - 1:
-                    break
-                mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
-                position = position + 1
-                out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position[:, None],
-                                 use_cache=True, **{self._cache_kw: cache})
-                logits = out.logits[:, -1].float()
+            state = self._prefill(texts, copies)
+            tokens, logprobs = self._decode(state, sampling, stop_ids)
         self.calls += 1
-        new_tokens, token_logprobs = torch.stack(steps, 1).cpu(), torch.stack(logprobs, 1).cpu()
-        self.last_tokens = new_tokens  # the sampled ids of the last batch (rows = prompt-major), for inspection
-        ends_set = self.eos_ids | stop_ids
-        done_rows = [self._completion(new_tokens[k], token_logprobs[k], sampling.stop, ends_set) for k in range(rows)]
-        return [[done_rows[i * copies + (j if copies > 1 else 0)] for j in range(n)] for i in range(len(texts))]
+        self.last_tokens = tokens  # the sampled ids of the last batch (rows = prompt-major), for inspection
+        ends = self.eos_ids | stop_ids
+        rows = [self._completion(tokens[k], logprobs[k], sampling.stop, ends) for k in range(tokens.shape[0])]
+        return [[rows[i * copies + (j if copies > 1 else 0)] for j in range(n)] for i in range(len(texts))]
 
-    def _hit_stop_string(self, tokens: Any, done: Any, stop: tuple[str, ...]) -> Any:
+    def _prefill(self, texts: list[str], copies: int) -> dict[str, Any]:
+        """Run the prompts through the model once; returns the decoding state with ``copies`` rows each.
+
+        Prompts that share a token prefix (the few-shot examples of a task) encode that prefix once:
+        its KV cache is copied to every prompt, then only the differing suffixes are run, left-padded
+        after the prefix (the attention mask hides the pads; position ids continue past the prefix).
+        """
         import torch
 
-        hit = torch.zeros_like(done)
-        for k in (~done).nonzero().flatten().tolist():
-            if _first_stop(self._decode(tokens[k].tolist()), stop) is not None:
-                hit[k] = True
-        return hit
+        tok, device = self.tokenizer, self.model.device
+        encoded = [tok(t, add_special_tokens=_adds_bos(tok, texts))["input_ids"] for t in texts]
+        shared = _common_prefix(encoded) if len(encoded) > 1 else 0
+        shared = min(shared, min(len(e) for e in encoded) - 1)  # every prompt keeps >= 1 token of its own
+        cache = None
+        if shared >= MIN_SHARED_PREFIX:
+            out = self.model(input_ids=torch.tensor([encoded[0][:shared]], device=device), use_cache=True)
+            cache = _cache_of(out)
+            if not hasattr(cache, "batch_repeat_interleave"):
+                cache, shared = None, 0
+            else:
+                cache.batch_repeat_interleave(len(texts))
+        else:
+            shared = 0
+        suffixes = [e[shared:] for e in encoded]
+        width = max(len(x) for x in suffixes)
+        ids = torch.full((len(texts), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(texts), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for i, x in enumerate(suffixes):
+            ids[i, width - len(x):] = torch.tensor(x)
+            mask[i, shared + width - len(x):] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        kwargs = {self._cache_kw: cache} if cache is not None else {}
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                         logits_to_keep=1, **kwargs)
+        cache = _cache_of(out)
+        logits = out.logits[:, -1].float()
+        if copies > 1:
+            cache.batch_repeat_interleave(copies)
+            logits, mask = logits.repeat_interleave(copies, 0), mask.repeat_interleave(copies, 0)
+            positions = positions.repeat_interleave(copies, 0)
+        return {"cache": cache, "logits": logits, "mask": mask, "position": positions[:, -1]}
+
+    def _decode(self, state: dict[str, Any], sampling: SamplingParams, stop_ids: frozenset[int]) -> tuple[Any, Any]:
+        """Sample token by token; finished rows leave the batch (their cache rows are dropped)."""
+        import torch
+
+        cache, logits, mask, position = state["cache"], state["logits"], state["mask"], state["position"]
+        rows, steps = logits.shape[0], sampling.max_new_tokens
+        tokens = torch.full((rows, steps), self.tokenizer.pad_token_id, dtype=torch.long)
+        logprobs = torch.zeros((rows, steps), dtype=torch.float32)
+        ends = torch.tensor(sorted(self.eos_ids | stop_ids), device=logits.device)
+        check_strings = bool(sampling.stop) and not stop_ids  # multi-character stops: decode and look
+        active = torch.arange(rows)
+        for step in range(steps):
+            nxt = sample_next(logits, sampling, self._rng)
+            lp = logits.gather(1, nxt[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+            tokens[active, step], logprobs[active, step] = nxt.cpu(), lp.cpu()
+            finished = torch.isin(nxt, ends)
+            if check_strings:
+                finished |= self._hit_stop_string(tokens[active, : step + 1], sampling.stop).to(finished.device)
+            if step == steps - 1 or bool(finished.all()):
+                break
+            if bool(finished.any()):
+                keep = (~finished).nonzero().flatten()
+                cache.batch_select_indices(keep)
+                active, nxt, mask, position = active[keep.cpu()], nxt[keep], mask[keep], position[keep]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+            position = position + 1
+            out = self.model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position[:, None],
+                             use_cache=True, **{self._cache_kw: cache})
+            logits = out.logits[:, -1].float()
+        return tokens, logprobs
+
+    def _hit_stop_string(self, tokens: Any, stop: tuple[str, ...]) -> Any:
+        import torch
+
+        return torch.tensor([_first_stop(self._decode_ids(row.tolist()), stop) is not None for row in tokens])
 
     def stop_token_ids(self, stop: tuple[str, ...]) -> frozenset[int]:
         """Tokens whose text contains a one-character stop string (e.g. ``\\n``), found once per stop set.
@@ -175,7 +206,7 @@ class HFGenerator:
             if tok in ends:
                 length, finish = pos + 1, "stop"
                 break
-        text = self._decode(ids_list[:length])
+        text = self._decode_ids(ids_list[:length])
         if stop:
             cut = _first_stop(text, stop)
             if cut is not None:
@@ -184,7 +215,7 @@ class HFGenerator:
         logprob = float(logprobs[:length].sum()) if length else 0.0
         return Completion(text=text, n_tokens=length, finish_reason=finish, logprob=logprob, generator=self.name)
 
-    def _decode(self, ids: list[int]) -> str:
+    def _decode_ids(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
     def _tokens_until_stop(self, ids: list[int], stop: tuple[str, ...]) -> int:
@@ -192,11 +223,25 @@ class HFGenerator:
         lo, hi = 1, len(ids)
         while lo < hi:
             mid = (lo + hi) // 2
-            if _first_stop(self._decode(ids[:mid]), stop) is None:
+            if _first_stop(self._decode_ids(ids[:mid]), stop) is None:
                 lo = mid + 1
             else:
                 hi = mid
         return lo
+
+
+MIN_SHARED_PREFIX = 8
+"""Shortest common token prefix worth encoding once for the whole batch."""
+
+
+def _common_prefix(sequences: list[list[int]]) -> int:
+    first = sequences[0]
+    length = min(len(x) for x in sequences)
+    for pos in range(length):
+        tok = first[pos]
+        if any(x[pos] != tok for x in sequences):
+            return pos
+    return length
 
 
 def _cache_of(output: Any) -> Any:
