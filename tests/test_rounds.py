@@ -171,3 +171,17 @@ def test_metric_ci_and_refresh():
     assert m["name"] == "accuracy" and m["value"] == 0.75 and 0.2 < m["ci_low"] < 0.75 < m["ci_high"] <= 1
     m = rounds.metric_with_ci(np.array([[0.2, 0.4], [0.6, 0.8]]))
     assert m["name"] == "mean_reward" and m["value"] == pytest.approx(0.5)
+
+
+def test_eval_questions_shared_with_training_are_dropped():
+    from rsft.prompts import TaskSpec, task_prompts
+
+    opts = {"min_animals": 1, "max_animals": 1, "max_instances": 1}
+    pool = task_prompts(TaskSpec("leg_counting", size=12, seed=1, options=opts))
+    ev = task_prompts(TaskSpec("leg_counting", size=12, seed=2, options=opts))
+    kept = rounds.held_out(ev, pool)
+    pool_questions = {p.metadata["entry"]["question"] for p in pool}
+    assert kept and all(p.metadata["entry"]["question"] not in pool_questions for p in kept)
+    assert len(kept) < len(ev)  # the easy setting repeats questions across seeds
+    with pytest.raises(Exception, match="every eval question is also in the training prompts"):
+        rounds.held_out(pool, pool)

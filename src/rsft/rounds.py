@@ -109,10 +109,28 @@ def metric_with_ci(R: np.ndarray) -> dict[str, Any]:
     return {"name": "accuracy" if binary else "mean_reward", "value": mean, "ci_low": low, "ci_high": high, "n": m}
 
 
-def evaluate(config: RunConfig, policies: Policies, model: str, base: str, out: Path) -> dict[str, Any]:
+def question_key(p: Prompt) -> str:
+    """What makes two prompts the same question: a task entry's question, else the prompt id."""
+    entry = p.metadata.get("entry")
+    return str(entry["question"]) if isinstance(entry, dict) and "question" in entry else p.prompt_id
+
+
+def held_out(eval_prompts: list[Prompt], pool: list[Prompt]) -> list[Prompt]:
+    """The eval prompts minus any question that is also in the training pool (warned, never silent)."""
+    seen = {question_key(p) for p in pool}
+    kept = [p for p in eval_prompts if question_key(p) not in seen]
+    if not kept:
+        raise RsftError("eval.prompts: every eval question is also in the training prompts; use another seed or file")
+    if len(kept) < len(eval_prompts):
+        stages.warn(f"eval: dropped {len(eval_prompts) - len(kept)} eval prompts whose question is also a "
+                    "training prompt (the eval must be held out)")
+    return kept
+
+
+def evaluate(config: RunConfig, policies: Policies, model: str, base: str, out: Path,
+             prompts: list[Prompt]) -> dict[str, Any]:
     """Held-out metric (with CI) of ``model`` and its KL from ``base``; files under ``out/eval*``."""
     e = config.eval
-    prompts = pipeline.load_prompt_set(e.prompts)
     gen = GenerationConfig(n=e.n, sampling=e.sampling, shard_size=config.generation.shard_size,
                            generator=GeneratorConfig(config.generation.generator.backend, model))
     stages.generate(out / "eval", gen, lambda: policies.generator(model), prompts)
@@ -186,7 +204,9 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
     if generator is not None:
         policies._generators[base] = generator
     pool = pipeline.load_prompt_set(config.prompts)
-    baseline = _eval_file(run_dir / "baseline", {"round": -1, "checkpoint": base}, config, policies, base)
+    eval_prompts = held_out(pipeline.load_prompt_set(config.eval.prompts), pool)
+    baseline = _eval_file(run_dir / "baseline", {"round": -1, "checkpoint": base}, config, policies, base,
+                          eval_prompts)
     best, current, history = baseline["metric"]["value"], base, []
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     say(f"base: {_fmt(baseline)}")
@@ -201,9 +221,9 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
         info = {"round": k, "checkpoint": checkpoint, "started_from": current, "kept": kept,
                 "reward_mean_all": result.reward_stats.get("mean"),
                 "reward_mean_kept": result.selection.get("mean_selected_reward")}
-        ev = _eval_file(rd, info, config, policies, base)
+        ev = _eval_file(rd, info, config, policies, base, eval_prompts)
         if config.rounds.control:
-            ev["control"] = _control(config, policies, rd, kept, current, base, k)
+            ev["control"] = _control(config, policies, rd, kept, current, base, k, eval_prompts)
         value = ev["metric"]["value"]
         promoted = value > best + config.eval.margin
         ev.update(best_before=best, margin=config.eval.margin, promoted=promoted,
@@ -231,14 +251,17 @@ def _with_policy(config: RunConfig, model: str) -> RunConfig:
     return dataclasses.replace(config, generation=generation)
 
 
-def _control(config: RunConfig, policies: Policies, rd: Path, kept: int, start: str, base: str, k: int):
+def _control(config: RunConfig, policies: Policies, rd: Path, kept: int, start: str, base: str, k: int,
+             eval_prompts: list[Prompt]) -> dict[str, Any]:
     write_control_set(rd, kept, seed=config.rounds.seed * 1000 + k)
     checkpoint = train_arm(rd / "control", config, start)
-    ev = _eval_file(rd / "control", {"round": k, "checkpoint": checkpoint, "kept": kept}, config, policies, base)
+    ev = _eval_file(rd / "control", {"round": k, "checkpoint": checkpoint, "kept": kept}, config, policies, base,
+                    eval_prompts)
     return {key: ev[key] for key in ("metric", "kl", "kept", "checkpoint")}
 
 
-def _eval_file(folder: Path, info: dict[str, Any], config: RunConfig, policies: Policies, base: str) -> dict[str, Any]:
+def _eval_file(folder: Path, info: dict[str, Any], config: RunConfig, policies: Policies, base: str,
+               prompts: list[Prompt]) -> dict[str, Any]:
     """Evaluate ``info["checkpoint"]`` into ``folder/eval.json``, or reuse that file when it was
     computed with the same eval config for the same checkpoint."""
     identity = {"eval": dataclasses.asdict(config.eval), "checkpoint": info["checkpoint"]}
@@ -251,7 +274,7 @@ def _eval_file(folder: Path, info: dict[str, Any], config: RunConfig, policies: 
         old = json.loads(path.read_text(encoding="utf-8"))
         if old.get("eval_key") == key:
             return {**old, **info}
-    result = {**info, **evaluate(config, policies, info["checkpoint"], base, folder), "eval_key": key}
+    result = {**info, **evaluate(config, policies, info["checkpoint"], base, folder, prompts), "eval_key": key}
     artifacts.write_json(path, result)
     return result
 
