@@ -185,3 +185,10 @@ def test_eval_questions_shared_with_training_are_dropped():
     assert len(kept) < len(ev)  # the easy setting repeats questions across seeds
     with pytest.raises(Exception, match="every eval question is also in the training prompts"):
         rounds.held_out(pool, pool)
+
+
+def test_metric_with_pass_threshold_counts_exact_answers():
+    import numpy as np
+
+    m = rounds.metric_with_ci(np.array([[1.0], [0.01], [0.01], [1.0]]), pass_threshold=1.0)
+    assert m["name"] == "accuracy" and m["value"] == 0.5

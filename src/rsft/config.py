@@ -185,6 +185,9 @@ class EvalConfig:
     """Eval sampling (default greedy)."""
     margin: float = 0.0
     """A round is promoted only if its metric beats the current best by more than this."""
+    pass_threshold: float | None = None
+    """When set, the metric is accuracy: the fraction of eval samples whose reward is at or above it
+    (e.g. 1.0 for reasoning-gym, whose scorers give wrong answers partial credit); else the mean reward."""
     kl_samples: int = 2
     """Completions per held-out prompt sampled from the policy (temperature 1, no filters) to
     estimate KL(policy || base); 0 disables KL tracking."""

@@ -92,8 +92,13 @@ class Policies:
 # --- eval ----------------------------------------------------------------------------------------
 
 
-def metric_with_ci(R: np.ndarray) -> dict[str, Any]:
-    """Mean reward per prompt, averaged; 95% CI (Wilson for 0/1 rewards with one sample, else normal)."""
+def metric_with_ci(R: np.ndarray, pass_threshold: float | None = None) -> dict[str, Any]:
+    """Mean reward per prompt, averaged; 95% CI (Wilson for 0/1 rewards with one sample, else normal).
+
+    With ``pass_threshold`` the rewards are first turned into 0/1 (at or above the threshold).
+    """
+    if pass_threshold is not None:
+        R = np.where(np.isnan(R), np.nan, (R >= pass_threshold).astype(float))
     per_prompt = np.array([np.nanmean(row) if np.isfinite(row).any() else 0.0 for row in R], dtype=float)
     m = len(per_prompt)
     mean = float(per_prompt.mean()) if m else math.nan
@@ -140,7 +145,7 @@ def evaluate(config: RunConfig, policies: Policies, model: str, base: str, out: 
     if np.isnan(R).any():
         raise RsftError(f"{out / 'eval'}: the eval scorer failed on {int(np.isnan(R).sum())} pairs; "
                         "an eval that cannot score is never a reason to promote")
-    return {"metric": metric_with_ci(R), "kl": kl_from_base(config, policies, model, base, prompts, out)}
+    return {"metric": metric_with_ci(R, e.pass_threshold), "kl": kl_from_base(config, policies, model, base, prompts, out)}
 
 
 def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, prompts: list[Prompt],
