@@ -123,5 +123,9 @@ def test_reasoning_gym_task_prompts_carry_gold_and_entry():
     questions = {q.metadata["entry"]["question"] for q in prompts}
     assert all(s.split("\nA:")[0].removeprefix("Q: ") not in questions for s in shots)
     assert task_prompts(spec) == prompts  # deterministic
+    # another question seed shares the few-shot header (same shot_seed) but not the questions
+    other = task_prompts(TaskSpec("chain_sum", size=6, seed=500, shots=2, options=spec.options))
+    header = p.prompt.rsplit("Q: ", 1)[0]
+    assert all(o.prompt.startswith(header) for o in other)
     with pytest.raises(RsftError, match="task 'no_such_task'"):
         task_prompts(TaskSpec("no_such_task"))

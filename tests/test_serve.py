@@ -373,3 +373,18 @@ def _wait_for_health(proc: subprocess.Popen, url: str) -> None:
             pass
         assert time.monotonic() < deadline, "server did not come up"
         time.sleep(0.1)
+
+
+def test_a_checker_gets_the_gold_answer_from_the_metadata_extension():
+    """`rsft serve --scorer exact`: the client sends the gold answer in `metadata`; the right candidate wins."""
+    from rsft.score import as_scorer
+
+    gen = FakeGenerator()
+    app = create_app(gen, as_scorer("exact", {"extract": "full"}), "argmax", model_name="bon-test", max_n=8)
+    with Running(app) as server:
+        r = server.client().completions.create(model="bon-test", prompt="hi", n=4, max_tokens=5,
+                                               extra_body={"metadata": {"answer": "hi:2xx"}})
+        assert r.choices[0].text == "hi:2xx"
+        assert rsft_field(r)["scores"] == [0.0, 0.0, 1.0, 0.0]
+        missing = server.post("/v1/completions", {"prompt": "hi", "n": 2, "max_tokens": 5})
+        assert missing.status_code == 400 and "answer" in missing.json()["error"]["message"]

@@ -49,6 +49,7 @@ def _add_prompt_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--size", type=int, help=_doc(TaskConfig, "size"))
     g.add_argument("--task-seed", type=int, help=_doc(TaskConfig, "seed"))
     g.add_argument("--shots", type=int, help=_doc(TaskConfig, "shots"))
+    g.add_argument("--shot-seed", type=int, help=_doc(TaskConfig, "shot_seed"))
     g.add_argument("--task-option", type=key_value, action="append", metavar="KEY=VALUE", help=_doc(TaskConfig, "options"))
 
 
@@ -102,7 +103,7 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
     for attr in ("split", "prompt_field", "messages_field", "answer_field"):
         _set(pc, attr, a.get(attr))
     if pc.task is not None:
-        for flag, attr in (("size", "size"), ("task_seed", "seed"), ("shots", "shots")):
+        for flag, attr in (("size", "size"), ("task_seed", "seed"), ("shots", "shots"), ("shot_seed", "shot_seed")):
             _set(pc.task, attr, a.get(flag))
         pc.task.options.update(dict(a.get("task_option") or []))
     gc, sc = config.generation, config.generation.sampling

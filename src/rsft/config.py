@@ -29,7 +29,9 @@ class TaskConfig:
     size: int = 32
     """Number of prompts."""
     seed: int = 1
-    """Seed of the questions (few-shot examples come from a different seed)."""
+    """Seed of the questions."""
+    shot_seed: int = 99
+    """Seed of the few-shot examples, shared by every prompt set of the task (train pool and eval)."""
     shots: int = 3
     """Solved examples before each question."""
     options: dict[str, Any] = field(default_factory=dict)

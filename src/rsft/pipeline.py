@@ -35,7 +35,8 @@ def load_prompt_set(config: PromptsConfig) -> list[Prompt]:
         t = config.task
         if t.size < 1:
             raise RsftError(f"prompts.task.size: must be >= 1, got {t.size}")
-        return task_prompts(TaskSpec(t.name, t.size, t.seed, t.shots, t.options, t.template, t.chat))
+        return task_prompts(TaskSpec(name=t.name, size=t.size, seed=t.seed, shot_seed=t.shot_seed, shots=t.shots,
+                                     options=t.options, template=t.template, chat=t.chat))
     if config.path is None:
         raise RsftError("prompts: give a 'path' (JSONL/Parquet/CSV/datasets folder) or a reasoning-gym 'task'")
     fields = FieldMap(prompt=config.prompt_field, messages=config.messages_field, answer=config.answer_field)

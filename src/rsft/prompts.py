@@ -181,7 +181,11 @@ class TaskSpec:
     size: int = 32
     """Number of prompts."""
     seed: int = 1
-    """Seed of the evaluated questions; few-shot examples use a different, fixed offset of it."""
+    """Seed of the questions."""
+    shot_seed: int = 99
+    """Seed of the few-shot examples: the same for every prompt set of the task, so the training pool
+    and the held-out eval share one prompt header (reasoning-gym item i of seed s is item i-1 of seed
+    s+1: keep seeds further apart than the set sizes)."""
     shots: int = 3
     """Solved examples placed before each question (0 for none)."""
     options: Mapping[str, Any] = field(default_factory=dict)
@@ -192,15 +196,15 @@ class TaskSpec:
     """Wrap the rendered text as one user message instead of plain text."""
 
 
-SHOT_SEED_OFFSET = 100_003
-
-
 def task_prompts(spec: TaskSpec) -> list[Prompt]:
-    """Build prompts for a reasoning-gym task; each prompt's metadata carries the gold answer and entry."""
-    entries = _task_entries(spec.name, spec.size, spec.seed, spec.options)
-    shots = _task_entries(spec.name, spec.shots, spec.seed + SHOT_SEED_OFFSET, spec.options) if spec.shots else []
-    questions = {e["question"] for e in entries}
-    shots = [s for s in shots if s["question"] not in questions]
+    """Build prompts for a reasoning-gym task; each prompt's metadata carries the gold answer and entry.
+
+    The few-shot examples come from ``shot_seed``, not from the questions' seed, so every prompt set
+    of a task (training pool, held-out eval) shares one header and differs only in its questions;
+    a question equal to a shot is skipped (it would be answered in the prompt itself).
+    """
+    shots = _task_entries(spec.name, spec.shots, spec.shot_seed, spec.options) if spec.shots else []
+    entries = _task_entries(spec.name, spec.size, spec.seed, spec.options, skip={s["question"] for s in shots})
     prefix = "".join(spec.template.format(question=s["question"]) + f" {s['answer']}\n\n" for s in shots)
     prompts = []
     for entry in entries:
@@ -212,8 +216,10 @@ def task_prompts(spec: TaskSpec) -> list[Prompt]:
     return prompts
 
 
-def _task_entries(name: str, size: int, seed: int, options: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """``size`` entries with distinct questions (easy settings repeat questions; repeats are skipped)."""
+def _task_entries(
+    name: str, size: int, seed: int, options: Mapping[str, Any], skip: set[str] | None = None
+) -> list[dict[str, Any]]:
+    """``size`` entries with distinct questions not in ``skip`` (easy settings repeat questions)."""
     import reasoning_gym
 
     pool = max(4 * size, size + 16)
@@ -224,7 +230,7 @@ def _task_entries(name: str, size: int, seed: int, options: Mapping[str, Any]) -
     except TypeError as e:
         raise RsftError(f"task {name!r}: bad option: {e}") from None
     out: list[dict[str, Any]] = []
-    seen: set[str] = set()
+    seen: set[str] = set(skip or ())
     for i in range(pool):
         entry = dataset[i]
         if entry["question"] not in seen:

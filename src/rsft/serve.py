@@ -82,6 +82,8 @@ def request_models() -> tuple[type, type]:
         stop: str | list[str] | None = Field(None, max_length=16)
         seed: int | None = None
         stream: bool | None = False
+        metadata: dict[str, Any] | None = Field(
+            None, description="rsft extension: fields for the scorer, e.g. the gold 'answer' a checker needs")
 
     class CompletionRequest(_Request):
         prompt: str | list[str] = Field(..., description="one prompt (a list must hold exactly one)")
@@ -117,6 +119,8 @@ class _Job:
     seeded: bool
     future: asyncio.Future[tuple[BoNResult, int, int]]
     """Resolves to (result, batch size, prompt tokens)."""
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Scorer fields sent by the client (the ``metadata`` extension), e.g. a gold answer."""
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -242,7 +246,8 @@ class BoNService:
         if len(rows) != len(prompts) or any(len(r) != first.n for r in rows):
             raise RsftError(f"generator {self.generator.name!r} returned {len(rows)} rows for {len(prompts)} prompts "
                             f"(expected {first.n} completions each)")
-        results = select_best(prompts, rows, self.scorer, self.selector, extract=self.extract)
+        results = select_best(prompts, rows, self.scorer, self.selector, metadata=[j.metadata for j in group],
+                              extract=self.extract)
         return [(r, len(group), self._prompt_tokens(p)) for r, p in zip(results, prompts, strict=True)]
 
     def _prompt_tokens(self, prompt: PromptValue) -> int:
@@ -415,7 +420,7 @@ def create_app(
         except ValueError as e:
             raise _HTTPError(422, str(e)) from None
         future = asyncio.get_running_loop().create_future()
-        return _Job(prompt, n, sampling, req.seed is not None, future)
+        return _Job(prompt, n, sampling, req.seed is not None, future, dict(req.metadata or {}))
 
     async def answer(request: Request, chat: bool) -> dict[str, Any]:
         check_auth(request)

@@ -134,6 +134,8 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
     check_config(config)
     try:
         import datasets
+
+        datasets.disable_progress_bars()  # its per-map bars; rsft shows training progress itself
         import torch
         import trl  # noqa: F401
         if config.lora:
