@@ -23,7 +23,7 @@ def test_embedded_default_generates_and_scores(tmp_path):
     config = RunConfig(
         name="gemma", out=str(tmp_path),
         prompts=PromptsConfig(task=TaskConfig(name="count_bits", size=4, shots=3,
-                                              options={"max_n": 63})),
+                                              options={"max_n": 127})),
         generation=GenerationConfig(n=2, generator=GeneratorConfig("hf", "gemma3-270m"),
                                     sampling=SamplingConfig(max_new_tokens=6, stop=["\n"], top_k=50)),
     )
