@@ -78,16 +78,20 @@ def test_logprob_matches_forward_pass_in_a_padded_batch(tiny_lm):
         assert out[k // 3][k % 3].logprob == pytest.approx(_forward_logprob(gen, prompts[k // 3], ids), abs=1e-3)
 
 
+def _transformers_greedy(gen: HFGenerator, prompts: list[str], max_new_tokens: int) -> list[list[int]]:
+    """Reference: transformers' own greedy ``generate`` on a left-padded batch (new ids per prompt)."""
+    enc = gen.tokenizer(prompts, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        ref = gen.model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
+                                 pad_token_id=gen.tokenizer.pad_token_id, eos_token_id=sorted(gen.eos_ids))
+    return [row[enc["input_ids"].shape[1]:].tolist() for row in ref]
+
+
 def test_greedy_equals_transformers_generate(gen):
     prompts = ["hi", "The quick brown fox jumps over", "Q: What is 2 + 3?\nA:"]
     ours = gen.generate(prompts, 1, SamplingParams(temperature=0, max_new_tokens=8))
-    enc = gen.tokenizer(prompts, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        ref = gen.model.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=gen.tokenizer.pad_token_id,
-                                 eos_token_id=sorted(gen.eos_ids))
-    for i, row in enumerate(ours):
-        ref_ids = ref[i, enc["input_ids"].shape[1]:].tolist()[: row[0].n_tokens]
-        assert row[0].text == gen.tokenizer.decode(ref_ids, skip_special_tokens=True)
+    for row, ref_ids in zip(ours, _transformers_greedy(gen, prompts, 8), strict=True):
+        assert row[0].text == gen.tokenizer.decode(ref_ids[: row[0].n_tokens], skip_special_tokens=True)
 
 
 FEW_SHOT = "Q: What is 2 + 3?\nA: 5\n\nQ: What is 7 - 4?\nA: 3\n\nQ: the quick brown fox?\nA: dog\n\n"
@@ -102,12 +106,8 @@ def test_shared_few_shot_prefix_is_encoded_once_and_changes_nothing(tiny_lm):
 
     assert _common_prefix(encoded) >= MIN_SHARED_PREFIX
     ours = gen.generate(prompts, 1, SamplingParams(temperature=0, max_new_tokens=8))
-    enc = gen.tokenizer(prompts, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        ref = gen.model.generate(**enc, do_sample=False, max_new_tokens=8, pad_token_id=gen.tokenizer.pad_token_id,
-                                 eos_token_id=sorted(gen.eos_ids))
-    for i, row in enumerate(ours):
-        ref_ids = ref[i, enc["input_ids"].shape[1]:].tolist()[: row[0].n_tokens]
+    for i, (row, ref_all) in enumerate(zip(ours, _transformers_greedy(gen, prompts, 8), strict=True)):
+        ref_ids = ref_all[: row[0].n_tokens]
         assert gen.last_tokens[i].tolist()[: row[0].n_tokens] == ref_ids
         assert row[0].logprob == pytest.approx(_forward_logprob(gen, prompts[i], ref_ids), abs=1e-3)
     sampled = gen.generate(prompts, 4, SamplingParams(temperature=1.0, max_new_tokens=6, seed=9))
