@@ -66,3 +66,11 @@ def test_defaults_and_docs():
     c = from_dict(RunConfig, {}, "x")
     assert c == RunConfig()
     assert "one per prompt" in field_docs(SelectionConfig)["strategy"]
+
+
+@pytest.mark.parametrize("name", ["demo.yaml", "rsft.yaml"])
+def test_shipped_example_configs_load(name):
+    from pathlib import Path
+
+    config = load_config(Path(__file__).parent.parent / "configs" / name)
+    assert config.prompts.task is not None and config.prompts.task.name == "count_bits"

@@ -33,7 +33,7 @@ from rsft.config import (
 )
 from rsft.models import EMBEDDED_DEFAULT
 
-DEMO_TASK = TaskConfig(name="count_bits", size=32, seed=1, shots=5, options={"max_n": 127})
+DEMO_TASK = TaskConfig(name="count_bits", size=32, seed=1, shot_seed=2, shots=5, options={"max_n": 127})
 DEMO_SAMPLING = SamplingConfig(temperature=0.7, top_k=50, max_new_tokens=12, stop=["\n"], seed=0)
 
 
