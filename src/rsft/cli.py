@@ -212,6 +212,7 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str, list[Callab
 PLUGGED: dict[str, tuple[str, str]] = {
     "stats": ("rsft.bon_report", "Best-of-N curve of a scored round: E[max reward], pass@n and KL per n"),
     "bon": ("rsft.bon", "Best-of-N at inference: N candidates per prompt, scored, the best one per JSON line"),
+    "status": ("rsft.status", "each round's stages of a run: done, partial (finished shards) or missing"),
     "report": ("rsft.report", "HTML report of an RSFT run: rewards, kept set, eval with CI, KL, control, losses"),
     "serve": ("rsft.serve", "serve Best-of-N over the OpenAI API (/v1/completions, /v1/chat/completions)"),
 }

@@ -90,7 +90,7 @@ def run_round(
     config: RunConfig,
     index: int = 0,
     generator: Generator | None = None,
-    scorer: Scorer | None = None,
+    scorer: Any = None,
     prompts: list[Prompt] | None = None,
     quiet: bool = False,
     write_config: bool = True,

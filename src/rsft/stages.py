@@ -28,7 +28,7 @@ from rsft.config import GenerationConfig, ScoringConfig, SelectionConfig
 from rsft.errors import RsftError
 from rsft.generate import Generator
 from rsft.progress import progress
-from rsft.score import Scorer
+from rsft.score import Scorer, as_scorer
 from rsft.types import Prompt, SamplingParams, Verdict
 
 
@@ -135,9 +135,13 @@ def _check_rows(rows: Sequence[Sequence[Any]], m: int, n: int, name: str) -> Non
 # --- score ---------------------------------------------------------------------------------------
 
 
-def score(round_dir: Path, config: ScoringConfig, scorer: Scorer, shard_size: int = 64) -> dict[str, Any]:
-    """Score every (prompt, completion) pair into ``rewards.parquet``; returns the reward statistics."""
+def score(round_dir: Path, config: ScoringConfig, scorer: Any, shard_size: int = 64) -> dict[str, Any]:
+    """Score every (prompt, completion) pair into ``rewards.parquet``; returns the reward statistics.
+
+    ``scorer`` is anything ``rsft.score.as_scorer`` accepts (a Scorer, a plain callable, a spec).
+    """
     started = time.time()
+    scorer = as_scorer(scorer)
     if config.on_error not in ("fail", "record"):
         raise RsftError(f"scoring.on_error: expected 'fail' or 'record', got {config.on_error!r}")
     prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)

@@ -79,7 +79,7 @@ class HFGenerator:
         per_call = self.batch_size or max(1, 64 // n)
         self._rng = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
         out: list[list[Completion]] = []
-        bar = progress(len(texts), "generate", unit="prompt")
+        bar = progress(len(texts), "  batch", unit="prompt", position=1)
         started, done_tokens = time.time(), 0
         with bar:
             for start in range(0, len(texts), per_call):

@@ -1,0 +1,69 @@
+"""``rsft status RUN``: each round's stages as done, partial (finished shards so far) or missing."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rsft import artifacts
+from rsft.errors import RsftError
+
+STAGES: list[tuple[str, str, str | None]] = [
+    ("generate", artifacts.COMPLETIONS, "completions"),
+    ("score", artifacts.REWARDS, "rewards"),
+    ("select", artifacts.SELECTION, None),
+    ("export", artifacts.SELECTED, None),
+    ("train", "checkpoint/rsft_train.json", None),
+    ("eval", "eval.json", None),
+]
+"""(stage, the file that proves it finished, the shard folder prefix of a stage that works in shards)."""
+
+
+def round_status(round_dir: Path) -> dict[str, str]:
+    """``{stage: "done" | "partial (k shards)" | "missing"}`` for one round folder."""
+    manifest = artifacts.read_manifest(round_dir).get("stages", {})
+    out = {}
+    for stage, proof, shard_kind in STAGES:
+        path = round_dir / proof
+        recorded = stage in manifest or stage == "eval"
+        if path.exists() and recorded:
+            out[stage] = "done"
+            continue
+        shards = sorted((round_dir / ".shards").glob(f"{shard_kind}-*/*.parquet")) if shard_kind else []
+        out[stage] = f"partial ({len(shards)} shards)" if shards else "missing"
+    return out
+
+
+def run_status(path: Path) -> dict[str, dict[str, str]]:
+    """Status of every round of a run folder (or of one round folder)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RsftError(f"{path}: no such run or round folder")
+    if (path / artifacts.MANIFEST).exists() or (path / artifacts.PROMPTS).exists():
+        return {path.name: round_status(path)}
+    rounds = sorted(p for p in path.glob("round-*") if p.is_dir())
+    extra = [p for p in (path / "baseline", path / "greedy") if p.is_dir()]
+    if not rounds and not extra:
+        raise RsftError(f"{path}: not a run folder (no round-XXX folders)")
+    return {p.name: round_status(p) for p in [*extra, *rounds]}
+
+
+def format_status(status: dict[str, dict[str, str]]) -> str:
+    names = [s for s, _, _ in STAGES]
+    width = max(len(r) for r in status)
+    lines = [f"{'round':{width}}  " + "  ".join(f"{n:18}" for n in names)]
+    for round_name, stages in status.items():
+        lines.append(f"{round_name:{width}}  " + "  ".join(f"{stages[n]:18}" for n in names))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder (or one round folder)")
+    parser.add_argument("--json", action="store_true", help="print the status as JSON")
+
+
+def main(args: argparse.Namespace) -> None:
+    status: Any = run_status(args.run_dir)
+    print(json.dumps(status, indent=2) if args.json else format_status(status))

@@ -1,0 +1,49 @@
+"""`rsft status`: done / partial / missing per stage, from the files a run really holds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from rsft import pipeline, status
+from rsft.config import GenerationConfig, PromptsConfig, RunConfig
+from rsft.errors import RsftError
+from rsft.types import Completion
+
+
+class Echo:
+    name = "echo"
+
+    def generate(self, prompts, n, sampling):
+        return [[Completion(f"{p}-{j}", 1, "stop") for j in range(n)] for p in prompts]
+
+
+def test_status_of_a_finished_round_and_an_interrupted_one(tmp_path):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(5)))
+    config = RunConfig(name="r", out=str(tmp_path), prompts=PromptsConfig(path=str(prompts)),
+                       generation=GenerationConfig(n=2, shard_size=2))
+    pipeline.run_round(config, generator=Echo(), scorer=lambda p, c: float(len(c)), quiet=True)
+    run = tmp_path / "r"
+    done = status.run_status(run)["round-000"]
+    assert done == {"generate": "done", "score": "done", "select": "done", "export": "done", "train": "missing",
+                    "eval": "missing"}
+    # simulate a scoring run killed after two of its three shards
+    rd = run / "round-000"
+    (rd / "rewards.parquet").unlink()
+    shard_dir = rd / ".shards" / "rewards-0123456789abcdef"
+    shard_dir.mkdir(parents=True)
+    for k in range(2):
+        shutil.copy(rd / "prompts.parquet", shard_dir / f"{k:05d}.parquet")
+    assert status.run_status(run)["round-000"]["score"] == "partial (2 shards)"
+    table = status.format_status(status.run_status(run))
+    assert "partial (2 shards)" in table and table.splitlines()[0].startswith("round")
+
+
+def test_not_a_run_folder(tmp_path):
+    with pytest.raises(RsftError, match="no such run"):
+        status.run_status(tmp_path / "nope")
+    with pytest.raises(RsftError, match="not a run folder"):
+        status.run_status(tmp_path)
