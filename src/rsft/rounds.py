@@ -71,6 +71,10 @@ class Policies:
         self.config = config
         self._generators: dict[str, Generator] = {}
 
+    def add(self, model: str, generator: Generator) -> None:
+        """Use an existing generator for ``model`` (e.g. the caller's already loaded base)."""
+        self._generators[model] = generator
+
     def generator(self, model: str) -> Generator:
         if model not in self._generators:
             g = self.config.generation.generator
@@ -207,7 +211,7 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
     policies = Policies(config)
     base = config.generation.generator.model
     if generator is not None:
-        policies._generators[base] = generator
+        policies.add(base, generator)
     pool = pipeline.load_prompt_set(config.prompts)
     eval_prompts = held_out(pipeline.load_prompt_set(config.eval.prompts), pool)
     baseline = _eval_file(run_dir / "baseline", {"round": -1, "checkpoint": base}, config, policies, base,
