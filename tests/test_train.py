@@ -165,7 +165,7 @@ def test_chat_rows_need_a_chat_template(tiny_lm_no_template, tmp_path):
     ("", "selected.jsonl is empty: no completion was kept; lower the selection threshold or raise N"),
     ("\n\n", "selected.jsonl is empty: no completion was kept"),
     (None, "selected.jsonl: missing"),
-    ('{"prompt": "a", "completion": "b"}\n{"prompt": "a",\n', "selected.jsonl:2: invalid JSON"),
+    ('{"prompt": "a", "completion": "b"}\n{"prompt": "a",\n', "selected.jsonl:2: malformed JSON"),
     ('{"prompt": "a", "chosen": "b", "rejected": "c"}\n', "selected.jsonl:1: a preference pair"),
     ('{"prompt": "a", "completion": [{"role": "assistant", "content": "b"}]}\n', "must both be strings"),
     ('{"question": "a"}\n', "expected 'prompt' and 'completion'"),

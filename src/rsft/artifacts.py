@@ -84,6 +84,21 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]])
     return count
 
 
+def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (1-based line number, object) for each non-blank line; a bad line is an error naming it."""
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RsftError(f"{path}:{line_no}: malformed JSON: {e.msg} (column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise RsftError(f"{path}:{line_no}: expected a JSON object, got {type(row).__name__}")
+            yield line_no, row
+
+
 def write_table(path: str | os.PathLike[str], columns: Mapping[str, list[Any]], schema: pa.Schema) -> None:
     """Write a Parquet file from column lists, with an explicit schema so empty tables keep their types."""
     table = pa.table({name: pa.array(columns[name], type=schema.field(name).type) for name in schema.names},

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rsft import artifacts
 from rsft.errors import RsftError, where
 from rsft.types import Prompt, PromptValue
 
@@ -72,25 +73,11 @@ def _read_rows(path: Path, split: str | None) -> Iterator[tuple[int, Mapping[str
         return
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        yield from _read_jsonl(path)
+        yield from artifacts.read_jsonl(path)
     elif suffix in (".parquet", ".csv"):
         yield from enumerate(_read_table(path, suffix), start=1)
     else:
         raise RsftError(f"{path}: unknown prompt file type {suffix!r} (use .jsonl, .parquet, .csv or a datasets folder)")
-
-
-def _read_jsonl(path: Path) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RsftError(f"{where(path, line_no)}: malformed JSON: {e.msg} (column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise RsftError(f"{where(path, line_no)}: expected a JSON object, got {type(row).__name__}")
-            yield line_no, row
 
 
 def _read_table(path: Path, suffix: str) -> list[dict[str, Any]]:

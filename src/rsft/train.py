@@ -51,17 +51,10 @@ def read_selected(path: Path) -> tuple[list[dict[str, Any]], str]:
     if not path.is_file():
         raise RsftError(f"{path}: missing (run `rsft export` on this round first)")
     rows, kinds = [], set()
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RsftError(f"{path}:{line_no}: invalid JSON: {e.msg}") from None
-            kind, row = _row_kind(row, f"{path}:{line_no}")
-            kinds.add(kind)
-            rows.append(row)
+    for line_no, raw in artifacts.read_jsonl(path):
+        kind, row = _row_kind(raw, f"{path}:{line_no}")
+        kinds.add(kind)
+        rows.append(row)
     if not rows:
         raise RsftError(f"{path} is empty: no completion was kept; lower the selection threshold or raise N")
     if len(kinds) > 1:
@@ -69,9 +62,7 @@ def read_selected(path: Path) -> tuple[list[dict[str, Any]], str]:
     return rows, kinds.pop()
 
 
-def _row_kind(row: Any, where: str) -> tuple[str, dict[str, Any]]:
-    if not isinstance(row, dict):
-        raise RsftError(f"{where}: expected a JSON object, got {type(row).__name__}")
+def _row_kind(row: dict[str, Any], where: str) -> tuple[str, dict[str, Any]]:
     if "chosen" in row or "rejected" in row:
         raise RsftError(f"{where}: a preference pair (chosen/rejected) is DPO data; rsft train does SFT: "
                         "select with another strategy than dpo_pairs")
