@@ -189,3 +189,24 @@ def test_failing_scorer_fails_clearly_or_is_recorded(finished_run, workdir, tmp_
     rewards = pq.read_table(rd / "rewards.parquet").to_pylist()
     assert all(x["failed"] and x["details"].startswith("error: ValueError") for x in rewards)
     assert f"{M * N} NaN" in r.stdout
+
+
+def test_changed_config_refuses_then_new_version_keeps_the_old_outputs(finished_run, workdir, tmp_path):
+    import shutil
+
+    rd = tmp_path / "round-000"
+    shutil.copytree(finished_run, rd)
+    old = {n: file_sha256(rd / n) for n in ("completions.parquet", "rewards.parquet")}
+    r = rsft("score", str(rd), "--scorer", "myscorer:not_a_number", "--on-error", "record", cwd=workdir)
+    assert r.returncode == 2
+    assert "the score stage was run with another config (scoring.on_error, scoring.scorer, scoring.scorer_name)" in r.stderr
+    assert file_sha256(rd / "rewards.parquet") == old["rewards.parquet"]
+    r = rsft("score", str(rd), "--scorer", "myscorer:not_a_number", "--on-error", "record", "--new-version",
+             cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    kept = rd / "versions" / "v001"
+    assert file_sha256(kept / "rewards.parquet") == old["rewards.parquet"]
+    assert (kept / "selected.jsonl").exists() and not (rd / "selected.jsonl").exists()
+    assert file_sha256(rd / "completions.parquet") == old["completions.parquet"]  # scoring only: kept in place
+    r = rsft("generate", str(rd), "--config", "config.yaml", "--max-new-tokens", "3", cwd=workdir)
+    assert r.returncode == 2 and "another config (generation.sampling.max_new_tokens)" in r.stderr

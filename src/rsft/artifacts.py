@@ -190,6 +190,52 @@ def stage_is_current(
     return entry
 
 
+DOWNSTREAM = {
+    "generate": ["generate", "score", "select", "export"],
+    "score": ["score", "select", "export"],
+}
+"""The stages whose outputs a new version of a stage replaces (its own and everything built on it)."""
+
+
+def changed_fields(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted names of the config fields that differ between two JSON-able configs."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        out: list[str] = []
+        for key in sorted(set(old) | set(new), key=str):
+            out += changed_fields(old.get(key), new.get(key), f"{prefix}{key}.")
+        return out
+    return [] if json.dumps(old, default=str) == json.dumps(new, default=str) else [prefix.rstrip(".") or "config"]
+
+
+def guard_outputs(
+    round_dir: str | os.PathLike[str], stage: str, config: Mapping[str, Any] | None, new_version: bool, why: str = ""
+) -> None:
+    """Refuse to replace a finished stage's outputs made with another config, unless ``new_version``:
+    then its outputs and everything built on them move to ``versions/vNNN/`` (kept, not lost)."""
+    round_dir = Path(round_dir)
+    manifest = read_manifest(round_dir)
+    entry = manifest.get("stages", {}).get(stage)
+    if not entry or not any((round_dir / name).exists() for name in entry.get("outputs", {})):
+        return
+    section = {"generate": "generation.", "score": "scoring."}.get(stage, "")
+    fields = changed_fields(entry.get("config", {}), dict(config), section) if config is not None else []
+    changed = ", ".join(fields) or why or "its inputs"
+    if not new_version:
+        raise RsftError(f"{round_dir}: the {stage} stage was run with another config ({changed}); "
+                        "pass --new-version to keep the old outputs under versions/ and redo it, "
+                        "or use another round folder")
+    stages = manifest["stages"]
+    n = len(list((round_dir / "versions").glob("v*"))) + 1 if (round_dir / "versions").exists() else 1
+    target = round_dir / "versions" / f"v{n:03d}"
+    target.mkdir(parents=True)
+    write_json(target / MANIFEST, manifest)
+    for name in DOWNSTREAM[stage]:
+        for output in stages.pop(name, {}).get("outputs", {}):
+            if (round_dir / output).exists():
+                os.replace(round_dir / output, target / output)
+    write_json(round_dir / MANIFEST, manifest)
+
+
 def package_versions() -> dict[str, str]:
     from importlib import metadata
 

@@ -139,7 +139,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     prompts = pipeline.load_prompt_set(config.prompts)
     pipeline.check_backends(config.generation)
     counts = stages.generate(args.round_dir, config.generation,
-                             lambda: pipeline.build_generator(config.generation), prompts)
+                             lambda: pipeline.build_generator(config.generation), prompts, new_version=args.new_version)
     _print_json({"round_dir": str(args.round_dir), **counts})
 
 
@@ -148,7 +148,7 @@ def cmd_score(args: argparse.Namespace) -> None:
 
     config = _config_from(args)
     summary = stages.score(args.round_dir, config.scoring, pipeline.build_scorer(config.scoring),
-                           shard_size=config.generation.shard_size)
+                           shard_size=config.generation.shard_size, new_version=args.new_version)
     print(stats.format_stats(summary))
 
 
@@ -189,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
         _print_json(rounds.run_rounds(config))
         return
-    result = pipeline.run_round(config)
+    result = pipeline.run_round(config, new_version=args.new_version)
     _print_json({"round_dir": str(result.round_dir), "selected": result.export["rows"],
                  "selected_jsonl": result.export["path"]})
 
@@ -234,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             p.add_argument("round_dir", type=Path, metavar="ROUND_DIR")
         _add_config(p)
+        if name in ("generate", "score", "run"):
+            p.add_argument("--new-version", action="store_true",
+                           help="the config changed: keep the old outputs under ROUND_DIR/versions/ and redo the stage")
         for add in adders:
             add(p)
         p.set_defaults(func=func)

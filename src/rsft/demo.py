@@ -72,13 +72,14 @@ def main(argv: list[str] | None = None) -> int:
                                  sampling=dataclasses.replace(DEMO_SAMPLING, temperature=0.0))
     prompts = pipeline.load_prompt_set(config.prompts)
     t0 = time.time()
-    stages.generate(greedy_dir, greedy, lambda: generator, prompts)
-    stages.score(greedy_dir, config.scoring, pipeline.build_scorer(config.scoring))
+    # new_version: a rerun with other flags (-n, --prompts) keeps the earlier results under versions/
+    stages.generate(greedy_dir, greedy, lambda: generator, prompts, new_version=True)
+    stages.score(greedy_dir, config.scoring, pipeline.build_scorer(config.scoring), new_version=True)
     greedy_s = time.time() - t0
     R_greedy, _ = matrix.read_rewards(greedy_dir / artifacts.REWARDS, [p.prompt_id for p in prompts])
 
     t0 = time.time()
-    result = pipeline.run_round(config, generator=generator, prompts=prompts)
+    result = pipeline.run_round(config, generator=generator, prompts=prompts, new_version=True)
     sampled_s = time.time() - t0
     R, _ = matrix.read_rewards(result.round_dir / artifacts.REWARDS, [p.prompt_id for p in prompts])
 

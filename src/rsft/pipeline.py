@@ -94,6 +94,7 @@ def run_round(
     prompts: list[Prompt] | None = None,
     quiet: bool = False,
     write_config: bool = True,
+    new_version: bool = False,
 ) -> RoundResult:
     """Run one round end to end into ``<out>/<name>/round-<index>/``. Finished shards are reused."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,9 +107,10 @@ def run_round(
         check_backends(config.generation)
     scorer = scorer or build_scorer(config.scoring)  # before generating: a bad scorer fails fast
     generation = stages.generate(out, config.generation, lambda: generator or build_generator(config.generation),
-                                 prompts)
+                                 prompts, new_version=new_version)
 
-    reward_stats = stages.score(out, config.scoring, scorer, shard_size=config.generation.shard_size)
+    reward_stats = stages.score(out, config.scoring, scorer, shard_size=config.generation.shard_size,
+                                new_version=new_version)
     if not quiet:
         print(stats.format_stats(reward_stats), file=sys.stderr)
 

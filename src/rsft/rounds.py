@@ -16,6 +16,7 @@ import dataclasses
 import json
 import math
 import random
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -138,7 +139,13 @@ def held_out(eval_prompts: list[Prompt], pool: list[Prompt]) -> list[Prompt]:
 
 def evaluate(config: RunConfig, policies: Policies, model: str, base: str, out: Path,
              prompts: list[Prompt]) -> dict[str, Any]:
-    """Held-out metric (with CI) of ``model`` and its KL from ``base``; files under ``out/eval*``."""
+    """Held-out metric (with CI) of ``model`` and its KL from ``base``; files under ``out/eval*``.
+
+    Called only when ``eval.json`` is missing or stale, so the derived eval folders are redone from
+    scratch: a retrained checkpoint at the same path must never reuse the old one's samples.
+    """
+    for derived in ("eval", "kl"):
+        shutil.rmtree(out / derived, ignore_errors=True)
     e = config.eval
     gen = GenerationConfig(n=e.n, sampling=e.sampling, shard_size=config.generation.shard_size,
                            generator=GeneratorConfig(config.generation.generator.backend, model))

@@ -79,6 +79,7 @@ def generate(
     config: GenerationConfig,
     make_generator: Callable[[], Generator],
     prompts: Sequence[Prompt] | None = None,
+    new_version: bool = False,
 ) -> dict[str, Any]:
     """Sample ``config.n`` completions per prompt into ``completions.parquet``.
 
@@ -93,6 +94,7 @@ def generate(
     if config.n < 1:
         raise RsftError(f"generation.n: must be >= 1, got {config.n}")
     if prompts is not None and not matrix.same_prompts(round_dir / artifacts.PROMPTS, prompts):
+        artifacts.guard_outputs(round_dir, "generate", None, new_version, why="the prompts changed")
         matrix.write_prompts(round_dir / artifacts.PROMPTS, prompts)
     prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
     stage_config = {"generation": asdict(config), "prompt_ids": [p.prompt_id for p in prompts]}
@@ -100,6 +102,7 @@ def generate(
                                       [artifacts.COMPLETIONS])
     if done:
         return {**done["counts"], "shards_generated": 0, "reused": True}
+    artifacts.guard_outputs(round_dir, "generate", stage_config["generation"], new_version)
     shard_dir, digest = _shards(round_dir, "completions", stage_config)
     size = max(1, config.shard_size)
     count = math.ceil(len(prompts) / size)
@@ -135,7 +138,9 @@ def _check_rows(rows: Sequence[Sequence[Any]], m: int, n: int, name: str) -> Non
 # --- score ---------------------------------------------------------------------------------------
 
 
-def score(round_dir: Path, config: ScoringConfig, scorer: Any, shard_size: int = 64) -> dict[str, Any]:
+def score(
+    round_dir: Path, config: ScoringConfig, scorer: Any, shard_size: int = 64, new_version: bool = False
+) -> dict[str, Any]:
     """Score every (prompt, completion) pair into ``rewards.parquet``; returns the reward statistics.
 
     ``scorer`` is anything ``rsft.score.as_scorer`` accepts (a Scorer, a plain callable, a spec).
@@ -147,11 +152,13 @@ def score(round_dir: Path, config: ScoringConfig, scorer: Any, shard_size: int =
     prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
     comps = matrix.read_completions(round_dir / artifacts.COMPLETIONS, prompts)
     m, n = comps.shape
-    stage_config = {"scoring": asdict(config), "completions": artifacts.file_sha256(round_dir / artifacts.COMPLETIONS)}
+    stage_config = {"scoring": {**asdict(config), "scorer_name": scorer.name},
+                    "completions": artifacts.file_sha256(round_dir / artifacts.COMPLETIONS)}
     done = artifacts.stage_is_current(round_dir, "score", stage_config["scoring"],
                                       [artifacts.PROMPTS, artifacts.COMPLETIONS], [artifacts.REWARDS])
-    if done and done.get("scorer") == scorer.name:
+    if done:
         return {**done["stats"], "reused": True}
+    artifacts.guard_outputs(round_dir, "score", stage_config["scoring"], new_version)
     shard_dir, digest = _shards(round_dir, "rewards", stage_config)
     size = max(1, shard_size)
 
