@@ -33,6 +33,19 @@ QA = {
 }
 
 
+CPU_TRAINING = dict(
+    per_device_train_batch_size=2,
+    bf16=False,
+    activation_checkpointing=False,  # transformers 5: gradient_checkpointing is a deprecated alias
+    learning_rate=1e-3,
+    report_to=[],
+    logging_steps=1,
+    save_strategy="no",
+    use_cpu=True,
+)
+"""Trainer settings shared by the SFT and DPO checks: tiny, CPU, no checkpoints, no trackers."""
+
+
 def _text(question: str) -> str:
     return f"Q: {question}\nA:"
 
@@ -88,14 +101,7 @@ def _sft_trainer(tiny_lm: Path, ds, out: Path, steps: int = 3):
     args = trl.SFTConfig(
         output_dir=str(out),
         max_steps=steps,
-        per_device_train_batch_size=2,
-        bf16=False,
-        activation_checkpointing=False,  # transformers 5: gradient_checkpointing is a deprecated alias
-        learning_rate=1e-3,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        use_cpu=True,
+        **CPU_TRAINING,
         dataloader_num_workers=0,
         dataset_num_proc=None,
     )
@@ -209,14 +215,7 @@ def test_preference_rows_load_and_train_in_dpo_trainer(tiny_lm, tmp_path):
     args = trl.DPOConfig(
         output_dir=str(tmp_path / "dpo"),
         max_steps=2,
-        per_device_train_batch_size=2,
-        bf16=False,
-        activation_checkpointing=False,  # transformers 5: gradient_checkpointing is a deprecated alias
-        learning_rate=1e-3,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-        use_cpu=True,
+        **CPU_TRAINING,
     )
     trainer = trl.DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
     _train_and_check(trainer, steps=2)
