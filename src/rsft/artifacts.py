@@ -7,9 +7,13 @@ never sees half a file and a killed stage leaves either the old file or the new 
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
+import re
+import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -30,13 +34,22 @@ MANIFEST = "manifest.json"
 CONFIG = "config.yaml"
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname()) or "host"
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    The temporary file is ``.<name>.<host>-<pid>.<random>.tmp``. A process killed mid-write (kill -9,
+    power loss) leaves it behind; the next write of the same file removes such leftovers of dead
+    processes on this host, so a resumed stage leaves no temp file.
+    """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_stale_temps(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise RsftError(f"{path.parent}: cannot write here: {e.strerror or e}") from e
     os.close(fd)
@@ -51,6 +64,26 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temp files of ``path`` left by writers that died on this host (a live writer's stay)."""
+    prefix = f".{path.name}."
+    for tmp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        owner = tmp.name[len(prefix):].split(".", 1)[0]
+        host, _, pid = owner.rpartition("-")
+        if host == _HOST and pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _umask() -> int:
@@ -153,7 +186,11 @@ def record_stage(
     counts: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Add one stage's entry to the round's manifest: what it read, wrote, with what, how long."""
+    """Add one stage's entry to the round's manifest: what it read, wrote, with what, how long.
+
+    A stage that worked in shards passes ``extra={"shard_key": ...}``; its shards are removed once
+    the entry is written (``drop_shards``).
+    """
     round_dir = Path(round_dir)
     entry: dict[str, Any] = {
         "config": dict(config),
@@ -170,7 +207,30 @@ def record_stage(
     manifest = read_manifest(round_dir)
     manifest.setdefault("stages", {})[stage] = entry
     write_json(round_dir / MANIFEST, manifest)
+    if entry.get("shard_key"):
+        drop_shards(round_dir, str(entry["shard_key"]), journals=stage == "generate")
     return entry
+
+
+SHARDS = ".shards"
+"""Folder of a round holding the finished shards (``<kind>-<shard_key>/NNNNN.parquet``) of the
+stages in progress, and the journals of remote generators (``journal-*.jsonl``)."""
+
+
+def drop_shards(round_dir: str | os.PathLike[str], shard_key: str, journals: bool = False) -> None:
+    """Remove a finished stage's shard folder(s) (and, for generation, the generator journals).
+
+    ``record_stage`` calls this only after the manifest records the stage, so a process killed
+    between writing a stage's output and recording it still finds every shard on its rerun.
+    """
+    shards = Path(round_dir) / SHARDS
+    for folder in shards.glob(f"*-{glob.escape(shard_key)}"):
+        shutil.rmtree(folder, ignore_errors=True)
+    if journals:
+        for journal in shards.glob("journal-*.jsonl"):
+            journal.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        shards.rmdir()  # only when no other stage has shards in flight
 
 
 def stage_is_current(

@@ -9,9 +9,7 @@ Generation and scoring run in shards of prompts; each finished shard is written 
 
 from __future__ import annotations
 
-import contextlib
 import math
-import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -52,11 +50,10 @@ def _run_shards(
 
 
 def _finish_shards(shard_dir: Path, table: pa.Table, target: Path) -> None:
+    """Write the stage's output from its shards. The shards stay until ``artifacts.record_stage``
+    (given ``shard_key``) has recorded the stage: a kill in between still resumes from them."""
     with artifacts.atomic_path(target) as tmp:
         pq.write_table(table, tmp, compression="zstd")
-    shutil.rmtree(shard_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        shard_dir.parent.rmdir()  # only when no other stage has shards in flight
 
 
 def sampling_params(config: GenerationConfig, seed_offset: int = 0) -> SamplingParams:
