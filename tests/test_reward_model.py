@@ -89,6 +89,30 @@ def test_make_batches_longest_first_and_stable() -> None:
         make_batches([1], 0, True)
 
 
+def test_token_budget_batches_by_hand() -> None:
+    lengths = [10, 9, 3, 3, 3, 3, 1]
+    # sorted: 10 alone (10 + 9 would pad to 20 > 19), then 9 with one 3 (18), then four 3s (cap 4 rows)
+    assert make_batches(lengths, 4, True, max_batch_tokens=19) == [[0], [1, 2], [3, 4, 5, 6]]
+    assert make_batches(lengths, 4, True) == [[0, 1, 2, 3], [4, 5, 6]]
+    assert make_batches([50, 2, 2], 8, True, max_batch_tokens=10) == [[0], [1, 2]]  # too long: alone
+    assert make_batches([2, 8, 2, 8], 4, False, max_batch_tokens=16) == [[0, 1], [2, 3]]  # width grows
+    assert padding_efficiency(lengths, 4, True, max_batch_tokens=19) == pytest.approx(32 / (10 + 18 + 12))
+    with pytest.raises(RsftError, match="max_batch_tokens"):
+        make_batches([1], 4, True, max_batch_tokens=0)
+
+
+def test_token_budget_lifts_efficiency_on_a_long_tail() -> None:
+    rng = random.Random(1)
+    lengths = [20 + min(int(6 * rng.paretovariate(1.1)), 400) for _ in range(512)]
+    fixed = padding_efficiency(lengths, 8, True)
+    budget = padding_efficiency(lengths, 64, True, max_batch_tokens=512)
+    assert budget > 0.9 and budget > fixed
+    assert all(
+        len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 512
+        for b in make_batches(lengths, 64, True, max_batch_tokens=512)
+    )
+
+
 # --- scores --------------------------------------------------------------------------------------
 
 
@@ -105,6 +129,23 @@ def test_batched_scores_equal_one_at_a_time_in_original_order(
         rm.sort_by_length = True
     np.testing.assert_allclose(batched, reference, atol=1e-4)
     assert len(set(np.round(reference, 6))) > 12  # the scores differ per pair: the order check has teeth
+
+
+@pytest.mark.parametrize("sort_by_length", [True, False])
+def test_token_budget_scores_equal_one_at_a_time(rm: RewardModelScorer, pairs, reference, sort_by_length) -> None:
+    prompts, completions = pairs
+    lengths = [len(x) for x in rm.encode(prompts, completions)]
+    budget = 2 * max(lengths)  # long pairs go two at a time, short ones up to batch_size
+    rm.sort_by_length, rm.max_batch_tokens, rm.batch_size = sort_by_length, budget, 8
+    try:
+        batched = rm.score(prompts, completions, [{}] * len(prompts))
+        stats = dict(rm.last_stats)
+    finally:
+        rm.sort_by_length, rm.max_batch_tokens, rm.batch_size = True, None, 4
+    np.testing.assert_allclose(batched, reference, atol=1e-4)
+    assert stats["batches"] == len(make_batches(lengths, 8, sort_by_length, budget))
+    assert stats["efficiency"] == pytest.approx(padding_efficiency(lengths, 8, sort_by_length, budget))
+    assert stats["max_batch_tokens"] == budget and stats["real_tokens"] == sum(lengths)
 
 
 def test_sorting_raises_padding_efficiency(rm: RewardModelScorer, pairs) -> None:
@@ -181,6 +222,38 @@ def test_cuda_oom_halves_the_batch_size(rm: RewardModelScorer, pairs, reference,
     monkeypatch.setattr(rm.model, "forward", forward_never_fits)
     with pytest.raises(RsftError, match="out of memory at batch size 1"):
         rm.score(prompts, completions)
+
+
+def test_cuda_oom_with_a_token_budget_halves_the_budget(rm: RewardModelScorer, pairs, reference, monkeypatch) -> None:
+    prompts, completions = pairs
+    lengths = [len(x) for x in rm.encode(prompts, completions)]
+    real_forward = rm.model.forward
+    limit = max(lengths) + 1  # fits the longest pair alone, nothing larger
+    shapes: list[tuple[int, int]] = []
+
+    def forward_with_limit(input_ids=None, **kw):
+        shapes.append(tuple(input_ids.shape))
+        if input_ids.shape[0] * input_ids.shape[1] > limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_forward(input_ids=input_ids, **kw)
+
+    monkeypatch.setattr(rm.model, "forward", forward_with_limit)
+    rm.max_batch_tokens, rm.batch_size = 4 * max(lengths), 8
+    try:
+        got = rm.score(prompts, completions)
+        stats = dict(rm.last_stats)
+    finally:
+        rm.max_batch_tokens, rm.batch_size = None, 4
+    np.testing.assert_allclose(got, reference, atol=1e-4)
+    assert stats["max_batch_tokens"] <= limit and stats["batch_size"] == 8  # the budget shrank, not the rows
+    assert rm.max_batch_tokens is None  # restored above; the scorer's own setting is untouched by OOM
+
+
+def test_bad_max_batch_tokens(tiny_rm: Path) -> None:
+    for bad in (0, -5, True):
+        with pytest.raises(RsftError, match="max_batch_tokens"):
+            RewardModelScorer(tiny_rm, max_batch_tokens=bad)
+    assert RewardModelScorer(tiny_rm, batch_size=32, max_batch_tokens=256).max_batch_tokens == 256
 
 
 # --- loading -------------------------------------------------------------------------------------

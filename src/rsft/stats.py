@@ -344,26 +344,36 @@ def _finite_floor(R: np.ndarray) -> float | None:
     return float(np.min(R, where=finite, initial=np.inf)) if finite.any() else None
 
 
-def _level_kl(sorted_rows: np.ndarray, n: int) -> np.ndarray:
-    """Per row, KL(BoN || uniform) over the row's N samples taken as equally likely outcomes.
-
-    Within a tie the BoN / base ratio is constant, so this is a sum over reward levels: a level
-    ending at sorted position b (1-based) and starting after a has base mass (b - a) / N and BoN
-    mass (b / N)^n - (a / N)^n.
-    """
+def _level_index(sorted_rows: np.ndarray) -> np.ndarray:
+    """Per entry of the sorted rows, ``a * (N + 1) + b`` when a reward level ends there (b its 1-based
+    sorted position, a where the previous level ended), else ``a * (N + 1)`` (b = 0). Independent of
+    n, so ``_level_kl`` for every n reads it instead of redoing it."""
     rows, N = sorted_rows.shape
-    if n == 1:
-        return np.zeros(rows)
     ends = np.ones((rows, N), dtype=bool)
     ends[:, :-1] = sorted_rows[:, 1:] != sorted_rows[:, :-1]
     b = np.where(ends, np.arange(1, N + 1), 0)
     a = np.zeros_like(b)
     a[:, 1:] = np.maximum.accumulate(b, axis=1)[:, :-1]
+    return a * (N + 1) + b
+
+
+def _level_kl(levels: np.ndarray, N: int, n: int) -> np.ndarray:
+    """Per row, KL(BoN || uniform) over the row's N samples taken as equally likely outcomes.
+
+    Within a tie the BoN / base ratio is constant, so this is a sum over reward levels: a level
+    ending at sorted position b (1-based) and starting after a has base mass (b - a) / N and BoN
+    mass (b / N)^n - (a / N)^n. A term depends only on (a, b), so it is computed once for each of
+    the (N + 1)^2 pairs and looked up (``levels`` from ``_level_index``); where no level ends,
+    b = 0 <= a and the term is 0.
+    """
+    if n == 1:
+        return np.zeros(levels.shape[0])
+    a, b = np.divmod(np.arange((N + 1) ** 2), N + 1)
     base = (b - a) / N
     picked = (b / N) ** n - (a / N) ** n
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(ends & (picked > 0), picked * np.log(picked / base), 0.0)
-    return np.maximum(terms.sum(axis=1), 0.0)
+        terms = np.where(picked > 0, picked * np.log(picked / base), 0.0)
+    return np.maximum(terms[levels].sum(axis=1), 0.0)
 
 
 def _curve_sums(R: np.ndarray, ns: list[int], threshold: float, with_kl: bool = True) -> tuple[np.ndarray, ...]:
@@ -379,11 +389,12 @@ def _curve_sums(R: np.ndarray, ns: list[int], threshold: float, with_kl: bool = 
         block = R[start : start + step]
         n_pass = np.count_nonzero(block >= threshold, axis=1)
         rows = np.sort(_floored(block, floor if floor is not None else 0.0), axis=1)
+        levels = _level_index(rows) if with_kl else None
         for t, n in enumerate(ns):
             best[t] += float(np.sum(rows[:, n - 1 :] @ weights[t][n - 1 :]))
             passed[t] += float(np.sum(1.0 - misses[t][n_pass]))
-            if with_kl:
-                div[t] += float(np.sum(_level_kl(rows, n)))
+            if levels is not None:
+                div[t] += float(np.sum(_level_kl(levels, N, n)))
     if floor is None:
         best[:] = np.nan
     return best, passed, div
