@@ -215,6 +215,23 @@ def _top_k_by_partition(R: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(idx_parts), np.concatenate(val_parts)
 
 
+def mask_non_finite(R: npt.ArrayLike) -> tuple[np.ndarray, int, int]:
+    """R with every NaN, +inf and -inf set to -inf (never picked), and how many NaN and +-inf it held.
+
+    For rewards straight from a scorer, where an infinity is as untrustworthy as a NaN (an overflow,
+    a log of 0): ``select_completions`` applies it, so neither is ever selected. The library
+    selectors themselves rank +inf above every finite reward.
+    """
+    R = as_reward_matrix(R)
+    if R.dtype.kind != "f":
+        return R, 0, 0
+    nans = nan_count(R)
+    infs = int(np.count_nonzero(np.isinf(R)))
+    if not nans and not infs:
+        return R, 0, 0
+    return np.where(np.isfinite(R), R, -np.inf), nans, infs
+
+
 def keep_above(R: npt.ArrayLike, threshold: float) -> list[tuple[int, int]]:
     """``(i, j)`` of each row's best completion (ties to the first) whose reward >= threshold.
 

@@ -273,6 +273,8 @@ def select_completions(round_dir: Path, config: SelectionConfig) -> dict[str, An
     prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
     ids = [p.prompt_id for p in prompts]
     R, _ = matrix.read_rewards(round_dir / artifacts.REWARDS, ids)
+    R, nans, infs = select.mask_non_finite(R)  # NaN and +-inf from a scorer are never picked: counted
+    no_finite = int(np.count_nonzero(~(R > -np.inf).any(axis=1))) if R.shape[1] else len(prompts)
     texts = matrix.read_completions(round_dir / artifacts.COMPLETIONS, prompts).texts if config.dedup else None
     cols: dict[str, list[Any]] = {name: [] for name in matrix.SELECTION_SCHEMA.names}
 
@@ -285,16 +287,20 @@ def select_completions(round_dir: Path, config: SelectionConfig) -> dict[str, An
         for p, (i, chosen, rejected) in enumerate(select.dpo_pairs(Rs, min_margin=config.threshold or 0.0)):
             add(i, chosen, 2 * p, "chosen", p)
             add(i, rejected, 2 * p + 1, "rejected", p)
-        nans, kept_rows = select.nan_count(R), len(set(cols["prompt_id"]))
+        kept_rows = len(set(cols["prompt_id"]))
     else:
         chosen = select.select(R, config.strategy, k=config.k, threshold=config.threshold, texts=texts,
                                dedup=config.dedup)
         for rank, (i, j) in enumerate(chosen.pairs):
             add(i, j, rank, "keep", rank)
-        nans, kept_rows = chosen.nan_count, len(prompts) - chosen.n_rows_without_pick
+        kept_rows = len(prompts) - chosen.n_rows_without_pick
     artifacts.write_table(round_dir / artifacts.SELECTION, cols, matrix.SELECTION_SCHEMA)
     counts = {"selected": len(cols["prompt_id"]), "prompts_with_pick": kept_rows, "prompts": len(prompts),
-              "nan_rewards": nans, "mean_selected_reward": _mean(cols["reward"])}
+              "nan_rewards": nans, "inf_rewards": infs, "prompts_without_finite_reward": no_finite,
+              "mean_selected_reward": _mean(cols["reward"])}
+    if nans or infs:
+        warn(f"{nans} NaN and {infs} infinite rewards were counted as -inf (never selected); "
+             f"{no_finite} of {len(prompts)} prompts have no finite reward and give no selection")
     artifacts.record_stage(round_dir, "select", config=asdict(config), inputs=[artifacts.REWARDS],
                            outputs=[artifacts.SELECTION], started=started, counts=counts)
     return counts

@@ -126,6 +126,11 @@ def _warnings(stats: dict[str, Any], n_inf: int) -> list[str]:
         )
     if n_inf:
         out.append(f"{n_inf} rewards are +inf or -inf: left out of mean, std, min and max")
+    if stats["prompts_without_finite"]:
+        out.append(
+            f"{stats['prompts_without_finite']} of {M} prompts have no finite reward: "
+            "selection takes nothing from them"
+        )
     if M and stats["frac_no_pass"] == 1.0:
         out.append(
             f"no prompt has a completion with reward >= {stats['pass_threshold']:g}: "
@@ -146,7 +151,8 @@ def reward_stats(
         pass_threshold: a reward >= this counts as a pass (0.5 suits 0/1 checkers).
 
     Returns:
-        ``M``, ``N``, ``nan_count``, ``n_finite``; ``mean``, ``std`` (population), ``min``, ``max``
+        ``M``, ``N``, ``nan_count``, ``n_finite``, ``inf_count`` (+inf or -inf),
+        ``prompts_without_finite`` (rows with no finite reward, which selection skips); ``mean``, ``std`` (population), ``min``, ``max``
         over finite rewards; ``best_of_n_mean`` (mean over prompts of the best reward) and
         ``per_prompt_mean`` (mean over prompts of the mean reward), both over prompts with a
         finite reward; ``pass_threshold``, ``pass_at_1`` (fraction of all M*N rewards that
@@ -165,9 +171,11 @@ def reward_stats(
     nans = int(np.count_nonzero(np.isnan(R)))
     stats: dict[str, Any] = {"M": int(M), "N": int(N), "nan_count": nans}
     stats.update(_distribution(R, finite))
+    stats["inf_count"] = M * N - stats["n_finite"] - nans
+    stats["prompts_without_finite"] = int(M - np.count_nonzero(finite.any(axis=1))) if N else int(M)
     stats.update(_pass_rates(R, float(t)))
     stats["length_reward_corr"] = _length_reward_corr(R, finite, n_tokens)
-    stats["warnings"] = _warnings(stats, M * N - stats["n_finite"] - nans)
+    stats["warnings"] = _warnings(stats, stats["inf_count"])
     return stats
 
 
@@ -182,7 +190,8 @@ def format_stats(stats: dict[str, Any]) -> str:
 
     s = stats
     lines = [
-        f"rewards: {s['M']} prompts x {s['N']} samples, {s['nan_count']} NaN",
+        f"rewards: {s['M']} prompts x {s['N']} samples, {s['nan_count']} NaN"
+        + (f", {s['inf_count']} inf" if s.get("inf_count") else ""),
         f"  mean {f(s['mean'])}  std {f(s['std'])}  min {f(s['min'])}  max {f(s['max'])}",
         f"  best-of-N mean {f(s['best_of_n_mean'])}  vs per-prompt mean {f(s['per_prompt_mean'])}",
         f"  pass (reward >= {s['pass_threshold']:g}): pass@1 {f(s['pass_at_1'])}, "

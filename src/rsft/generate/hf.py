@@ -11,6 +11,7 @@ for KL estimates.
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,9 @@ class HFGenerator:
         device: ``auto``, ``cpu`` or ``cuda``.
         chat_template: a Jinja template for chat prompts when the tokenizer has none, or ``plain``.
         name: label stored with each completion (default ``hf:<model>``).
+        truncate: a prompt longer than the model's context minus ``max_new_tokens``: ``error``
+            (the default: stop, naming the prompt and its token count) or ``left`` (drop its first
+            tokens, keeping the end next to the answer; a warning counts them).
     """
 
     def __init__(
@@ -44,9 +48,14 @@ class HFGenerator:
         device: str = "auto",
         chat_template: str | None = None,
         name: str | None = None,
+        truncate: str = "error",
     ) -> None:
         from rsft.models import load_causal_lm
 
+        if truncate not in ("error", "left"):
+            raise RsftError(f"hf backend: truncate must be 'error' or 'left', got {truncate!r}")
+        self.truncate = truncate
+        self._keep_tokens: int | None = None
         self.model_spec = model
         self.model, self.tokenizer = load_causal_lm(model, dtype=dtype, device=device)
         if chat_template:
@@ -76,6 +85,7 @@ class HFGenerator:
         if n < 1:
             raise RsftError(f"n must be >= 1, got {n}")
         texts = [self.render(p) for p in prompts]
+        self._keep_tokens = self._fit_context(prompts, texts, sampling.max_new_tokens)
         per_call = self.batch_size or max(1, 64 // n)
         self._rng = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
         out: list[list[Completion]] = []
@@ -116,6 +126,8 @@ class HFGenerator:
 
         tok, device = self.tokenizer, self.model.device
         encoded = [tok(t, add_special_tokens=_adds_bos(tok, texts))["input_ids"] for t in texts]
+        if self._keep_tokens:  # truncate="left": the prompts' last tokens that fit the context
+            encoded = [e[-self._keep_tokens :] for e in encoded]
         shared = _common_prefix(encoded) if len(encoded) > 1 else 0
         shared = min(shared, min(len(e) for e in encoded) - 1)  # every prompt keeps >= 1 token of its own
         cache = None
@@ -180,6 +192,35 @@ class HFGenerator:
             logits = out.logits[:, -1].float()
         return tokens, logprobs
 
+    def _fit_context(self, prompts: Sequence[PromptValue], texts: list[str], max_new_tokens: int) -> int | None:
+        """Check every prompt fits the context with ``max_new_tokens`` after it.
+
+        Returns None when all fit (or the model states no context length), else the prompt token
+        budget for ``truncate="left"``; with ``truncate="error"`` the first prompt too long is an error.
+        """
+        context = _context_length(self.model, self.tokenizer)
+        if context is None:
+            return None
+        budget = context - max_new_tokens
+        if budget < 1:
+            raise RsftError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in model "
+                            f"{self.model_spec!r}'s context of {context} tokens")
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=_adds_bos(self.tokenizer, texts))["input_ids"]]
+        too_long = [i for i, length in enumerate(lengths) if length > budget]
+        if not too_long:
+            return None
+        if self.truncate == "left":
+            print(f"rsft: warning: {len(too_long)} prompts are longer than {budget} tokens (context {context} - "
+                  f"max_new_tokens {max_new_tokens}); their first tokens are cut (truncate=left)", file=sys.stderr)
+            return budget
+        from rsft.prompts import prompt_id
+
+        i = too_long[0]
+        raise RsftError(f"prompt {prompt_id(prompts[i])} is {lengths[i]} tokens, but model {self.model_spec!r} has a "
+                        f"context of {context} and max_new_tokens={max_new_tokens} leaves {budget} "
+                        f"({len(too_long)} of {len(texts)} prompts too long); shorten them, lower max_new_tokens, "
+                        "or cut their start with the backend option truncate=left")
+
     def _hit_stop_string(self, tokens: Any, stop: tuple[str, ...]) -> Any:
         import torch
 
@@ -242,6 +283,16 @@ def _common_prefix(sequences: list[list[int]]) -> int:
         if any(x[pos] != tok for x in sequences):
             return pos
     return length
+
+
+def _context_length(model: Any, tokenizer: Any) -> int | None:
+    """The model's context length in tokens: ``max_position_embeddings``, else the tokenizer's limit."""
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    length = getattr(config, "max_position_embeddings", None)
+    if isinstance(length, int) and length > 0:
+        return length
+    length = getattr(tokenizer, "model_max_length", None)
+    return length if isinstance(length, int) and 0 < length < 10**8 else None
 
 
 def _cache_of(output: Any) -> Any:
