@@ -1,7 +1,9 @@
 """A small OpenAI-compatible server for tests: deterministic texts, configurable misbehaviour.
 
 Texts are ``"<key> s<seed> c<index>" + suffix`` where ``key`` is the text prompt or the last chat
-message's content, so tests can assert exact outputs. Tokens are whitespace-delimited pieces of
+message's content, so tests can assert exact outputs. Misbehaviour is real, at the HTTP level: error
+statuses, stalls that outlast the client's timeout, and connections dropped in the middle of a
+response body (the client sees the peer close the connection). Tokens are whitespace-delimited pieces of
 the text, each with logprob ``TOKEN_LOGPROB``. Configure a test through ``app.state.cfg`` and read
 what the server saw from ``app.state.stats``; ``FakeServer`` runs the app with uvicorn in a thread.
 """
@@ -18,7 +20,7 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 TOKEN_LOGPROB = -0.25
 
@@ -45,6 +47,13 @@ class FakeConfig:
     """Appended to every text, e.g. to test client-side stop strings (the server ignores ``stop``)."""
     finish_reason: str | None = "stop"
     usage: bool = True
+    script: list[str] = field(default_factory=list)
+    """What request k (1-based) gets, for k up to its length: ``ok``, ``drop`` (the connection is
+    closed halfway through the response body), ``stall`` (sleep ``hang_seconds`` first) or an
+    HTTP status such as ``"429"``; later requests follow the other settings."""
+    fail_after: int | None = None
+    """Answer this many requests normally, then fail every later one with ``fail_status`` (a server
+    that dies for good)."""
 
 
 @dataclass
@@ -57,6 +66,8 @@ class FakeStats:
     paths: list[str] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
+    served: int = 0
+    """Requests answered with choices."""
 
 
 def _tokens(text: str) -> list[str]:
@@ -89,7 +100,12 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-async def _handle(request: Request, chat: bool) -> JSONResponse:
+async def _dropped_body():
+    yield b'{"id": "cmpl-dropped", "choices": ['
+    raise ConnectionAbortedError("fake server drops the connection mid-response (on purpose)")
+
+
+async def _handle(request: Request, chat: bool) -> Response:
     app = request.app
     cfg: FakeConfig = app.state.cfg
     stats: FakeStats = app.state.stats
@@ -108,11 +124,17 @@ async def _handle(request: Request, chat: bool) -> JSONResponse:
             return _error(400, "missing required field\nmodel or prompt")
         if cfg.delay:
             await asyncio.sleep(cfg.delay)
-        if number <= cfg.hang_first:
+        action = cfg.script[number - 1] if number <= len(cfg.script) else "ok"
+        if number <= cfg.hang_first or action == "stall":
             await asyncio.sleep(cfg.hang_seconds)
-        if number <= cfg.fail_first:
+        if action == "drop":
+            return StreamingResponse(_dropped_body(), media_type="application/json")
+        if action.isdigit():
+            return _error(int(action), f"simulated failure {number}")
+        if number <= cfg.fail_first or (cfg.fail_after is not None and number > cfg.fail_after):
             headers = {"Retry-After": cfg.retry_after} if cfg.retry_after else None
             return _error(cfg.fail_status, f"simulated failure {number}", headers)
+        stats.served += 1
         n = int(body.get("n") or 1)
         count = n if cfg.max_choices is None else min(n, cfg.max_choices)
         choices = [_choice(body, chat, i, cfg) for i in range(count)]

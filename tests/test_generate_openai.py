@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -248,3 +249,81 @@ def test_registry_and_edge_cases(server: FakeServer) -> None:
         OpenAIGenerator(model="m", concurrency=0)
     assert _parse_retry_after("2") == 2.0 and _parse_retry_after("soon") is None
     assert _parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
+
+
+# --- a misbehaving server: survived while it recovers, a clear error when it does not -----------
+
+
+def test_dropped_connections_are_retried(server: FakeServer) -> None:
+    server.cfg.script = ["drop", "drop"]
+    rows = make(server).generate(["a"], 2, SamplingParams())
+    assert texts(rows) == [["a s0 c0", "a s0 c1"]]
+    assert (server.stats.requests, server.stats.served) == (3, 1)
+
+
+def test_server_misbehaving_for_a_while_is_survived(server: FakeServer) -> None:
+    server.cfg.script, server.cfg.hang_seconds = ["drop", "stall", "429", "503", "500"], 0.5
+    rows = make(server, timeout=0.2, max_retries=5).generate(["a"], 1, SamplingParams())
+    assert texts(rows) == [["a s0 c0"]]
+    assert server.stats.requests == 6  # the stalled one may still answer, after the client gave up on it
+
+
+@pytest.mark.parametrize(("action", "error"), [("drop", "RemoteProtocolError"), ("stall", "ReadTimeout"),
+                                               ("429", "HTTP 429: simulated failure 3")])
+def test_server_that_never_recovers_is_a_clear_error(server: FakeServer, action: str, error: str) -> None:
+    server.cfg.script, server.cfg.hang_seconds = [action] * 3, 0.4
+    with pytest.raises(RsftError) as info:
+        make(server, timeout=0.1, max_retries=2).generate(["a"], 1, SamplingParams())
+    message = str(info.value)
+    assert message.startswith(f"{server.base_url}/completions: failed after 3 attempts; last error: {error}")
+    assert "\n" not in message and server.stats.requests == 3
+
+
+# --- the journal: what a dying server sent is kept, and a rerun asks only for the rest ----------
+
+
+def test_journal_keeps_what_a_dying_server_sent(server: FakeServer, tmp_path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    prompts = [f"p{i}" if i % 2 else [{"role": "user", "content": f"p{i}"}] for i in range(5)]
+    sampling = SamplingParams(seed=4, stop=("\n",))
+    healthy = make(server).generate(prompts, 2, sampling)
+    server.reset()
+    server.cfg.fail_after = 3  # answers 3 requests, then 500 for good
+    with pytest.raises(RsftError, match="failed after 2 attempts; last error: HTTP 500"):
+        make(server, concurrency=1, max_retries=1, journal=journal).generate(prompts, 2, sampling)
+    assert len(journal.read_text().splitlines()) == 3
+    with open(journal, "a") as f:  # and a line torn by a kill in the middle of an append
+        f.write('{"key": "0123", "choi')
+    with FakeServer() as restarted:  # a healthy server, at another address
+        gen = make(restarted, journal=journal)
+        assert gen.generate(prompts, 2, sampling) == healthy
+        assert restarted.stats.requests == 2 and gen.journal is not None and gen.journal.reused == 3
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 6 and all(json.loads(x)["choices"] for x in lines[:3] + lines[4:])
+
+
+def test_journal_resumes_a_topped_up_prompt_at_the_missing_sample(server: FakeServer, tmp_path) -> None:
+    """A server that returns one choice per request (llama.cpp): the rerun asks only for the samples
+    (seeds) it never got, so the prompt's completions are those of a run that never failed."""
+    journal = tmp_path / "journal.jsonl"
+    server.cfg.max_choices, server.cfg.fail_after = 1, 2
+    with pytest.raises(RsftError):
+        make(server, concurrency=1, max_retries=0, journal=journal).generate(["x"], 4, SamplingParams(seed=10))
+    with FakeServer() as restarted:  # fresh: a request the failed run still had in flight cannot count
+        restarted.cfg.max_choices = 1
+        rows = make(restarted, journal=journal).generate(["x"], 4, SamplingParams(seed=10))
+        assert texts(rows) == [[f"x s{10 + i} c0" for i in range(4)]]
+        assert sorted(b["seed"] for b in restarted.stats.bodies) == [12, 13]
+
+
+def test_journal_is_keyed_by_everything_that_decides_a_response(server: FakeServer, tmp_path) -> None:
+    journal = tmp_path / "journal.jsonl"
+    make(server, journal=journal).generate(["a"], 2, SamplingParams(seed=1))
+    for changed in (SamplingParams(seed=2), SamplingParams(seed=1, temperature=0.5),
+                    SamplingParams(seed=1, max_new_tokens=3)):
+        make(server, journal=journal).generate(["a"], 2, changed)
+    make(server, journal=journal).generate(["a"], 3, SamplingParams(seed=1))
+    OpenAIGenerator(model="other", base_url=server.base_url, journal=journal).generate(["a"], 2, SamplingParams(seed=1))
+    assert server.stats.requests == 6  # none of them was answered from the journal
+    make(server, journal=journal).generate(["a"], 2, SamplingParams(seed=1))
+    assert server.stats.requests == 6

@@ -4,18 +4,27 @@ Text prompts go to ``/completions``, chat prompts to ``/chat/completions``. Requ
 run concurrently on one ``httpx.AsyncClient`` (bounded by a semaphore), with retry and exponential
 backoff on 429, 5xx and transport errors. Servers that return fewer than ``n`` choices (llama.cpp
 ignores ``n``) are topped up with further requests, each with its own seed.
+
+With a ``journal`` file, every response received is appended to it (one JSON line, fsynced) under a
+hash of its request (endpoint, model, prompt, sampling settings, seed, ``n``). A later run with the
+same journal replays the same requests from it, so when a server dies halfway through a shard, the
+rerun asks the server only for what it never answered and gets the same completions as a run that
+never failed. The stages put the journal under the round's ``.shards/`` and drop it once the
+generation stage is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import hashlib
 import json
 import os
 import random
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -48,6 +57,8 @@ class OpenAIGenerator:
             ``n_tokens`` their count.
         name: ``Completion.generator`` label; defaults to ``openai:<model>``.
         max_n_per_request: Split ``n`` into requests of at most this many choices.
+        journal: JSONL file where each response received is kept (appended, fsynced) and from
+            which a rerun takes the responses it already has instead of asking again.
     """
 
     def __init__(
@@ -63,6 +74,7 @@ class OpenAIGenerator:
         logprobs: bool = False,
         name: str | None = None,
         max_n_per_request: int | None = None,
+        journal: str | os.PathLike[str] | None = None,
     ) -> None:
         if concurrency < 1:
             raise RsftError(f"openai backend: concurrency must be >= 1, got {concurrency}")
@@ -81,6 +93,7 @@ class OpenAIGenerator:
         self.max_n_per_request = max_n_per_request
         self._api_key = os.environ.get(api_key_env) or None
         self._rng = random.Random()
+        self.journal = Journal(Path(journal)) if journal else None
 
     def generate(
         self, prompts: Sequence[PromptValue], n: int, sampling: SamplingParams
@@ -132,10 +145,9 @@ class OpenAIGenerator:
                 {**body, "n": ask, "seed": sampling.seed + n_requests + i} for i, ask in enumerate(asks)
             ]
             n_requests += len(bodies)
-            responses = await asyncio.gather(*(self._post(client, sem, url, b) for b in bodies))
+            responses = await asyncio.gather(*(self._fetch(client, sem, url, chat, b, sampling.stop) for b in bodies))
             got = 0
-            for response, ask in zip(responses, asks, strict=True):
-                completions = self._parse(response, url, chat, sampling.stop)
+            for completions, ask in zip(responses, asks, strict=True):
                 collected.extend(completions[:ask])
                 got += len(completions)
                 if 0 < len(completions) < ask:  # the server caps n: ask for that many from now on
@@ -148,6 +160,27 @@ class OpenAIGenerator:
                         f"({len(collected)} of {n} collected)"
                     )
         return collected[:n]
+
+    async def _fetch(
+        self,
+        client: httpx.AsyncClient,
+        sem: asyncio.Semaphore,
+        url: str,
+        chat: bool,
+        body: dict[str, Any],
+        stop: Sequence[str],
+    ) -> list[Completion]:
+        """One request's completions: from the journal when it holds them, else from the server
+        (and then journaled at once, before anything else can fail)."""
+        key = _request_key(url[len(self.base_url) :], body) if self.journal else None
+        if key is not None and self.journal is not None:
+            kept = self.journal.get(key)
+            if kept is not None:
+                return [Completion(**c, generator=self.name) for c in kept]
+        completions = self._parse(await self._post(client, sem, url, body), url, chat, stop)
+        if key is not None and self.journal is not None and completions:
+            self.journal.add(key, completions)
+        return completions
 
     def _request(self, prompt: PromptValue, sampling: SamplingParams) -> tuple[str, dict[str, Any]]:
         """The URL and JSON body (without ``n`` and ``seed``) for one prompt."""
@@ -242,6 +275,61 @@ class OpenAIGenerator:
         return Completion(
             text=text, n_tokens=n_tokens, finish_reason=finish, logprob=logprob, generator=self.name
         )
+
+
+class Journal:
+    """Responses received so far, one JSON line each (``{"key", "choices"}``), appended and fsynced
+    as they arrive; loaded again by the next run. A line cut short by a kill is ignored."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.entries: dict[str, list[dict[str, Any]]] = {}
+        self.reused = 0
+        """Responses answered from the journal in this process."""
+        if path.exists():
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                        self.entries[str(entry["key"])] = list(entry["choices"])
+                    except (ValueError, KeyError, TypeError):
+                        continue  # the torn last line of a killed run
+
+    def get(self, key: str) -> list[dict[str, Any]] | None:
+        kept = self.entries.get(key)
+        if kept is not None:
+            self.reused += 1
+        return kept
+
+    def add(self, key: str, completions: Sequence[Completion]) -> None:
+        choices = [{"text": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason, "logprob": c.logprob}
+                   for c in completions]
+        line = json.dumps({"key": key, "choices": choices}, ensure_ascii=False) + "\n"
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                if os.fstat(fd).st_size and not _ends_with_newline(self.path):
+                    line = "\n" + line  # after a torn line
+                os.write(fd, line.encode("utf-8"))  # one write: concurrent appenders do not interleave
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise RsftError(f"{self.path}: cannot write the request journal: {e.strerror or e}") from e
+        self.entries[key] = choices
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _request_key(endpoint: str, body: Mapping[str, Any]) -> str:
+    """Hash of what decides a response: endpoint and body (model, prompt, sampling, seed, n), not the host."""
+    blob = json.dumps({"endpoint": endpoint, "body": body}, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def _token_logprobs(choice: Mapping[str, Any], chat: bool) -> list[tuple[str, float | None]] | None:
