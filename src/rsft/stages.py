@@ -4,7 +4,8 @@ writes its own, so any stage can be re-run alone (generate once, re-score or re-
 generate: prompts.parquet + completions.parquet     score:  rewards.parquet
 select:   selection.parquet                          export: selected.jsonl
 Generation and scoring run in shards of prompts; each finished shard is written atomically under
-``.shards/`` so an interrupted stage resumes at the first missing shard.
+``.shards/`` so an interrupted stage resumes at the first missing shard. An executor
+(``rsft.executor``) computes the missing shards, here or on Ray actors; the driver writes them.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 from rsft import artifacts, export, matrix, select, stats
 from rsft.config import GenerationConfig, ScoringConfig, SelectionConfig
 from rsft.errors import RsftError
+from rsft.executor import Executor, LocalExecutor, ShardJob, ShardResult
 from rsft.generate import Generator
 from rsft.progress import progress
 from rsft.score import Scorer, as_scorer
@@ -35,17 +37,43 @@ def _shards(round_dir: Path, kind: str, stage_config: Mapping[str, Any]) -> tupl
     return round_dir / ".shards" / f"{kind}-{digest}", digest
 
 
+def _shard_path(shard_dir: Path, s: int) -> Path:
+    return shard_dir / f"{s:05d}.parquet"
+
+
+def _missing(shard_dir: Path, count: int) -> list[int]:
+    return [s for s in range(count) if not _shard_path(shard_dir, s).exists()]
+
+
 def _run_shards(
-    shard_dir: Path, count: int, make: Callable[[int], Mapping[str, list[Any]]], schema: pa.Schema
+    shard_dir: Path,
+    count: int,
+    job: ShardJob,
+    task: Callable[[int], Any],
+    schema: pa.Schema,
+    executor: Executor,
+    on_result: Callable[[ShardResult], None],
+    done: Mapping[int, ShardResult] | None = None,
 ) -> tuple[pa.Table, int]:
-    """Produce every missing shard (atomically), then return all shards concatenated and how many were new."""
+    """Produce every missing shard, then return all shards concatenated and how many were new.
+
+    ``executor`` runs ``job`` on ``task(s)`` of each missing shard ``s`` (``done`` holds shards
+    already computed elsewhere); the driver writes each result atomically as it arrives.
+    """
     made = 0
-    for s in range(count):
-        path = shard_dir / f"{s:05d}.parquet"
-        if not path.exists():
-            artifacts.write_table(path, make(s), schema)
-            made += 1
-    tables = [pq.read_table(shard_dir / f"{s:05d}.parquet") for s in range(count)]
+
+    def write(s: int, result: ShardResult) -> None:
+        nonlocal made
+        artifacts.write_table(_shard_path(shard_dir, s), result.columns, schema)
+        made += 1
+        on_result(result)
+
+    missing = _missing(shard_dir, count)
+    for s in missing:
+        if done and s in done:
+            write(s, done[s])
+    executor.run(job, [(s, task(s)) for s in missing if not (done and s in done)], write)
+    tables = [pq.read_table(_shard_path(shard_dir, s)) for s in range(count)]
     return (pa.concat_tables(tables) if tables else schema.empty_table()), made
 
 
@@ -77,12 +105,44 @@ def generate(
     make_generator: Callable[[], Generator],
     prompts: Sequence[Prompt] | None = None,
     new_version: bool = False,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Sample ``config.n`` completions per prompt into ``completions.parquet``.
 
     ``prompts`` (when given) are written to ``prompts.parquet`` first; otherwise the round's
-    existing prompts are used. The generator is only built when a shard is actually missing.
+    existing prompts are used. The generator is only built when a shard is actually missing, by
+    ``executor`` (default: this process; ``ray``: once per actor, so ``make_generator`` must pickle).
     """
+    plan = _plan_generation(round_dir, config, prompts, new_version)
+    if isinstance(plan, dict):
+        return plan
+    job = GenerationShards(make_generator, config.n, gpus=generation_gpus(config))
+    with progress(len(plan.prompts), "generate", unit="prompt") as bar:
+        table, made = _run_shards(plan.shard_dir, plan.count, job, plan.task, matrix.COMPLETIONS_SCHEMA,
+                                  executor or LocalExecutor(), lambda r: bar.update(r.units))
+    return _finish_generation(round_dir, plan, table, made)
+
+
+@dataclass
+class _GenerationPlan:
+    config: GenerationConfig
+    prompts: list[Prompt]
+    stage_config: dict[str, Any]
+    shard_dir: Path
+    digest: str
+    count: int
+    started: float
+
+    def task(self, s: int) -> tuple[list[Prompt], SamplingParams]:
+        """Shard ``s``: its prompts and sampling settings (seed offset 1009 * s)."""
+        size = max(1, self.config.shard_size)
+        return self.prompts[s * size : (s + 1) * size], sampling_params(self.config, seed_offset=1009 * s)
+
+
+def _plan_generation(
+    round_dir: Path, config: GenerationConfig, prompts: Sequence[Prompt] | None, new_version: bool
+) -> _GenerationPlan | dict[str, Any]:
+    """Check the config, write the prompts; the finished stage's counts when it is current, else the plan."""
     started = time.time()
     try:
         sampling_params(config)
@@ -101,29 +161,47 @@ def generate(
         return {**done["counts"], "shards_generated": 0, "reused": True}
     artifacts.guard_outputs(round_dir, "generate", stage_config["generation"], new_version)
     shard_dir, digest = _shards(round_dir, "completions", stage_config)
-    size = max(1, config.shard_size)
-    count = math.ceil(len(prompts) / size)
-    generator: list[Generator] = []
+    count = math.ceil(len(prompts) / max(1, config.shard_size))
+    return _GenerationPlan(config, list(prompts), stage_config, shard_dir, digest, count, started)
 
-    def make(s: int) -> dict[str, list[Any]]:
-        if not generator:
-            generator.append(make_generator())
-        chunk = prompts[s * size : (s + 1) * size]
-        sampling = sampling_params(config, seed_offset=1009 * s)
-        rows = generator[0].generate([p.prompt for p in chunk], config.n, sampling)
-        _check_rows(rows, len(chunk), config.n, generator[0].name)
-        bar.update(len(chunk))
-        return matrix.completion_columns(chunk, rows, sampling.seed)
 
-    with progress(len(prompts), "generate", unit="prompt") as bar:
-        table, made = _run_shards(shard_dir, count, make, matrix.COMPLETIONS_SCHEMA)
-    _finish_shards(shard_dir, table, round_dir / artifacts.COMPLETIONS)
-    counts = {"prompts": len(prompts), "n": config.n, "completions": table.num_rows, "shards_generated": made,
+def _finish_generation(round_dir: Path, plan: _GenerationPlan, table: pa.Table, made: int) -> dict[str, Any]:
+    _finish_shards(plan.shard_dir, table, round_dir / artifacts.COMPLETIONS)
+    counts = {"prompts": len(plan.prompts), "n": plan.config.n, "completions": table.num_rows,
+              "shards_generated": made,
               "tokens": int(np.nansum(np.array(table.column("n_tokens").to_pylist(), dtype=float)))}
-    artifacts.record_stage(round_dir, "generate", config=stage_config["generation"], inputs=[artifacts.PROMPTS],
-                           outputs=[artifacts.COMPLETIONS], started=started, counts=counts,
-                           extra={"shard_key": digest})
+    artifacts.record_stage(round_dir, "generate", config=plan.stage_config["generation"], inputs=[artifacts.PROMPTS],
+                           outputs=[artifacts.COMPLETIONS], started=plan.started, counts=counts,
+                           extra={"shard_key": plan.digest})
     return counts
+
+
+@dataclass
+class GenerationShards:
+    """Generation's per-shard work: ``n`` completions for each prompt of a chunk."""
+
+    make_generator: Callable[[], Generator]
+    n: int
+    gpus: float = 0.0
+    role: str = "generate"
+    _generator: Generator | None = field(default=None, repr=False)
+
+    def setup(self) -> None:
+        self._generator = self.make_generator()
+
+    def run(self, task: tuple[list[Prompt], SamplingParams]) -> ShardResult:
+        chunk, sampling = task
+        assert self._generator is not None, "setup() first"
+        rows = self._generator.generate([p.prompt for p in chunk], self.n, sampling)
+        _check_rows(rows, len(chunk), self.n, self._generator.name)
+        return ShardResult(matrix.completion_columns(chunk, rows, sampling.seed), units=len(chunk))
+
+
+def generation_gpus(config: GenerationConfig) -> float:
+    """GPUs one generator wants where the cluster has them: vLLM's tensor-parallel size, 1 for hf."""
+    wants = {"vllm": lambda g: float(g.options.get("tensor_parallel_size", 1)),
+             "hf": lambda g: 0.0 if g.options.get("device") == "cpu" else 1.0}
+    return max((wants.get(g.backend, lambda g: 0.0)(g) for g in config.mix or [config.generator]), default=0.0)
 
 
 def _check_rows(rows: Sequence[Sequence[Any]], m: int, n: int, name: str) -> None:
@@ -136,16 +214,24 @@ def _check_rows(rows: Sequence[Sequence[Any]], m: int, n: int, name: str) -> Non
 
 
 def score(
-    round_dir: Path, config: ScoringConfig, scorer: Any, shard_size: int = 64, new_version: bool = False
+    round_dir: Path,
+    config: ScoringConfig,
+    scorer: Any,
+    shard_size: int = 64,
+    new_version: bool = False,
+    executor: Executor | None = None,
+    make_scorer: Callable[[], Any] | None = None,
+    scored: Mapping[int, ShardResult] | None = None,
 ) -> dict[str, Any]:
     """Score every (prompt, completion) pair into ``rewards.parquet``; returns the reward statistics.
 
     ``scorer`` is anything ``rsft.score.as_scorer`` accepts (a Scorer, a plain callable, a spec).
+    ``executor`` computes the missing shards; its workers build their scorer with ``make_scorer``
+    (default: a copy of ``scorer``). ``scored`` holds shards the overlapped pipeline already scored.
     """
     started = time.time()
     scorer = as_scorer(scorer)
-    if config.on_error not in ("fail", "record"):
-        raise RsftError(f"scoring.on_error: expected 'fail' or 'record', got {config.on_error!r}")
+    check_on_error(config)
     prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
     comps = matrix.read_completions(round_dir / artifacts.COMPLETIONS, prompts)
     m, n = comps.shape
@@ -159,32 +245,21 @@ def score(
     shard_dir, digest = _shards(round_dir, "rewards", stage_config)
     size = max(1, shard_size)
 
-    def make(s: int) -> dict[str, list[Any]]:
+    def task(s: int) -> tuple[list[Prompt], list[list[str]]]:
         rows = range(s * size, min(m, (s + 1) * size))
-        pairs = [(i, j) for i in rows for j in range(n)]
-        values, details, failed = score_pairs(
-            scorer,
-            [prompts[i].prompt for i, _ in pairs],
-            [comps.texts[i][j] for i, j in pairs],
-            [prompts[i].metadata for i, _ in pairs],
-            on_error=config.on_error,
-            labels=[f"prompt {prompts[i].prompt_id} sample {j}" for i, j in pairs],
-        )
-        bar.update(len(pairs))
-        for key in ("real_tokens", "padded_tokens"):  # reward models report their padding waste
-            padding[key] = padding.get(key, 0) + (getattr(scorer, "last_stats", None) or {}).get(key, 0)
-        return {
-            "prompt_id": [prompts[i].prompt_id for i, _ in pairs],
-            "sample_idx": [j for _, j in pairs],
-            "reward": values,
-            "scorer": [scorer.name] * len(pairs),
-            "details": details,
-            "failed": failed,
-        }
+        return [prompts[i] for i in rows], [comps.texts[i] for i in rows]
 
     padding: dict[str, int] = {}
+
+    def on_result(result: ShardResult) -> None:
+        bar.update(result.units)
+        for key, value in result.stats.items():
+            padding[key] = padding.get(key, 0) + value
+
+    job = ScoringShards(make_scorer or (lambda: scorer), config.on_error, gpus=scoring_gpus(config))
     with progress(m * n, "score", unit="pair") as bar:
-        table, made = _run_shards(shard_dir, math.ceil(m / size), make, matrix.REWARDS_SCHEMA)
+        table, made = _run_shards(shard_dir, math.ceil(m / size), job, task, matrix.REWARDS_SCHEMA,
+                                  executor or LocalExecutor(), on_result, done=scored)
     _finish_shards(shard_dir, table, round_dir / artifacts.REWARDS)
     R, _ = matrix.read_rewards(round_dir / artifacts.REWARDS, comps.prompt_ids)
     summary = stats.reward_stats(R, comps.n_tokens, pass_threshold=config.pass_threshold)
@@ -196,6 +271,113 @@ def score(
                            started=started, counts={"pairs": m * n, "shards_scored": made},
                            extra={"stats": summary, "scorer": scorer.name, "shard_key": digest})
     return summary
+
+
+def check_on_error(config: ScoringConfig) -> None:
+    if config.on_error not in ("fail", "record"):
+        raise RsftError(f"scoring.on_error: expected 'fail' or 'record', got {config.on_error!r}")
+
+
+@dataclass
+class ScoringShards:
+    """Scoring's per-shard work: every (prompt, completion) pair of a chunk of prompts."""
+
+    make_scorer: Callable[[], Any]
+    on_error: str
+    gpus: float = 0.0
+    role: str = "score"
+    _scorer: Scorer | None = field(default=None, repr=False)
+
+    def setup(self) -> None:
+        self._scorer = as_scorer(self.make_scorer())
+
+    def run(self, task: tuple[Sequence[Prompt], Sequence[Sequence[str]]]) -> ShardResult:
+        chunk, texts = task
+        scorer = self._scorer
+        assert scorer is not None, "setup() first"
+        pairs = [(p, j, text) for p, row in zip(chunk, texts, strict=True) for j, text in enumerate(row)]
+        values, details, failed = score_pairs(
+            scorer,
+            [p.prompt for p, _, _ in pairs],
+            [text for _, _, text in pairs],
+            [p.metadata for p, _, _ in pairs],
+            on_error=self.on_error,
+            labels=[f"prompt {p.prompt_id} sample {j}" for p, j, _ in pairs],
+        )
+        last = getattr(scorer, "last_stats", None) or {}  # reward models report their padding waste
+        columns = {
+            "prompt_id": [p.prompt_id for p, _, _ in pairs],
+            "sample_idx": [j for _, j, _ in pairs],
+            "reward": values,
+            "scorer": [scorer.name] * len(pairs),
+            "details": details,
+            "failed": failed,
+        }
+        return ShardResult(columns, {k: int(last.get(k, 0)) for k in ("real_tokens", "padded_tokens")},
+                           units=len(pairs))
+
+    def task_from_generation(
+        self, generation_task: tuple[list[Prompt], SamplingParams], generated: ShardResult
+    ) -> tuple[list[Prompt], list[list[str]]]:
+        """The scoring task of a shard straight from its generation output (same prompts, same order)."""
+        chunk = generation_task[0]
+        texts = generated.columns["text"]
+        n = len(texts) // max(1, len(chunk))
+        return chunk, [texts[i * n : (i + 1) * n] for i in range(len(chunk))]
+
+
+def scoring_gpus(config: ScoringConfig) -> float:
+    """GPUs one scorer wants where the cluster has them: 1 when a reward model is involved, else 0."""
+    return 1.0 if "rm:" in str(config.scorer) else 0.0
+
+
+def generate_and_score(
+    round_dir: Path,
+    generation: GenerationConfig,
+    make_generator: Callable[[], Generator],
+    prompts: Sequence[Prompt] | None,
+    scoring: ScoringConfig,
+    scorer: Any,
+    executor: Executor,
+    make_scorer: Callable[[], Any] | None = None,
+    new_version: bool = False,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``generate`` then ``score`` as one streaming pipeline: shard k is scored while shard k+1 generates.
+
+    Needs an executor with ``run_stream`` (``ray``); with any other it runs the two stages one after
+    the other. The files and manifest records are those of the two stages run separately: each
+    completion shard is written as it arrives (a rerun resumes generation), its rewards are kept
+    until ``completions.parquet`` exists and the score stage writes them under its own shard key.
+    """
+    check_on_error(scoring)
+    stream = getattr(executor, "run_stream", None)
+    plan = _plan_generation(round_dir, generation, prompts, new_version)
+    scored: dict[int, ShardResult] = {}
+    if isinstance(plan, dict):
+        counts = plan
+    elif stream is None:
+        counts = generate(round_dir, generation, make_generator, None, new_version, executor)
+    else:
+        gen_job = GenerationShards(make_generator, generation.n, gpus=generation_gpus(generation))
+        score_job = ScoringShards(make_scorer or (lambda: as_scorer(scorer)), scoring.on_error,
+                                  gpus=scoring_gpus(scoring))
+        made = 0
+
+        def on_generated(s: int, result: ShardResult) -> None:
+            nonlocal made
+            artifacts.write_table(_shard_path(plan.shard_dir, s), result.columns, matrix.COMPLETIONS_SCHEMA)
+            made += 1
+            bar.update(result.units)
+
+        with progress(len(plan.prompts), "generate+score", unit="prompt") as bar:
+            tasks = [(s, plan.task(s)) for s in _missing(plan.shard_dir, plan.count)]
+            stream(gen_job, score_job, tasks, on_generated, scored.__setitem__)
+            table, _ = _run_shards(plan.shard_dir, plan.count, gen_job, plan.task, matrix.COMPLETIONS_SCHEMA,
+                                   executor, lambda r: None)
+        counts = _finish_generation(round_dir, plan, table, made)
+    summary = score(round_dir, scoring, scorer, shard_size=generation.shard_size, new_version=new_version,
+                    executor=executor, make_scorer=make_scorer, scored=scored)
+    return counts, summary
 
 
 def score_pairs(

@@ -3,6 +3,10 @@
 ``SamplingParams(n=N)`` samples all N completions of a prompt in one request, sharing its prefill;
 prefix caching shares the few-shot prefix across prompts. ``logprobs=0`` makes vLLM return the
 sampled token's log-probability, whose sum is ``cumulative_logprob``.
+
+Scale: ``tensor_parallel_size`` shards one engine over that many GPUs; data parallelism is the
+``ray`` executor's generator pool (``rsft generate --executor ray --actors K``): K engines, one per
+actor, each actor holding ``tensor_parallel_size`` GPUs (one engine per GPU group).
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ class VLLMGenerator:
         model: local path or hub id (``gemma3-270m`` resolves to the embedded default's float32 copy).
         tensor_parallel_size: GPUs the engine shards the model over.
         enable_prefix_caching: reuse KV blocks of shared prefixes (few-shot prompts, the N samples).
+        distributed_executor_backend: how a tensor-parallel engine runs its GPU workers (None: ``mp``,
+            processes on this node, when ``tensor_parallel_size > 1``: this works inside a Ray actor
+            that holds the GPUs, where vLLM's ``ray`` backend would look for a placement group).
         gpu_memory_utilization: fraction of GPU memory vLLM may take.
         dtype: ``auto``, ``bfloat16``, ``float16`` or ``float32``.
         max_model_len: context length cap (None: the model's).
@@ -46,11 +53,18 @@ class VLLMGenerator:
         dtype: str = "auto",
         max_model_len: int | None = None,
         name: str | None = None,
+        distributed_executor_backend: str | None = None,
         **engine_options: Any,
     ) -> None:
         from rsft.models import resolve_model_path
 
+        if tensor_parallel_size < 1:
+            raise RsftError(f"vllm: tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
         vllm = _import_vllm()
+        if distributed_executor_backend is None and tensor_parallel_size > 1:
+            distributed_executor_backend = "mp"
+        if distributed_executor_backend is not None:
+            engine_options["distributed_executor_backend"] = distributed_executor_backend
         self.model_spec = model
         self.name = name or f"vllm:{model}"
         self.llm = vllm.LLM(
