@@ -8,6 +8,7 @@ import socket
 import time
 from collections.abc import Iterator
 
+import pyarrow.parquet as pq
 import pytest
 from fake_openai_server import TOKEN_LOGPROB, FakeServer
 
@@ -327,3 +328,47 @@ def test_journal_is_keyed_by_everything_that_decides_a_response(server: FakeServ
     assert server.stats.requests == 6  # none of them was answered from the journal
     make(server, journal=journal).generate(["a"], 2, SamplingParams(seed=1))
     assert server.stats.requests == 6
+
+
+def test_cli_resumes_from_the_journal_after_the_server_dies(tmp_path) -> None:
+    """``rsft generate --backend openai``: the server answers 3 requests and dies -> one-line error,
+    exit 2; restarted healthy at the same address, the rerun asks only for the 2 it never answered
+    and writes the completions of a run that never failed; the journal is gone afterwards."""
+    from test_cli import rsft
+
+    from rsft import status
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(5)))
+
+    def generate(round_dir, base_url):
+        return rsft("generate", str(round_dir), "--prompts", str(prompts), "--backend", "openai", "--model",
+                    "fake-model", "-n", "2", "--shard-size", "2", "--seed", "7", "--option", f"base_url={base_url}",
+                    "--option", "max_retries=1", "--option", "backoff=0.01", cwd=tmp_path)
+
+    rd = tmp_path / "run" / "round-000"
+    with FakeServer() as dying:
+        port, base_url = dying.port, dying.base_url
+        dying.cfg.fail_after = 3
+        r = generate(rd, base_url)
+        assert r.returncode == 2
+        error = [x for x in r.stderr.splitlines() if x.startswith("rsft: error:")]
+        assert len(error) == 1, r.stderr
+        assert error[0].startswith(f"rsft: error: {base_url}/completions: failed after 2 attempts; last error: "
+                                   "HTTP 500: simulated failure ")
+    assert status.round_status(rd)["generate"] == "partial (1 shards)"
+    [journal] = (rd / ".shards").glob("journal-*.jsonl")
+    assert len(journal.read_text().splitlines()) == 3  # 2 in the finished shard, 1 of the failed shard
+    assert not (rd / "completions.parquet").exists()
+
+    with FakeServer(port=port) as healthy:
+        r = generate(rd, base_url)
+        assert r.returncode == 0, r.stderr
+        assert healthy.stats.requests == 2
+        assert not (rd / ".shards").exists()  # shards and journal dropped once the stage is recorded
+        healthy.reset()
+        r = generate(tmp_path / "ref" / "round-000", base_url)
+        assert r.returncode == 0 and healthy.stats.requests == 5
+    resumed = pq.read_table(rd / "completions.parquet").to_pylist()
+    assert resumed == pq.read_table(tmp_path / "ref" / "round-000" / "completions.parquet").to_pylist()
+    assert [c["text"] for c in resumed[:4]] == ["q0 s7 c0", "q0 s7 c1", "q1 s7 c0", "q1 s7 c1"]
