@@ -8,6 +8,7 @@ Bad input exits with code 2 and one line ``rsft: error: ...``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
 import sys
@@ -16,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from rsft.config import (
+    ActorPoolConfig,
     GenerationConfig,
     PromptsConfig,
+    RayConfig,
     RunConfig,
     SamplingConfig,
     ScoringConfig,
@@ -86,6 +89,16 @@ def _add_selection_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dedup", action="store_true", default=None, help=_doc(SelectionConfig, "dedup"))
 
 
+def _add_executor_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("executor")
+    g.add_argument("--executor", help=_doc(RunConfig, "executor"))
+    g.add_argument("--ray-address", help=_doc(RayConfig, "address"))
+    g.add_argument("--actors", type=int,
+                   help="ray: actors in each pool (generators and scorers; for vllm, the data-parallel replicas)")
+    g.add_argument("--actor-cpus", type=float, help="ray: " + _doc(ActorPoolConfig, "num_cpus"))
+    g.add_argument("--actor-gpus", type=float, help="ray: " + _doc(ActorPoolConfig, "num_gpus"))
+
+
 def _set(obj: Any, attr: str, value: Any) -> None:
     if value is not None:
         setattr(obj, attr, value)
@@ -122,6 +135,11 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
     _set(config.scoring, "pass_threshold", a.get("pass_threshold"))
     for attr in ("strategy", "k", "threshold", "dedup"):
         _set(config.selection, attr, a.get(attr))
+    _set(config, "executor", a.get("executor"))
+    _set(config.ray, "address", a.get("ray_address"))
+    for pool in (config.ray.generate, config.ray.score):
+        for flag, attr in (("actors", "actors"), ("actor_cpus", "num_cpus"), ("actor_gpus", "num_gpus")):
+            _set(pool, attr, a.get(flag))
     return config
 
 
@@ -134,21 +152,27 @@ def _print_json(obj: Any) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from rsft import pipeline, stages
+    from rsft.executor import make_executor
 
     config = _config_from(args)
+    executor = make_executor(config.executor, config.ray)
     prompts = pipeline.load_prompt_set(config.prompts)
     pipeline.check_backends(config.generation)
     counts = stages.generate(args.round_dir, config.generation,
-                             lambda: pipeline.build_generator(config.generation, args.round_dir), prompts, new_version=args.new_version)
+                             functools.partial(pipeline.build_generator, config.generation, round_dir=args.round_dir), prompts,
+                             new_version=args.new_version, executor=executor)
     _print_json({"round_dir": str(args.round_dir), **counts})
 
 
 def cmd_score(args: argparse.Namespace) -> None:
     from rsft import pipeline, stages, stats
+    from rsft.executor import make_executor
 
     config = _config_from(args)
+    executor = make_executor(config.executor, config.ray)
     summary = stages.score(args.round_dir, config.scoring, pipeline.build_scorer(config.scoring),
-                           shard_size=config.generation.shard_size, new_version=args.new_version)
+                           shard_size=config.generation.shard_size, new_version=args.new_version,
+                           executor=executor, make_scorer=pipeline.scorer_factory(config.scoring, executor))
     print(stats.format_stats(summary))
 
 
@@ -196,16 +220,16 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], None], str, list[Callable[..., None]]]] = {
     "generate": (cmd_generate, "sample N completions per prompt into ROUND_DIR/completions.parquet",
-                 [_add_prompt_args, _add_generation_args]),
+                 [_add_prompt_args, _add_generation_args, _add_executor_args]),
     "score": (cmd_score, "score every (prompt, completion) into ROUND_DIR/rewards.parquet and print statistics",
-              [_add_scoring_args]),
+              [_add_scoring_args, _add_executor_args]),
     "select": (cmd_select, "pick completions from the reward matrix into ROUND_DIR/selection.parquet",
                [_add_selection_args]),
     "export": (cmd_export, "write the selected completions as TRL-ready ROUND_DIR/selected.jsonl", []),
     "train": (cmd_train, "fine-tune the starting checkpoint on ROUND_DIR/selected.jsonl into ROUND_DIR/checkpoint/",
               [_add_train_args]),
     "run": (cmd_run, "one whole round (generate, score, select, export) from a YAML config",
-            [_add_prompt_args, _add_generation_args, _add_scoring_args, _add_selection_args]),
+            [_add_prompt_args, _add_generation_args, _add_scoring_args, _add_selection_args, _add_executor_args]),
 }
 
 

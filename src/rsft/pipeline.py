@@ -8,8 +8,9 @@ folder and writes its own; this module only wires them together from a ``RunConf
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 from rsft import artifacts, stages, stats
 from rsft.config import GenerationConfig, PromptsConfig, RunConfig, ScoringConfig, dump_config
 from rsft.errors import RsftError
+from rsft.executor import Executor, make_executor
 from rsft.generate import BACKENDS, Generator, make_generator
 from rsft.prompts import FieldMap, TaskSpec, load_prompts, task_prompts
 from rsft.score import Scorer, as_scorer
@@ -85,6 +87,11 @@ def build_scorer(config: ScoringConfig) -> Scorer:
     return as_scorer(config.scorer, config.options)
 
 
+def scorer_factory(config: ScoringConfig, executor: Executor) -> Callable[[], Scorer] | None:
+    """How remote workers build their own scorer (on their own device); None for the local executor."""
+    return None if executor.name == "local" else functools.partial(build_scorer, config)
+
+
 @dataclass
 class RoundResult:
     round_dir: Path
@@ -105,7 +112,11 @@ def run_round(
     write_config: bool = True,
     new_version: bool = False,
 ) -> RoundResult:
-    """Run one round end to end into ``<out>/<name>/round-<index>/``. Finished shards are reused."""
+    """Run one round end to end into ``<out>/<name>/round-<index>/``. Finished shards are reused.
+
+    With ``config.executor: ray`` the shards run on Ray actor pools, and with ``ray.overlap``
+    generation and scoring form one streaming pipeline; the files written are the same.
+    """
     config.run_dir.mkdir(parents=True, exist_ok=True)
     if write_config:
         artifacts.write_text(config.run_dir / artifacts.CONFIG, dump_config(config))
@@ -114,12 +125,18 @@ def run_round(
     prompts = prompts if prompts is not None else load_prompt_set(config.prompts)
     if generator is None:
         check_backends(config.generation)
+    executor = make_executor(config.executor, config.ray)
+    make_scorer = None if scorer is not None else scorer_factory(config.scoring, executor)
     scorer = scorer or build_scorer(config.scoring)  # before generating: a bad scorer fails fast
-    generation = stages.generate(out, config.generation, lambda: generator or build_generator(config.generation, out),
-                                 prompts, new_version=new_version)
-
-    reward_stats = stages.score(out, config.scoring, scorer, shard_size=config.generation.shard_size,
-                                new_version=new_version)
+    make_gen = (lambda: generator) if generator is not None else functools.partial(build_generator, config.generation, round_dir=out)
+    if config.executor == "ray" and config.ray.overlap:  # score shard k while shard k+1 generates
+        generation, reward_stats = stages.generate_and_score(out, config.generation, make_gen, prompts, config.scoring,
+                                                             scorer, executor, make_scorer, new_version=new_version)
+    else:
+        generation = stages.generate(out, config.generation, make_gen, prompts, new_version=new_version,
+                                     executor=executor)
+        reward_stats = stages.score(out, config.scoring, scorer, shard_size=config.generation.shard_size,
+                                    new_version=new_version, executor=executor, make_scorer=make_scorer)
     if not quiet:
         print(stats.format_stats(reward_stats), file=sys.stderr)
 
