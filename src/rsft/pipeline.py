@@ -56,7 +56,7 @@ def build_generator(config: GenerationConfig, round_dir: Path | None = None) -> 
         options = {"model": g.model, **g.options}
         if g.backend == "openai" and round_dir is not None and "journal" not in options:
             name = f"journal-{artifacts.config_hash(g.model)}.jsonl"  # not the address: a restarted server may move
-            options["journal"] = str(Path(round_dir) / artifacts.SHARDS / name)
+            options["journal"] = str((Path(round_dir) / artifacts.SHARDS / name).absolute())  # for Ray actors too
         return make_generator(g.backend, options)
 
     check_backends(config)
