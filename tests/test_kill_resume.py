@@ -8,6 +8,8 @@ what the previous process left. ``crash_hook.py`` stops the process at an exact 
 write (after a file is in place, or halfway through writing its temp file) so the kill lands there
 every time. The finished round must equal the uninterrupted one record for record, with no temp
 file, shard or partial artifact left, and ``rsft status`` must have shown the stage as partial.
+A last test kills an ``openai``-backend generation while it waits on a stalled server: the
+responses it had received come back from its journal instead of from the server.
 """
 
 from __future__ import annotations
@@ -154,3 +156,40 @@ def test_kill_9_at_every_point_then_resume_gives_the_uninterrupted_round(workdir
     r = _rsft(workdir, "status", str(run_dir), "--json")
     assert json.loads(r.stdout)["round-000"] == {"generate": "done", "score": "done", "select": "done",
                                                  "export": "done", "train": "missing", "eval": "missing"}
+
+
+def test_kill_9_while_waiting_on_a_server_keeps_the_responses_received(tmp_path: Path) -> None:
+    """``openai`` backend: the server answers 3 requests and then stalls; the CLI, killed while it
+    waits, has journaled those 3 (fsynced as each arrived), so the rerun asks the server only for
+    the other 2 and writes what an uninterrupted run writes."""
+    from fake_openai_server import FakeServer
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(5)))
+    with FakeServer() as server:
+        args = ["generate", "--prompts", str(prompts), "--backend", "openai", "--model", "fake-model", "-n", "2",
+                "--shard-size", "2", "--seed", "3", "--option", f"base_url={server.base_url}",
+                "--option", "concurrency=1"]
+        round_dir = tmp_path / "killed" / "round-000"
+        server.cfg.script, server.cfg.hang_seconds = ["ok"] * 3 + ["stall"] * 10, 30.0
+        proc = subprocess.Popen([sys.executable, str(HOOK), args[0], str(round_dir), *args[1:]], cwd=tmp_path,
+                                env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        journals = round_dir / ".shards"
+        while sum(len(j.read_text().splitlines()) for j in journals.glob("journal-*.jsonl")) < 3:
+            assert proc.poll() is None and time.monotonic() < deadline, "never got 3 responses"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert status.round_status(round_dir)["generate"] == "partial (1 shards)"
+
+        server.reset()
+        r = _rsft(tmp_path, args[0], str(round_dir), *args[1:])
+        assert r.returncode == 0, r.stderr
+        assert server.stats.requests == 2  # of 5: the 3 journaled ones were not asked again
+        assert _leftovers(round_dir.parent) == []
+        server.reset()
+        r = _rsft(tmp_path, args[0], str(tmp_path / "ref" / "round-000"), *args[1:])
+        assert r.returncode == 0 and server.stats.requests == 5
+    assert (pq.read_table(round_dir / "completions.parquet").to_pylist()
+            == pq.read_table(tmp_path / "ref" / "round-000" / "completions.parquet").to_pylist())
