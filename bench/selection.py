@@ -36,13 +36,16 @@ def peak_extra(fn: Callable[[], Any]) -> int:
     return peak - before
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median wall and CPU (process) seconds of ``fn()``: on a shared machine the wall time carries
+    other tenants' load; single-threaded numpy's CPU time does not."""
+    wall, cpu = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, started_cpu = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        wall.append(time.perf_counter() - started)
+        cpu.append(time.process_time() - started_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def numpy_top_k(R: np.ndarray, k: int) -> np.ndarray:
@@ -76,18 +79,38 @@ def main() -> None:
         ("expected_best_of_n(R, 8)", lambda: stats.expected_best_of_n(R, 8), None),
         ("bon_curve(R) (n = 1..64, with KL estimate)", lambda: stats.bon_curve(R), None),
     ]
-    rows, goals = [], []
+    rows, goals, missed = [], [], []
     for name, fn, plain in cases:
-        seconds, peak = timed(fn, args.repeats), peak_extra(fn)
-        plain_s = timed(plain, args.repeats) if plain else None
+        (wall, cpu), peak = timed(fn, args.repeats), peak_extra(fn)
+        plain_wall = timed(plain, args.repeats)[0] if plain else None
         plain_peak = peak_extra(plain) if plain else None
-        rows.append([name, seconds, peak / 2**20, peak / size,
-                     "-" if plain_s is None else plain_s, "-" if plain_peak is None else plain_peak / 2**20])
-        goals.append([name, f"{seconds:.2f} s", verdict(seconds, 1.0, higher_is_better=False),
-                      f"{(size + peak) / size:.2f}x", verdict((size + peak) / size, 2.0, higher_is_better=False)])
-    table(["operation", "rsft seconds", "rsft peak extra MiB", "extra / matrix", "numpy one-liner seconds",
+        rows.append([name, wall, cpu, peak / 2**20, "-" if plain_wall is None else plain_wall,
+                     "-" if plain_peak is None else plain_peak / 2**20])
+        ratio = (size + peak) / size
+        goals.append([f"{name}: CPU time (wall {wall:.2f} s)", f"{cpu:.2f} s", "< 1 s",
+                      verdict(cpu, 1.0, higher_is_better=False)])
+        goals.append([f"{name}: peak memory / matrix", f"{ratio:.2f}x", "< 2x",
+                      verdict(ratio, 2.0, higher_is_better=False)])
+        if cpu >= 1.0:
+            missed.append(name)
+    table(["operation", "rsft wall s", "rsft CPU s", "rsft peak extra MiB", "numpy one-liner wall s",
            "numpy peak extra MiB"], rows)
-    table(["operation", "time", "goal < 1 s", "peak (matrix + extra) / matrix", "goal < 2x"], goals)
+    print("#### Goals (time judged on CPU seconds: one thread, the machine is shared)\n")
+    table(["measure", "value", "goal", "met?"], goals)
+    for name in missed:
+        print(f"- {name}: {CAUSES.get(name.split(' (')[0], 'see the profile')}")
+    if missed:
+        print()
+
+
+CAUSES = {
+    "bon_curve(R)": "sorts every row (float64) once, then for each of the 7 values of n finds the row's reward "
+                    "levels and looks up their KL terms over all 64M entries (the KL estimate is most of it; "
+                    "expected_best_of_n alone is the row above)",
+    "expected_best_of_n(R, 8)": "a float64 copy and a sort of every row (64M entries), then one weighted sum",
+    "threshold": "keep_above returns a Python list of (i, j) tuples, one per kept row",
+    "select(strategy='best')": "counts NaN over the whole matrix, then keep_above's Python list of (i, j) tuples",
+}
 
 
 if __name__ == "__main__":

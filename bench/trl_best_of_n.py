@@ -19,18 +19,33 @@ import time
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def load_tokenizer(path: str) -> object:
+    """The model's tokenizer; one saved by transformers 5 (class ``TokenizersBackend``, unknown to 4.x)
+    is rebuilt from its ``tokenizer.json`` and the special tokens of its ``tokenizer_config.json``."""
+    from pathlib import Path
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except ValueError:
+        config = json.loads((Path(path) / "tokenizer_config.json").read_text())
+        special = {k: config[k] for k in ("bos_token", "eos_token", "pad_token", "unk_token")
+                   if isinstance(config.get(k), str)}
+        return PreTrainedTokenizerFast(tokenizer_file=str(Path(path) / "tokenizer.json"), **special)
+
+
 def main() -> None:
     import torch
     import transformers
     import trl
-    from transformers import AutoTokenizer
     from trl import AutoModelForCausalLMWithValueHead
     from trl.extras.best_of_n_sampler import BestOfNSampler
 
     torch.set_num_threads(1)
     with open(sys.argv[1]) as f:
         job = json.load(f)
-    tok = AutoTokenizer.from_pretrained(job["model"])
+    tok = load_tokenizer(job["model"])
     model = AutoModelForCausalLMWithValueHead.from_pretrained(job["model"], torch_dtype=torch.float32)
     model.eval()
     eos = model.pretrained_model.generation_config.eos_token_id

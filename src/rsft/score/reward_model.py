@@ -96,7 +96,7 @@ class RewardModelScorer:
         max_batch_tokens: also cap each batch at this many padded tokens (rows x longest row), so
             long pairs go in small batches and short ones in batches of up to ``batch_size``; a pair
             longer than the cap is a batch of its own. None: batches of ``batch_size`` rows. Try a
-            large ``batch_size`` (e.g. 64) with a cap near 16 x a typical pair's length. Halved with
+            large ``batch_size`` (e.g. 64) with a cap near 8 x a typical pair's length. Halved with
             the batch on CUDA out-of-memory (the cap is halved then, not the row count).
     """
 
