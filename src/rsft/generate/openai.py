@@ -172,14 +172,14 @@ class OpenAIGenerator:
     ) -> list[Completion]:
         """One request's completions: from the journal when it holds them, else from the server
         (and then journaled at once, before anything else can fail)."""
-        key = _request_key(url[len(self.base_url) :], body) if self.journal else None
-        if key is not None and self.journal is not None:
-            kept = self.journal.get(key)
-            if kept is not None:
-                return [Completion(**c, generator=self.name) for c in kept]
+        journal = self.journal
+        key = _request_key(url[len(self.base_url) :], body) if journal is not None else ""
+        kept = journal.get(key) if journal is not None else None
+        if kept is not None:
+            return [Completion(**c, generator=self.name) for c in kept]
         completions = self._parse(await self._post(client, sem, url, body), url, chat, stop)
-        if key is not None and self.journal is not None and completions:
-            self.journal.add(key, completions)
+        if journal is not None and completions:
+            journal.add(key, completions)
         return completions
 
     def _request(self, prompt: PromptValue, sampling: SamplingParams) -> tuple[str, dict[str, Any]]:
@@ -286,9 +286,12 @@ class Journal:
         self.entries: dict[str, list[dict[str, Any]]] = {}
         self.reused = 0
         """Responses answered from the journal in this process."""
+        self._torn = False
+        """The file ends in a line cut short (a kill mid-append): the next append starts a new line."""
         if path.exists():
             with open(path, encoding="utf-8") as f:
                 for line in f:
+                    self._torn = not line.endswith("\n")
                     try:
                         entry = json.loads(line)
                         self.entries[str(entry["key"])] = list(entry["choices"])
@@ -304,13 +307,11 @@ class Journal:
     def add(self, key: str, completions: Sequence[Completion]) -> None:
         choices = [{"text": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason, "logprob": c.logprob}
                    for c in completions]
-        line = json.dumps({"key": key, "choices": choices}, ensure_ascii=False) + "\n"
+        line = ("\n" if self._torn else "") + json.dumps({"key": key, "choices": choices}, ensure_ascii=False) + "\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
-                if os.fstat(fd).st_size and not _ends_with_newline(self.path):
-                    line = "\n" + line  # after a torn line
                 os.write(fd, line.encode("utf-8"))  # one write: concurrent appenders do not interleave
                 os.fsync(fd)
             finally:
@@ -318,12 +319,7 @@ class Journal:
         except OSError as e:
             raise RsftError(f"{self.path}: cannot write the request journal: {e.strerror or e}") from e
         self.entries[key] = choices
-
-
-def _ends_with_newline(path: Path) -> bool:
-    with open(path, "rb") as f:
-        f.seek(-1, os.SEEK_END)
-        return f.read(1) == b"\n"
+        self._torn = False
 
 
 def _request_key(endpoint: str, body: Mapping[str, Any]) -> str:
