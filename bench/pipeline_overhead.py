@@ -8,7 +8,7 @@
    the round (the generator and scorer wrapped in timers) is shown too, so the overhead is
    visible two ways: round / direct calls, and round minus its own engine time.
 2. Memory: peak RSS (``ru_maxrss``) of a fresh subprocess that runs one round at M = 10k and at
-   M = 100k prompts x N = 4 with a stand-in generator (echoes a fixed completion) and a plain
+   M = 100k prompts x N = 2 with a stand-in generator (echoes a fixed completion) and a plain
    callable scorer, so what grows is rsft's own bookkeeping, not a model.
 
     .venv/bin/python bench/pipeline_overhead.py
@@ -148,13 +148,13 @@ def rss(ms: Sequence[int], n: int) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("-n", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--rss-m", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--rss-n", type=int, default=4)
+    parser.add_argument("--rss-n", type=int, default=2)
     parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:  # no torch here: the stand-in round must not need it

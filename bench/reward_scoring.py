@@ -107,12 +107,12 @@ def run(path: Path, pairs: int, max_words: int, budget_x: float, repeats: int,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pairs", type=int, default=512)
+    parser.add_argument("--pairs", type=int, default=256)
     parser.add_argument("--max-words", type=int, default=400)
     parser.add_argument("--budget-x", type=float, default=8.0, help="token budget = this x median pair length")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gemma", action="store_true", help="also a Gemma-3-270M-bodied RM")
-    parser.add_argument("--gemma-pairs", type=int, default=64)
+    parser.add_argument("--gemma-pairs", type=int, default=48)
     parser.add_argument("--gemma-repeats", type=int, default=2, help="no warm-up call for Gemma")
     args = parser.parse_args()
     one_thread()

@@ -59,7 +59,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--cols", type=int, default=64)
     parser.add_argument("--k", type=int, default=100_000, help="top-K overall")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     one_thread()
     from rsft import select, stats
