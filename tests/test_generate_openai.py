@@ -356,7 +356,7 @@ def test_cli_resumes_from_the_journal_after_the_server_dies(tmp_path) -> None:
         assert len(error) == 1, r.stderr
         assert error[0].startswith(f"rsft: error: {base_url}/completions: failed after 2 attempts; last error: "
                                    "HTTP 500: simulated failure ")
-    assert status.round_status(rd)["generate"] == "partial (1 shards)"
+    assert status.round_status(rd)["generate"] == "partial (1 shards, 3 responses journaled)"
     [journal] = (rd / ".shards").glob("journal-*.jsonl")
     assert len(journal.read_text().splitlines()) == 3  # 2 in the finished shard, 1 of the failed shard
     assert not (rd / "completions.parquet").exists()

@@ -181,7 +181,7 @@ def test_kill_9_while_waiting_on_a_server_keeps_the_responses_received(tmp_path:
             time.sleep(0.02)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
-        assert status.round_status(round_dir)["generate"] == "partial (1 shards)"
+        assert status.round_status(round_dir)["generate"] == "partial (1 shards, 3 responses journaled)"
 
         server.reset()
         r = _rsft(tmp_path, args[0], str(round_dir), *args[1:])

@@ -47,3 +47,13 @@ def test_not_a_run_folder(tmp_path):
         status.run_status(tmp_path / "nope")
     with pytest.raises(RsftError, match="not a run folder"):
         status.run_status(tmp_path)
+
+
+def test_journaled_responses_make_generation_partial(tmp_path):
+    """A remote generator killed before its first shard finished has still kept what it received."""
+    rd = tmp_path / "round-000"
+    (rd / ".shards").mkdir(parents=True)
+    assert status.round_status(rd)["generate"] == "missing"
+    (rd / ".shards" / "journal-0123456789abcdef.jsonl").write_text('{"key": "a"}\n{"key": "b"}\n{"key": "c", "ch')
+    assert status.round_status(rd)["generate"] == "partial (0 shards, 2 responses journaled)"
+    assert status.round_status(rd)["score"] == "missing"

@@ -22,7 +22,8 @@ STAGES: list[tuple[str, str, str | None]] = [
 
 
 def round_status(round_dir: Path) -> dict[str, str]:
-    """``{stage: "done" | "partial (k shards)" | "missing"}`` for one round folder."""
+    """``{stage: "done" | "partial (k shards)" | "missing"}`` for one round folder; a generate stage
+    whose remote generator has journaled responses says so: ``partial (k shards, j responses journaled)``."""
     manifest = artifacts.read_manifest(round_dir).get("stages", {})
     out = {}
     for stage, proof, shard_kind in STAGES:
@@ -31,9 +32,20 @@ def round_status(round_dir: Path) -> dict[str, str]:
         if path.exists() and recorded:
             out[stage] = "done"
             continue
-        shards = sorted((round_dir / ".shards").glob(f"{shard_kind}-*/*.parquet")) if shard_kind else []
-        out[stage] = f"partial ({len(shards)} shards)" if shards else "missing"
+        shards = sorted((round_dir / artifacts.SHARDS).glob(f"{shard_kind}-*/*.parquet")) if shard_kind else []
+        journaled = _journaled_responses(round_dir) if stage == "generate" else 0
+        extra = f", {journaled} responses journaled" if journaled else ""
+        out[stage] = f"partial ({len(shards)} shards{extra})" if shards or journaled else "missing"
     return out
+
+
+def _journaled_responses(round_dir: Path) -> int:
+    """Responses a remote generator has journaled for the unfinished generate stage (one per line)."""
+    count = 0
+    for journal in (round_dir / artifacts.SHARDS).glob("journal-*.jsonl"):
+        with open(journal, "rb") as f:
+            count += sum(1 for line in f if line.endswith(b"\n"))
+    return count
 
 
 def run_status(path: Path) -> dict[str, dict[str, str]]:
