@@ -6,9 +6,10 @@ scorer once, then computes one shard per call. Results stream back to the driver
 each shard atomically as it arrives: the shard folder needs no shared storage, an interrupted run
 resumes at the first missing shard, and the artifacts equal the local executor's.
 
-Fault tolerance is Ray's: an actor that dies (node lost, ``ray.kill``) is restarted and its
-in-flight shards are retried on it (``max_restarts=-1``, ``max_task_retries``); an exception in
-the job itself (a bad scorer, a generator error) fails the stage with the job's own message.
+Fault tolerance is Ray Data's: an actor that dies (node lost, ``ray.kill``) is restarted and its
+in-flight shards are retried on it (its actor pools default to ``max_restarts=-1`` and
+``max_task_retries=-1``); an RsftError of the job itself (a bad scorer, a generator returning the
+wrong shape) fails the stage with the job's own one-line message.
 
 ``run_stream`` chains a generator pool and a scorer pool in one pipeline, so shard k is scored
 while shard k+1 generates.
@@ -19,15 +20,11 @@ from __future__ import annotations
 import logging
 import os
 import pickle
-from collections.abc import Iterator
 from typing import Any
 
 from rsft.config import ActorPoolConfig, RayConfig
 from rsft.errors import RsftError
 from rsft.executor import OnDone, ShardJob, Tasks
-
-TASK_RETRIES = 3
-"""Retries of one shard whose actor died before a generator or scorer error would fail it."""
 
 
 def import_ray() -> Any:
@@ -115,12 +112,14 @@ class RayExecutor:
         actors = min(len(tasks), getattr(self.config, job.role).actors)
         pool = self.pool_options(job, actors, actors)
         ds = self._dataset(tasks).map_batches(_ShardWorker, fn_constructor_kwargs={"job": job}, **pool)
-        for row in self._rows(ds):
+        for row in ds.iter_rows():
+            _raise_error(row)
             on_done(int(row["shard"]), pickle.loads(row["result"]))
 
     def run_stream(self, generate: ShardJob, score: Any, tasks: Tasks, on_generated: OnDone,
                    on_scored: OnDone) -> None:
-        """Generate and score in one pipeline; both callbacks of a shard run when its scores arrive."""
+        """Generate and score in one pipeline; both callbacks of a shard run when its scores arrive
+        (a shard whose scoring failed still has its completions handed over first)."""
         if not tasks:
             return
         self._connect()
@@ -131,9 +130,11 @@ class RayExecutor:
                            **self.pool_options(generate, generators, generators + scorers))
               .map_batches(_StreamScoreWorker, fn_constructor_kwargs={"job": score},
                            **self.pool_options(score, scorers, generators + scorers)))
-        for row in self._rows(ds):
+        for row in ds.iter_rows():
             s = int(row["shard"])
-            on_generated(s, pickle.loads(row["generated"]))
+            if row["generated"]:
+                on_generated(s, pickle.loads(row["generated"]))
+            _raise_error(row)
             on_scored(s, pickle.loads(row["scored"]))
 
     def pool_options(self, job: ShardJob, actors: int, actors_in_cluster: int) -> dict[str, Any]:
@@ -142,8 +143,7 @@ class RayExecutor:
 
         pool: ActorPoolConfig = getattr(self.config, job.role)
         cpus, gpus = pool_resources(pool, job.gpus, self.ray.cluster_resources(), actors_in_cluster, job.role)
-        return {"compute": ActorPoolStrategy(size=actors), "batch_size": 1, "num_cpus": cpus,
-                "num_gpus": gpus, "max_restarts": -1, "max_task_retries": TASK_RETRIES}
+        return {"compute": ActorPoolStrategy(size=actors), "batch_size": 1, "num_cpus": cpus, "num_gpus": gpus}
 
     def _connect(self) -> None:
         ray = self.ray
@@ -166,12 +166,11 @@ class RayExecutor:
         rows = [{"shard": s, "task": pickle.dumps(task)} for s, task in tasks]
         return self.ray.data.from_items(rows, override_num_blocks=len(rows))
 
-    def _rows(self, ds: Any) -> Iterator[dict[str, Any]]:
-        """The pipeline's output rows as they finish; a job's RsftError is raised here, as one line."""
-        for row in ds.iter_rows():
-            if row["error"]:
-                raise RsftError(row["error"])
-            yield row
+
+def _raise_error(row: dict[str, Any]) -> None:
+    """A job's RsftError, carried back in its output row, raised on the driver as the same one line."""
+    if row["error"]:
+        raise RsftError(row["error"])
 
 
 def pool_resources(

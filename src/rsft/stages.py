@@ -346,8 +346,9 @@ def generate_and_score(
 
     Needs an executor with ``run_stream`` (``ray``); with any other it runs the two stages one after
     the other. The files and manifest records are those of the two stages run separately: each
-    completion shard is written as it arrives (a rerun resumes generation), its rewards are kept
-    until ``completions.parquet`` exists and the score stage writes them under its own shard key.
+    completion shard is written as soon as it reaches the driver (with its scores; a rerun resumes
+    generation from the written shards), its rewards are kept until ``completions.parquet`` exists
+    and the score stage then writes them under its own shard key.
     """
     check_on_error(scoring)
     stream = getattr(executor, "run_stream", None)
