@@ -86,16 +86,21 @@ def local_round(workdir) -> Path:
     return workdir / "runs" / "local" / "round-000"
 
 
-def _records(round_dir: Path, stage: str) -> dict:
-    return {k: v for k, v in read_manifest(round_dir)["stages"][stage].items() if k not in TIMING}
+def _records(round_dir: Path, stage: str, resumed: bool = False) -> dict:
+    """A stage's manifest entry without timings (and without the count of new shards of a resumed run)."""
+    entry = {k: v for k, v in read_manifest(round_dir)["stages"][stage].items() if k not in TIMING}
+    if resumed:
+        entry["counts"] = {k: v for k, v in entry["counts"].items() if k != "shards_generated"}
+    return entry
 
 
-def _assert_same_round(got: Path, want: Path, stages_: tuple[str, ...] = ("generate", "score")) -> None:
+def _assert_same_round(got: Path, want: Path, stages_: tuple[str, ...] = ("generate", "score"),
+                       resumed: bool = False) -> None:
     for name in ("prompts.parquet", "completions.parquet", "rewards.parquet"):
         assert pq.read_table(got / name).equals(pq.read_table(want / name)), name
         assert file_sha256(got / name) == file_sha256(want / name), name
     for stage in stages_:
-        assert _records(got, stage) == _records(want, stage), stage
+        assert _records(got, stage, resumed) == _records(want, stage, resumed), stage
     assert not (got / ".shards").exists()
 
 
@@ -159,9 +164,19 @@ class StallingGenerator:
         return rows
 
 
+class InterruptedGenerator(StallingGenerator):
+    """Stops the local run at shard 1, as a crash would, after shard 0 was written."""
+
+    def generate(self, prompts, n, sampling):
+        if sampling.seed == SEED + 1009:
+            raise RsftError("interrupted at shard 1")
+        return self.inner.generate(prompts, n, sampling)
+
+
 def test_ray_stages_equal_local_even_when_an_actor_is_killed_mid_shard(ray_instance, workdir, local_round,
                                                                        tiny_lm, capsys):
-    """Generation on 2 actors, one killed (ray.kill) while it holds shard 1; then scoring on 2 actors."""
+    """A local run interrupted after shard 0; Ray resumes it on 2 actors, one killed (ray.kill)
+    while it holds shard 1; then scoring on 2 actors."""
     switch = KillSwitch.options(name="kill-switch").remote()
 
     def killer() -> None:
@@ -174,17 +189,20 @@ def test_ray_stages_equal_local_even_when_an_actor_is_killed_mid_shard(ray_insta
     thread.start()
     config = load_config(workdir / "config.yaml")
     rd = workdir / "ray-staged" / "round-000"
+    with pytest.raises(RsftError, match="interrupted at shard 1"):
+        stages.generate(rd, config.generation, functools.partial(InterruptedGenerator, str(tiny_lm), ""),
+                        _prompts(local_round))
     counts = stages.generate(rd, config.generation, functools.partial(StallingGenerator, str(tiny_lm), "kill-switch"),
                              _prompts(local_round), executor=RayExecutor(config.ray))
     thread.join(timeout=5)
     killed, victim_pid, finished_pid = ray.get(switch.report.remote())
     assert killed and finished_pid is not None and finished_pid != victim_pid
-    assert counts["shards_generated"] == M // SHARD
+    assert counts["shards_generated"] == M // SHARD - 1  # shard 0 came from the interrupted local run
 
     assert cli.main(["score", str(rd), "--config", str(workdir / "config.yaml"), "--executor", "ray",
                      "--actors", "2", "--actor-cpus", "0.5"]) == 0
     assert "best-of-N" in capsys.readouterr().out
-    _assert_same_round(rd, local_round)
+    _assert_same_round(rd, local_round, resumed=True)
     stats = read_manifest(rd)["stages"]["score"]["stats"]
     assert 0 < stats["padding_efficiency"] <= 1  # the RM's length-sorted batches, summed over its actors
 
