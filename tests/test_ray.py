@@ -20,19 +20,22 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
-from rsft import cli, stages
+from rsft import cli, pipeline, stages
 from rsft.artifacts import file_sha256, read_manifest
 from rsft.config import (
     ActorPoolConfig,
     GenerationConfig,
     GeneratorConfig,
+    PromptsConfig,
     RayConfig,
+    RunConfig,
     ScoringConfig,
     load_config,
 )
 from rsft.errors import RsftError
 from rsft.executor import LocalExecutor, make_executor
 from rsft.ray_executor import RayExecutor, pool_resources
+from rsft.types import Completion
 
 M, N, SHARD, SEED = 6, 3, 2, 5
 TIMING = {"wall_s", "finished_at", "versions"}
@@ -56,14 +59,7 @@ def workdir(tmp_path_factory, tiny_lm, tiny_rm) -> Path:
     rows = [{"prompt": f"Q: What is {i} + {i}?\nA:" + " x" * i, "answer": str(2 * i)} for i in range(M - 1)]
     rows.append({"messages": [{"role": "user", "content": "Say hi"}], "answer": "hi"})
     (d / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    for name, scoring in (("config.yaml", f"{{scorer: 'rm:{tiny_rm}', options: {{batch_size: 2}}}}"),
-                          ("exact.yaml", "{scorer: exact}")):
-        (d / name).write_text(_config(d, tiny_lm, scoring))
-    return d
-
-
-def _config(d: Path, tiny_lm: Path, scoring: str) -> str:
-    return textwrap.dedent(f"""
+    (d / "config.yaml").write_text(textwrap.dedent(f"""
         name: local
         out: {d / 'runs'}
         prompts: {{path: {d / 'prompts.jsonl'}}}
@@ -72,11 +68,12 @@ def _config(d: Path, tiny_lm: Path, scoring: str) -> str:
           shard_size: {SHARD}
           generator: {{backend: hf, model: {tiny_lm}}}
           sampling: {{temperature: 1.0, top_k: 50, max_new_tokens: 6, seed: {SEED}}}
-        scoring: {scoring}
+        scoring: {{scorer: 'rm:{tiny_rm}', options: {{batch_size: 2}}}}
         ray:
           generate: {{actors: 2, num_cpus: 0.25}}
           score: {{actors: 2, num_cpus: 0.25}}
-    """)
+    """))
+    return d
 
 
 @pytest.fixture(scope="module")
@@ -102,20 +99,6 @@ def _assert_same_round(got: Path, want: Path, stages_: tuple[str, ...] = ("gener
     for stage in stages_:
         assert _records(got, stage, resumed) == _records(want, stage, resumed), stage
     assert not (got / ".shards").exists()
-
-
-def test_overlapped_pipeline_equals_the_staged_run(ray_instance, workdir):
-    """``rsft run --executor ray``: generator actors feed scorer actors shard by shard (a checker
-    scorer here, so the 2 scorer actors start quickly; the reward model runs in the staged test)."""
-    config = load_config(workdir / "config.yaml")
-    assert config.ray.overlap and config.executor == "local"
-    base = ["run", "--config", str(workdir / "exact.yaml")]
-    assert cli.main([*base, "--name", "staged-exact"]) == 0
-    assert cli.main([*base, "--name", "stream", "--executor", "ray"]) == 0
-    rd, want = workdir / "runs" / "stream" / "round-000", workdir / "runs" / "staged-exact" / "round-000"
-    _assert_same_round(rd, want, ("generate", "score", "select", "export"))
-    assert (rd / "selected.jsonl").read_bytes() == (want / "selected.jsonl").read_bytes()
-    assert read_manifest(rd)["stages"]["score"]["counts"] == {"pairs": M * N, "shards_scored": M // SHARD}
 
 
 @ray.remote(num_cpus=0)
@@ -229,6 +212,46 @@ def test_a_worker_error_is_the_same_one_line_error_as_locally(ray_instance, loca
     assert str(ray_error.value) == str(local_error.value)
     assert "scorer 'explode' failed on prompt" in str(ray_error.value) and "ValueError: boom" in str(ray_error.value)
     assert not (rd / "rewards.parquet").exists()
+
+
+class EchoGenerator:
+    """A deterministic generator without torch (its actors start fast): text from prompt and seed."""
+
+    name = "echo"
+
+    def generate(self, prompts, n, sampling):
+        return [[Completion(f"{len(str(p)) % 7}-{sampling.seed % 13}-{j}", 1, "stop", generator=self.name)
+                 for j in range(n)] for p in prompts]
+
+
+def length(prompt, completion):
+    return float(len(completion))
+
+
+def test_overlapped_pipeline_equals_the_staged_run_and_resumes_after_an_error(ray_instance, workdir, tmp_path):
+    """Generation and scoring as one streaming pipeline (``rsft run`` with ``ray.overlap``). A scorer
+    error stops it with the local one-line message and keeps the completion shards that reached
+    the driver; the rerun resumes from them and writes what the local stage-after-stage run writes.
+    The generator is torch-free so its actors start fast; the hf model on Ray is tested above."""
+    def config(name: str, executor: str, pool: ActorPoolConfig = POOL) -> RunConfig:
+        return RunConfig(name=name, out=str(tmp_path), prompts=PromptsConfig(path=str(workdir / "prompts.jsonl")),
+                         generation=GenerationConfig(n=N, shard_size=SHARD), executor=executor,
+                         ray=RayConfig(generate=pool, score=pool, overlap=True))
+
+    local = pipeline.run_round(config("local", "local"), generator=EchoGenerator(), scorer=length, quiet=True)
+    one = ActorPoolConfig(actors=1, num_cpus=0.25)
+    with pytest.raises(RsftError) as error:
+        pipeline.run_round(config("stream", "ray", one), generator=EchoGenerator(), scorer=explode, quiet=True)
+    assert "scorer 'explode' failed on prompt" in str(error.value) and "ValueError: boom" in str(error.value)
+    rd = tmp_path / "stream" / "round-000"
+    written = list((rd / ".shards").glob("completions-*/*.parquet"))
+    assert written and not (rd / "completions.parquet").exists()
+
+    result = pipeline.run_round(config("stream", "ray"), generator=EchoGenerator(), scorer=length, quiet=True)
+    assert result.generation["shards_generated"] == M // SHARD - len(written)
+    _assert_same_round(rd, local.round_dir, ("generate", "score", "select", "export"), resumed=True)
+    assert (rd / "selected.jsonl").read_bytes() == (local.round_dir / "selected.jsonl").read_bytes()
+    assert read_manifest(rd)["stages"]["score"]["counts"] == {"pairs": M * N, "shards_scored": M // SHARD}
 
 
 def test_unknown_executor_and_missing_ray_are_one_line_errors(workdir, monkeypatch, capsys):
