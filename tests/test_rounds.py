@@ -192,3 +192,6 @@ def test_metric_with_pass_threshold_counts_exact_answers():
 
     m = rounds.metric_with_ci(np.array([[1.0], [0.01], [0.01], [1.0]]), pass_threshold=1.0)
     assert m["name"] == "accuracy" and m["value"] == 0.5
+    sampled = rounds.metric_with_ci(np.array([[1.0, 0.01], [0.01, 0.01], [1.0, 1.0]]), pass_threshold=1.0)
+    assert sampled["name"] == "accuracy" and sampled["value"] == pytest.approx(0.5)  # mean of 1/2, 0, 1
+    assert rounds.metric_with_ci(np.array([[0.3, 0.5]]))["name"] == "mean_reward"

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -35,6 +37,8 @@ from rsft.models import EMBEDDED_DEFAULT
 
 DEMO_TASK = TaskConfig(name="count_bits", size=32, seed=1, shot_seed=2, shots=5, options={"max_n": 127})
 DEMO_SAMPLING = SamplingConfig(temperature=0.7, top_k=50, max_new_tokens=12, stop=["\n"], seed=0)
+DEMO_TRAIN = TrainConfig(lora=True, lora_r=16, lora_alpha=32, learning_rate=2e-4, epochs=2, batch_size=8,
+                         max_length=512, logging_steps=1)
 
 
 def demo_config(out: str, prompts: int, n: int) -> RunConfig:
@@ -54,9 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     parser.add_argument("--prompts", type=int, default=DEMO_TASK.size, help="M, prompts (default 32)")
     parser.add_argument("-n", type=int, default=8, help="N, samples per prompt (default 8)")
-    parser.add_argument("--rsft", action="store_true",
-                        help="then one RSFT round: LoRA on the kept set, held-out eval vs base vs a random control")
-    parser.add_argument("--eval-prompts", type=int, default=32, help="held-out eval prompts for --rsft (default 32)")
+    parser.add_argument("--no-rsft", dest="rsft", action="store_false",
+                        help="stop after Best-of-N (~1 minute); by default one RSFT round follows: LoRA on the "
+                             "kept set, held-out eval of base vs RSFT vs a random-selection control, KL")
+    tune = parser.add_argument_group("the RSFT round (defaults measured in docs/rsft-demo.md)")
+    tune.add_argument("--lr", type=float, default=DEMO_TRAIN.learning_rate, help="LoRA learning rate")
+    tune.add_argument("--epochs", type=float, default=DEMO_TRAIN.epochs, help="training epochs")
+    tune.add_argument("--lora-r", type=int, default=DEMO_TRAIN.lora_r, help="LoRA rank (alpha = 2 x rank)")
+    tune.add_argument("--eval-prompts", type=int, default=96,
+                      help="held-out questions requested; those also in the training prompts are dropped (default 96)")
+    tune.add_argument("--eval-n", type=int, default=4,
+                      help="samples per held-out prompt at the demo's T=0.7/top-k 50; 1 means greedy (default 4)")
+    tune.add_argument("--no-control", dest="control", action="store_false", help="skip the random-selection control arm")
     args = parser.parse_args(argv)
 
     started = time.time()
@@ -98,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {**acc, "M": int(R.shape[0]), "N": int(R.shape[1]), "wall_s": round(time.time() - started, 1)}
     if args.rsft:
         t0 = time.time()
-        summary["rsft"] = rsft_round(config, generator, args.eval_prompts)
+        summary["rsft"] = rsft_round(config, generator, args)
         summary["rsft"]["wall_s"] = round(time.time() - t0, 1)
         summary["wall_s"] = round(time.time() - started, 1)
         print(f"total wall time: {summary['wall_s']:.0f} s (RSFT round {summary['rsft']['wall_s']:.0f} s)")
@@ -106,32 +119,61 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def rsft_round(config: RunConfig, generator: object, eval_prompts: int) -> dict:
+def rsft_round(config: RunConfig, generator: object, args: argparse.Namespace) -> dict:
     """One RSFT round on the demo's kept set, gated on held-out questions, beside a random control."""
     from rsft import rounds
 
-    greedy = dataclasses.replace(DEMO_SAMPLING, temperature=0.0)
-    config.train = TrainConfig(lora=True, lora_r=16, lora_alpha=32, learning_rate=2e-4, epochs=2, batch_size=8,
-                               max_length=512)
-    config.eval = EvalConfig(prompts=PromptsConfig(task=dataclasses.replace(DEMO_TASK, seed=9001, size=eval_prompts)),
-                             scorer="task", n=1, sampling=greedy, pass_threshold=1.0, kl_samples=1,
+    config.train = dataclasses.replace(DEMO_TRAIN, learning_rate=args.lr, epochs=args.epochs, lora_r=args.lora_r,
+                                       lora_alpha=2 * args.lora_r)
+    eval_sampling = DEMO_SAMPLING if args.eval_n > 1 else dataclasses.replace(DEMO_SAMPLING, temperature=0.0)
+    config.eval = EvalConfig(prompts=PromptsConfig(task=dataclasses.replace(DEMO_TASK, seed=9001, size=args.eval_prompts)),
+                             scorer="task", n=args.eval_n, sampling=eval_sampling, pass_threshold=1.0, kl_samples=1,
                              kl_max_new_tokens=8)
-    config.rounds = RoundsConfig(rounds=1, train=True, control=True)
-    print("\nRSFT round: LoRA r=16 on the kept set, then held-out eval (greedy) of base, RSFT and a control "
-          "trained on as many random completions", flush=True)
+    config.rounds = RoundsConfig(rounds=1, train=True, control=args.control)
+    how = f"{args.eval_n} samples each at T={DEMO_SAMPLING.temperature}" if args.eval_n > 1 else "greedy"
+    print(f"\nRSFT round: LoRA r={args.lora_r}, lr {args.lr:g}, {args.epochs:g} epochs on the kept set; held-out "
+          f"eval ({how}) of base, RSFT{' and a control trained on as many random completions' if args.control else ''}",
+          flush=True)
     summary = rounds.run_rounds(config, generator=generator)
     r = summary["rounds"][0]
     base = summary["baseline"]
-    rows = [("base", base["metric"], base.get("kl")), ("RSFT round 1", r["metric"], r.get("kl")),
-            ("random control", r["control"]["metric"], r["control"].get("kl"))]
-    print(f"\n{'held-out (' + str(base['metric']['n']) + ' prompts)':24}{'accuracy':>9}  {'95% CI':>15}  {'KL from base':>14}")
+    rows = [("base", base["metric"], base.get("kl")), ("RSFT round 1", r["metric"], r.get("kl"))]
+    if args.control:
+        rows.append(("random control", r["control"]["metric"], r["control"].get("kl")))
+    print(f"\n{'held-out (' + str(base['metric']['n']) + ' prompts)':24}{'accuracy':>9}  {'95% CI':>15}  "
+          f"{'KL from base':>14}  {'train loss first -> last':>24}")
+    arm_dirs = {"RSFT round 1": config.run_dir / "round-000", "random control": config.run_dir / "round-000" / "control"}
+    losses = {name: _losses(folder) for name, folder in arm_dirs.items()}
     for name, m, kl in rows:
         kl_text = f"{kl['mean']:.3f} ± {kl['stderr']:.3f}" if kl else "-"
-        print(f"{name:24}{m['value']:9.1%}  [{m['ci_low']:.2f}, {m['ci_high']:.2f}]  {kl_text:>14}")
+        loss = losses.get(name)
+        loss_text = f"{loss['first']:.3f} -> {loss['last']:.3f} ({loss['steps']} steps)" if loss else "-"
+        print(f"{name:24}{m['value']:9.1%}  [{m['ci_low']:.2f}, {m['ci_high']:.2f}]  {kl_text:>14}  {loss_text:>24}")
     print(f"decision: {'promoted' if r['promoted'] else 'not promoted'} ({r['reason']})")
+    if args.control:
+        diff = r["metric"]["value"] - r["control"]["metric"]["value"]
+        print(f"RSFT - control: {diff:+.1%} (see docs/rsft-demo.md before reading much into a few points)")
     print(f"report: rsft report {config.run_dir}")
-    return {"base": base["metric"], "rsft": r["metric"], "control": r["control"]["metric"], "kl": r.get("kl"),
-            "control_kl": r["control"].get("kl"), "promoted": r["promoted"]}
+    out = {"base": base["metric"], "rsft": r["metric"], "kl": r.get("kl"), "promoted": r["promoted"],
+           "kept": r["kept"], "train": losses.get("RSFT round 1"), "eval_n": args.eval_n,
+           "lr": args.lr, "epochs": args.epochs, "lora_r": args.lora_r}
+    if args.control:
+        out.update(control=r["control"]["metric"], control_kl=r["control"].get("kl"),
+                   control_train=losses.get("random control"))
+    return out
+
+
+def _losses(arm_dir: Path) -> dict | None:
+    """First and last logged training loss of an arm, its step count and training wall time."""
+    log = arm_dir / "train_log.jsonl"
+    info = arm_dir / "checkpoint" / "rsft_train.json"
+    if not log.exists() or not info.exists():
+        return None
+    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    meta = json.loads(info.read_text(encoding="utf-8"))
+    if not records:
+        return None
+    return {"first": records[0]["loss"], "last": records[-1]["loss"], "steps": meta["steps"], "train_s": meta["train_s"]}
 
 
 def accuracies(R_greedy: np.ndarray, R: np.ndarray) -> dict[str, float]:

@@ -116,7 +116,8 @@ def metric_with_ci(R: np.ndarray, pass_threshold: float | None = None) -> dict[s
     else:
         se = float(per_prompt.std(ddof=1) / math.sqrt(m)) if m > 1 else math.nan
         low, high = mean - 1.96 * se, mean + 1.96 * se
-    return {"name": "accuracy" if binary else "mean_reward", "value": mean, "ci_low": low, "ci_high": high, "n": m}
+    name = "accuracy" if binary or pass_threshold is not None else "mean_reward"
+    return {"name": name, "value": mean, "ci_low": low, "ci_high": high, "n": m}
 
 
 def question_key(p: Prompt) -> str:

@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +144,12 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         work.chmod(0o755)
-        trainer = _build_trainer(model, tokenizer, datasets.Dataset.from_list(rows), config, work, cuda)
-        log = _attach_logger(trainer, work / TRAIN_LOG)
-        train_started = time.time()
-        result = trainer.train()
+        with warnings.catch_warnings():  # transformers' deprecation notice for an API that peft calls
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            trainer = _build_trainer(model, tokenizer, datasets.Dataset.from_list(rows), config, work, cuda)
+            log = _attach_logger(trainer, work / TRAIN_LOG)
+            train_started = time.time()
+            result = trainer.train()
         train_s = time.time() - train_started
         staged = work / CHECKPOINT
         _save(trainer.model, tokenizer, staged, config)
