@@ -195,3 +195,25 @@ def test_metric_with_pass_threshold_counts_exact_answers():
     sampled = rounds.metric_with_ci(np.array([[1.0, 0.01], [0.01, 0.01], [1.0, 1.0]]), pass_threshold=1.0)
     assert sampled["name"] == "accuracy" and sampled["value"] == pytest.approx(0.5)  # mean of 1/2, 0, 1
     assert rounds.metric_with_ci(np.array([[0.3, 0.5]]))["name"] == "mean_reward"
+
+
+def test_eval_is_redone_when_the_held_out_prompts_change(tmp_path, monkeypatch):
+    """A larger training pool shrinks the held-out set: an eval.json of the old set must not be reused."""
+    from rsft.config import EvalConfig, RunConfig
+    from rsft.types import Prompt
+
+    calls = []
+
+    def fake_evaluate(config, policies, model, base, out, prompts):
+        calls.append([p.prompt_id for p in prompts])
+        return {"metric": {"name": "accuracy", "value": 0.5, "ci_low": 0.1, "ci_high": 0.9, "n": len(prompts)},
+                "kl": None}
+
+    monkeypatch.setattr(rounds, "evaluate", fake_evaluate)
+    config = RunConfig(name="x", out=str(tmp_path), eval=EvalConfig())
+    a = [Prompt(prompt_id=f"id{i}", prompt=f"q{i}") for i in range(3)]
+    info = {"round": -1, "checkpoint": "base"}
+    assert rounds._eval_file(tmp_path, info, config, None, "base", a)["metric"]["n"] == 3
+    assert rounds._eval_file(tmp_path, info, config, None, "base", a)["metric"]["n"] == 3  # reused
+    assert rounds._eval_file(tmp_path, info, config, None, "base", a[:2])["metric"]["n"] == 2
+    assert calls == [["id0", "id1", "id2"], ["id0", "id1"]]

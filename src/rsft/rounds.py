@@ -229,7 +229,9 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
     say(f"base: {_fmt(baseline)}")
     for k in range(config.rounds.rounds):
         rd = pipeline.round_dir(config, k)
-        result = pipeline.run_round(_with_policy(config, current), k, generator=policies.generator(current),
+        # locally the loaded policy is reused; Ray actors load the checkpoint themselves (never a pickled model)
+        live = policies.generator(current) if config.executor == "local" else None
+        result = pipeline.run_round(_with_policy(config, current), k, generator=live,
                                     prompts=round_prompts(pool, k, config), quiet=quiet, write_config=False)
         kept = result.export["rows"]
         if kept == 0:
@@ -281,7 +283,8 @@ def _eval_file(folder: Path, info: dict[str, Any], config: RunConfig, policies: 
                prompts: list[Prompt]) -> dict[str, Any]:
     """Evaluate ``info["checkpoint"]`` into ``folder/eval.json``, or reuse that file when it was
     computed with the same eval config for the same checkpoint."""
-    identity = {"eval": dataclasses.asdict(config.eval), "checkpoint": info["checkpoint"]}
+    identity = {"eval": dataclasses.asdict(config.eval), "checkpoint": info["checkpoint"],
+                "prompts": [p.prompt_id for p in prompts]}  # the held-out set shrinks when the pool grows
     meta = Path(info["checkpoint"]) / "rsft_train.json"
     if meta.exists():
         identity["trained"] = artifacts.file_sha256(meta)
