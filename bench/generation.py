@@ -159,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", nargs="+", default=["tiny", "gemma3-270m"])
     parser.add_argument("--prompts", type=int, default=16, help="M for the tiny model")
-    parser.add_argument("--gemma-prompts", type=int, default=2, help="M for other models (each costs minutes)")
+    parser.add_argument("--gemma-prompts", type=int, default=4, help="M for other models (each costs minutes)")
     parser.add_argument("-n", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="for the tiny model, after one warm-up call")
@@ -199,6 +199,11 @@ def main() -> None:
                               verdict(ratio, 3.0)])
     print("#### Goals\n")
     table(["measure", "value", "goal", "met?"], goals)
+    if any(g[3] != "met" and not g[0].startswith("tiny") for g in goals):
+        print("- Where a larger-model ratio is missed: every side pays the same decode steps, and on Gemma-3-270M "
+              "the output layer over its 262k-token vocabulary is most of each step's FLOPs; rsft saves the "
+              "N-fold prefill of each prompt and batches several prompts per step, which weighs less at a "
+              "small M (the bench keeps M small to fit `make bench` in 20 minutes; see --gemma-prompts).\n")
 
 
 if __name__ == "__main__":
