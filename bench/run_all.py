@@ -7,6 +7,7 @@ recorded as failed (with the end of its stderr) and the others still run.
 
     .venv/bin/python bench/run_all.py                 # all, ~15 minutes on 2 busy cores
     .venv/bin/python bench/run_all.py selection       # only scripts whose name contains a word
+                                                      # (printed; results.md is left alone)
 """
 
 from __future__ import annotations
@@ -90,7 +91,11 @@ def main() -> None:
         *summary,
         "",
     ]
-    (HERE / "results.md").write_text("\n".join(head) + "\n" + "\n".join(sections))
+    text = "\n".join(head) + "\n" + "\n".join(sections)
+    if only:  # a partial run prints its sections and leaves the full results.md alone
+        print(text)
+        return
+    (HERE / "results.md").write_text(text)
     print(f"bench: wrote {HERE / 'results.md'} in {total / 60:.1f} min", file=sys.stderr)
 
 
