@@ -289,3 +289,11 @@ def test_rm_spec_through_as_scorer(tiny_rm: Path, pairs, reference) -> None:
     assert s.name == f"rm:{tiny_rm}" and s.device == ("cuda" if torch.cuda.is_available() else "cpu")
     prompts, completions = pairs
     np.testing.assert_allclose(s.score(prompts, completions, [{}] * 24), reference, atol=1e-4)
+
+
+def test_token_budget_through_the_rm_spec(tiny_rm: Path, pairs, reference) -> None:
+    s = as_scorer("rm:" + str(tiny_rm), {"batch_size": 8, "max_batch_tokens": 64, "dtype": "float32"})
+    assert isinstance(s, RewardModelScorer) and s.max_batch_tokens == 64
+    prompts, completions = pairs
+    np.testing.assert_allclose(s.score(prompts, completions, [{}] * 24), reference, atol=1e-4)
+    assert as_scorer("rm:" + str(tiny_rm), {"dtype": "float32"}).max_batch_tokens is None

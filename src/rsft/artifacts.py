@@ -7,6 +7,7 @@ never sees half a file and a killed stage leaves either the old file or the new 
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import hashlib
 import json
@@ -296,7 +297,8 @@ def guard_outputs(
     write_json(round_dir / MANIFEST, manifest)
 
 
-def package_versions() -> dict[str, str]:
+@functools.cache
+def _package_versions() -> tuple[tuple[str, str], ...]:
     from importlib import metadata
 
     out = {}
@@ -306,4 +308,9 @@ def package_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    return out
+    return tuple(out.items())
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a stage's output (read once per process)."""
+    return dict(_package_versions())

@@ -11,7 +11,8 @@ an error, so a typo does not silently fall back to a default.
 - ``math``: maths answers with math-verify (``\\boxed{}``, ``#### x`` or the last number).
 - ``task``: reasoning-gym's own scorer for the row's ``entry``. Options: ``extract``.
 - ``rm:PATH``: a reward model. Options: ``batch_size``, ``max_length``, ``device``, ``dtype``,
-  ``sort_by_length``.
+  ``sort_by_length``, ``max_batch_tokens`` (cap on each batch's padded tokens: long pairs go in
+  smaller batches).
 - ``gate``: ``gate`` checker, ``inner`` scorer as tie-breaker. Options: ``gate``, ``inner`` (specs),
   ``gate_options``, ``inner_options``, ``fail_value``, ``pass_offset``, ``threshold``.
 - ``sum``: weighted sum. Option ``terms``: ``{spec: weight}`` or a list of ``[spec, weight]`` or
@@ -78,7 +79,8 @@ def reward_model(arg: str, options: Mapping[str, Any]) -> Scorer:
     o = _options(
         "rm",
         options,
-        {"batch_size": 16, "max_length": 1024, "device": "auto", "dtype": "auto", "sort_by_length": True},
+        {"batch_size": 16, "max_length": 1024, "device": "auto", "dtype": "auto", "sort_by_length": True,
+         "max_batch_tokens": None},
     )
     return RewardModelScorer(
         arg,
@@ -87,6 +89,7 @@ def reward_model(arg: str, options: Mapping[str, Any]) -> Scorer:
         device=str(o["device"]),
         dtype=str(o["dtype"]),
         sort_by_length=bool(o["sort_by_length"]),
+        max_batch_tokens=None if o["max_batch_tokens"] is None else int(o["max_batch_tokens"]),
     )
 
 
