@@ -10,13 +10,14 @@ Rows are ordered by prompt order, then sample index, so reshaping gives the M×N
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from rsft import artifacts
 from rsft.errors import RsftError
@@ -134,17 +135,118 @@ class CompletionMatrix:
 
 
 def read_completions(path: Path, prompts: Sequence[Prompt]) -> CompletionMatrix:
+    """Every completion in memory (texts as Python strings); stages use ``read_completion_index``."""
     table = artifacts.read_table(path, "generate")
     ids = [p.prompt_id for p in prompts]
     n = _check_long_form(table, ids, path)
     texts = table.column("text").to_pylist()
-    tokens = np.array([np.nan if t is None else t for t in table.column("n_tokens").to_pylist()], dtype=float)
     return CompletionMatrix(
         prompt_ids=ids,
         texts=[texts[i * n : (i + 1) * n] for i in range(len(ids))],
-        n_tokens=tokens.reshape(len(ids), n),
+        n_tokens=_token_counts(table).reshape(len(ids), n),
         table=table,
     )
+
+
+@dataclass
+class CompletionIndex:
+    """The shape and token counts of ``completions.parquet``, checked against the prompts, without
+    its texts: a stage reads those a shard at a time (``CompletionTexts``) or only where selected."""
+
+    path: Path
+    prompt_ids: list[str]
+    n: int
+    n_tokens: np.ndarray
+    """M×N float array; NaN where the backend did not report a count."""
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.prompt_ids), self.n
+
+
+def read_completion_index(path: Path, prompts: Sequence[Prompt]) -> CompletionIndex:
+    """Check ``path`` forms the M×N matrix over ``prompts`` reading only its small columns; same
+    errors as ``read_completions``."""
+    table = _read_columns(path, "generate", ["prompt_id", "sample_idx", "n_tokens"])
+    ids = [p.prompt_id for p in prompts]
+    n = _check_long_form(table, ids, path)
+    return CompletionIndex(path, ids, n, _token_counts(table).reshape(len(ids), n))
+
+
+class CompletionTexts:
+    """Texts of consecutive prompts' rows, read from ``completions.parquet`` in batches as asked.
+
+    Reading forward (shard after shard, gaps allowed) decodes the file once; asking for an earlier
+    row starts over. Only the rows between the last request and the next stay in memory.
+    """
+
+    def __init__(self, index: CompletionIndex, batch_rows: int = 4096) -> None:
+        self.index, self.batch_rows = index, max(1, batch_rows)
+        self._file: pq.ParquetFile | None = None
+        self._batches: Iterator[pa.RecordBatch] = iter(())
+        self._buffer: pa.Array = pa.array([], pa.string())
+        self._start = 0  # row of the file at self._buffer[0]
+
+    def rows(self, first: int, stop: int) -> list[list[str]]:
+        """Texts of prompts ``first`` .. ``stop - 1`` (a list of N texts each)."""
+        n = self.index.n
+        texts = self._take(first * n, stop * n)
+        return [texts[i * n : (i + 1) * n] for i in range(stop - first)]
+
+    def at(self, rows: Sequence[int]) -> dict[int, str]:
+        """Texts at these row numbers of the file (in any order), reading it once."""
+        out: dict[int, str] = {}
+        for row in sorted(set(rows)):
+            out[row] = self._take(row, row + 1)[0]
+        return out
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._file, self._batches = None, iter(())
+
+    def _take(self, begin: int, end: int) -> list[Any]:
+        if begin < self._start or self._file is None:
+            self._restart()
+        try:
+            while self._start + len(self._buffer) < end:
+                batch = next(self._batches, None)
+                if batch is None:
+                    break
+                self._buffer = pa.concat_arrays([self._buffer, batch.column(0)])
+                if self._start + len(self._buffer) <= begin:  # skipped rows: drop them as we go
+                    self._start += len(self._buffer)
+                    self._buffer = self._buffer.slice(len(self._buffer))
+        except (pa.ArrowInvalid, OSError) as e:
+            raise RsftError(f"{self.index.path}: not a readable Parquet file: {e}") from e
+        self._buffer = self._buffer.slice(begin - self._start)
+        self._start = begin
+        return self._buffer.slice(0, end - begin).to_pylist()
+
+    def _restart(self) -> None:
+        self.close()
+        try:
+            self._file = pq.ParquetFile(self.index.path)
+            self._batches = self._file.iter_batches(batch_size=self.batch_rows, columns=["text"])
+        except (pa.ArrowInvalid, OSError) as e:
+            raise RsftError(f"{self.index.path}: not a readable Parquet file: {e}") from e
+        self._buffer, self._start = pa.array([], pa.string()), 0
+
+
+def _read_columns(path: Path, stage_hint: str, columns: list[str]) -> pa.Table:
+    """``artifacts.read_table`` (same errors) for some columns only."""
+    if not path.exists():
+        return artifacts.read_table(path, stage_hint)  # raises its "missing (run ...)" error
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise RsftError(f"{path}: not a readable Parquet file: {e}") from e
+
+
+def _token_counts(table: pa.Table) -> np.ndarray:
+    """The ``n_tokens`` column as floats, NaN where null."""
+    counts = table.column("n_tokens").cast(pa.float64()).fill_null(np.nan)
+    return np.asarray(counts.to_numpy(), dtype=float)
 
 
 def _check_long_form(table: pa.Table, prompt_ids: Sequence[str], path: Path) -> int:
@@ -153,10 +255,10 @@ def _check_long_form(table: pa.Table, prompt_ids: Sequence[str], path: Path) -> 
     if m == 0 or table.num_rows % m:
         raise RsftError(f"{path}: {table.num_rows} rows do not form a matrix over {m} prompts")
     n = table.num_rows // m
-    got_ids = table.column("prompt_id").to_pylist()
+    got_ids = table.column("prompt_id")
     got_idx = table.column("sample_idx").to_numpy()
-    expected_ids = [pid for pid in prompt_ids for _ in range(n)]
-    if got_ids != expected_ids or not np.array_equal(got_idx, np.tile(np.arange(n), m)):
+    expected_ids = pa.array(prompt_ids, pa.string()).take(pa.array(np.repeat(np.arange(m), n)))
+    if not got_ids.equals(pa.chunked_array([expected_ids])) or not np.array_equal(got_idx, np.tile(np.arange(n), m)):
         raise RsftError(f"{path}: rows do not match prompts.parquet (regenerate this round)")
     return n
 

@@ -10,10 +10,11 @@ Generation and scoring run in shards of prompts; each finished shard is written 
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,12 @@ def _run_shards(
     executor: Executor,
     on_result: Callable[[ShardResult], None],
     done: Mapping[int, ShardResult] | None = None,
-) -> tuple[pa.Table, int]:
-    """Produce every missing shard, then return all shards concatenated and how many were new.
+) -> int:
+    """Produce every missing shard; return how many were new.
 
     ``executor`` runs ``job`` on ``task(s)`` of each missing shard ``s`` (``done`` holds shards
-    already computed elsewhere); the driver writes each result atomically as it arrives.
+    already computed elsewhere); the driver writes each result atomically as it arrives. Tasks
+    are made as the executor reaches them, so a shard's inputs are in memory only while it runs.
     """
     made = 0
 
@@ -72,16 +74,67 @@ def _run_shards(
     for s in missing:
         if done and s in done:
             write(s, done[s])
-    executor.run(job, [(s, task(s)) for s in missing if not (done and s in done)], write)
-    tables = [pq.read_table(_shard_path(shard_dir, s)) for s in range(count)]
-    return (pa.concat_tables(tables) if tables else schema.empty_table()), made
+    executor.run(job, _Tasks([s for s in missing if not (done and s in done)], task), write)
+    return made
 
 
-def _finish_shards(shard_dir: Path, table: pa.Table, target: Path) -> None:
-    """Write the stage's output from its shards. The shards stay until ``artifacts.record_stage``
-    (given ``shard_key``) has recorded the stage: a kill in between still resumes from them."""
+class _Tasks(Sequence[tuple[int, Any]]):
+    """The ``(shard, task)`` pairs of some shards, each task made when it is asked for."""
+
+    def __init__(self, shards: Sequence[int], task: Callable[[int], Any]) -> None:
+        self.shards, self.task = list(shards), task
+
+    def __len__(self) -> int:
+        return len(self.shards)
+
+    def __getitem__(self, k: Any) -> Any:
+        if isinstance(k, slice):
+            return [(s, self.task(s)) for s in self.shards[k]]
+        return self.shards[k], self.task(self.shards[k])
+
+
+ROW_GROUP_BYTES = 64 << 20
+"""A stage's output gets row groups of 1Mi rows (``pq.write_table``'s default) or of this much Arrow
+data, whichever is reached first: the file has the bytes one ``pq.write_table`` of all its shards
+would give (below this size per row group), while memory is bounded by a row group, not by M×N."""
+_ROW_GROUP_ROWS = 1024 * 1024
+
+
+def _finish_shards(
+    shard_dir: Path, count: int, schema: pa.Schema, target: Path, on_shard: Callable[[pa.Table], None]
+) -> None:
+    """Write the stage's output from its shards, streaming them into one Parquet file; ``on_shard``
+    sees each shard's table (for counts). The shards stay until ``artifacts.record_stage`` (given
+    ``shard_key``) has recorded the stage: a kill in between still resumes from them."""
     with artifacts.atomic_path(target) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        if not count:
+            pq.write_table(schema.empty_table(), tmp, compression="zstd")
+            return
+        tables = (pq.read_table(_shard_path(shard_dir, s)) for s in range(count))
+        first = next(tables)
+        with pq.ParquetWriter(tmp, first.schema, compression="zstd") as writer:
+            for group in _row_groups(itertools.chain([first], tables), on_shard):
+                writer.write_table(group)
+
+
+def _row_groups(tables: Iterable[pa.Table], on_shard: Callable[[pa.Table], None]) -> Iterator[pa.Table]:
+    """Regroup shard tables into the row groups ``_finish_shards`` writes (see ``ROW_GROUP_BYTES``)."""
+    buffered: list[pa.Table] = []
+    rows = size = 0
+    wrote = False
+    for table in tables:
+        on_shard(table)
+        buffered.append(table)
+        rows, size = rows + table.num_rows, size + table.nbytes
+        while rows >= _ROW_GROUP_ROWS or (rows and size >= ROW_GROUP_BYTES):
+            whole = pa.concat_tables(buffered)
+            take = min(rows, _ROW_GROUP_ROWS)
+            yield whole.slice(0, take)
+            wrote = True
+            rest = whole.slice(take)
+            buffered, rows, size = ([rest] if rest.num_rows else []), rest.num_rows, rest.nbytes
+    if rows or not wrote:
+        yield pa.concat_tables(buffered)
 
 
 def sampling_params(config: GenerationConfig, seed_offset: int = 0) -> SamplingParams:
@@ -118,9 +171,9 @@ def generate(
         return plan
     job = GenerationShards(make_generator, config.n, gpus=generation_gpus(config))
     with progress(len(plan.prompts), "generate", unit="prompt") as bar:
-        table, made = _run_shards(plan.shard_dir, plan.count, job, plan.task, matrix.COMPLETIONS_SCHEMA,
-                                  executor or LocalExecutor(), lambda r: bar.update(r.units))
-    return _finish_generation(round_dir, plan, table, made)
+        made = _run_shards(plan.shard_dir, plan.count, job, plan.task, matrix.COMPLETIONS_SCHEMA,
+                           executor or LocalExecutor(), lambda r: bar.update(r.units))
+    return _finish_generation(round_dir, plan, made)
 
 
 @dataclass
@@ -165,11 +218,16 @@ def _plan_generation(
     return _GenerationPlan(config, list(prompts), stage_config, shard_dir, digest, count, started)
 
 
-def _finish_generation(round_dir: Path, plan: _GenerationPlan, table: pa.Table, made: int) -> dict[str, Any]:
-    _finish_shards(plan.shard_dir, table, round_dir / artifacts.COMPLETIONS)
-    counts = {"prompts": len(plan.prompts), "n": plan.config.n, "completions": table.num_rows,
-              "shards_generated": made,
-              "tokens": int(np.nansum(np.array(table.column("n_tokens").to_pylist(), dtype=float)))}
+def _finish_generation(round_dir: Path, plan: _GenerationPlan, made: int) -> dict[str, Any]:
+    total = {"completions": 0, "tokens": 0}
+
+    def count(table: pa.Table) -> None:
+        total["completions"] += table.num_rows
+        total["tokens"] += int(np.nansum(np.array(table.column("n_tokens").to_pylist(), dtype=float)))
+
+    _finish_shards(plan.shard_dir, plan.count, matrix.COMPLETIONS_SCHEMA, round_dir / artifacts.COMPLETIONS, count)
+    counts = {"prompts": len(plan.prompts), "n": plan.config.n, "completions": total["completions"],
+              "shards_generated": made, "tokens": total["tokens"]}
     artifacts.record_stage(round_dir, "generate", config=plan.stage_config["generation"], inputs=[artifacts.PROMPTS],
                            outputs=[artifacts.COMPLETIONS], started=plan.started, counts=counts,
                            extra={"shard_key": plan.digest})
@@ -233,7 +291,7 @@ def score(
     scorer = as_scorer(scorer)
     check_on_error(config)
     prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
-    comps = matrix.read_completions(round_dir / artifacts.COMPLETIONS, prompts)
+    comps = matrix.read_completion_index(round_dir / artifacts.COMPLETIONS, prompts)
     m, n = comps.shape
     stage_config = {"scoring": {**asdict(config), "scorer_name": scorer.name},
                     "completions": artifacts.file_sha256(round_dir / artifacts.COMPLETIONS)}
@@ -244,10 +302,11 @@ def score(
     artifacts.guard_outputs(round_dir, "score", stage_config["scoring"], new_version)
     shard_dir, digest = _shards(round_dir, "rewards", stage_config)
     size = max(1, shard_size)
+    texts = matrix.CompletionTexts(comps, batch_rows=size * n)
 
     def task(s: int) -> tuple[list[Prompt], list[list[str]]]:
-        rows = range(s * size, min(m, (s + 1) * size))
-        return [prompts[i] for i in rows], [comps.texts[i] for i in rows]
+        first, stop = s * size, min(m, (s + 1) * size)
+        return prompts[first:stop], texts.rows(first, stop)
 
     padding: dict[str, int] = {}
 
@@ -257,13 +316,19 @@ def score(
             padding[key] = padding.get(key, 0) + value
 
     job = ScoringShards(make_scorer or (lambda: scorer), config.on_error, gpus=scoring_gpus(config))
+    count = math.ceil(m / size)
     with progress(m * n, "score", unit="pair") as bar:
-        table, made = _run_shards(shard_dir, math.ceil(m / size), job, task, matrix.REWARDS_SCHEMA,
-                                  executor or LocalExecutor(), on_result, done=scored)
-    _finish_shards(shard_dir, table, round_dir / artifacts.REWARDS)
+        try:
+            made = _run_shards(shard_dir, count, job, task, matrix.REWARDS_SCHEMA, executor or LocalExecutor(),
+                               on_result, done=scored)
+        finally:
+            texts.close()
+    failed = [0]
+    _finish_shards(shard_dir, count, matrix.REWARDS_SCHEMA, round_dir / artifacts.REWARDS,
+                   lambda table: failed.append(sum(table.column("failed").to_pylist())))
     R, _ = matrix.read_rewards(round_dir / artifacts.REWARDS, comps.prompt_ids)
     summary = stats.reward_stats(R, comps.n_tokens, pass_threshold=config.pass_threshold)
-    summary["failed_pairs"] = int(sum(table.column("failed").to_pylist()))
+    summary["failed_pairs"] = int(sum(failed))
     if padding.get("padded_tokens"):
         summary["padding_efficiency"] = round(padding["real_tokens"] / padding["padded_tokens"], 4)
     artifacts.record_stage(round_dir, "score", config=stage_config["scoring"],
@@ -373,9 +438,9 @@ def generate_and_score(
         with progress(len(plan.prompts), "generate+score", unit="prompt") as bar:
             tasks = [(s, plan.task(s)) for s in _missing(plan.shard_dir, plan.count)]
             stream(gen_job, score_job, tasks, on_generated, scored.__setitem__)
-            table, _ = _run_shards(plan.shard_dir, plan.count, gen_job, plan.task, matrix.COMPLETIONS_SCHEMA,
-                                   executor, lambda r: None)
-        counts = _finish_generation(round_dir, plan, table, made)
+            _run_shards(plan.shard_dir, plan.count, gen_job, plan.task, matrix.COMPLETIONS_SCHEMA,
+                        executor, lambda r: None)
+        counts = _finish_generation(round_dir, plan, made)
     summary = score(round_dir, scoring, scorer, shard_size=generation.shard_size, new_version=new_version,
                     executor=executor, make_scorer=make_scorer, scored=scored)
     return counts, summary
@@ -494,22 +559,37 @@ def export_selected(round_dir: Path) -> dict[str, Any]:
     started = time.time()
     prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
     by_id = {p.prompt_id: p for p in prompts}
-    comps = matrix.read_completions(round_dir / artifacts.COMPLETIONS, prompts)
+    comps = matrix.read_completion_index(round_dir / artifacts.COMPLETIONS, prompts)
     row_of = {pid: i for i, pid in enumerate(comps.prompt_ids)}
-    selection = artifacts.read_table(round_dir / artifacts.SELECTION, "select").to_pylist()
+    selection = artifacts.read_table(round_dir / artifacts.SELECTION, "select")
+    ids, samples, roles, pair_of = (selection.column(c).to_pylist() for c in ("prompt_id", "sample_idx", "role", "pair"))
 
-    def text(r: Mapping[str, Any]) -> str:
-        return comps.texts[row_of[r["prompt_id"]]][r["sample_idx"]]
+    def row(pid: str, j: int) -> int:
+        if not 0 <= j < comps.n:
+            raise RsftError(f"{round_dir / artifacts.SELECTION}: sample_idx {j} is not one of the "
+                            f"{comps.n} samples of prompt {pid}")
+        return row_of[pid] * comps.n + j
 
-    if any(r["role"] != "keep" for r in selection):
-        pairs: dict[int, dict[str, Any]] = {}
-        for r in selection:
-            pairs.setdefault(r["pair"], {})[r["role"]] = r
-        rows = [export.preference_row(by_id[p["chosen"]["prompt_id"]], text(p["chosen"]), text(p["rejected"]))
-                for p in pairs.values()]
+    rows_at = [row(pid, j) for pid, j in zip(ids, samples, strict=True)]
+    reader = matrix.CompletionTexts(comps)
+    try:
+        selected_texts = reader.at(rows_at)  # only the selected rows' texts
+    finally:
+        reader.close()
+
+    def text(k: int) -> str:
+        return selected_texts[rows_at[k]]
+
+    rows: Iterator[dict[str, Any]]  # made as they are written
+    if any(role != "keep" for role in roles):
+        pairs: dict[int, dict[str, int]] = {}
+        for k, (role, pair) in enumerate(zip(roles, pair_of, strict=True)):
+            pairs.setdefault(pair, {})[role] = k
+        rows = (export.preference_row(by_id[ids[p["chosen"]]], text(p["chosen"]), text(p["rejected"]))
+                for p in pairs.values())
         kind = "preference"
     else:
-        rows = [export.sft_row(by_id[r["prompt_id"]], text(r)) for r in selection]
+        rows = (export.sft_row(by_id[ids[k]], text(k)) for k in range(len(ids)))
         kind = "sft"
     written = artifacts.write_jsonl(round_dir / artifacts.SELECTED, rows)
     artifacts.record_stage(round_dir, "export", config={"format": kind}, inputs=[artifacts.SELECTION],
