@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
@@ -133,3 +134,36 @@ def test_kl_of_trained_model_is_positive_on_its_own_samples(lm, tiny_lm):
                       sequence_logprobs(base, tok, prompts, completions))
     assert est["mean"] > 1.0
     assert est["mean"] > 3 * est["stderr"]
+
+
+def test_models_without_logits_to_keep_give_the_same_scores(lm):
+    """The output head runs only at completion positions; a model that cannot be asked for that is sliced after."""
+    model, tok = lm
+
+    class NoLogitsToKeep(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, input_ids, attention_mask, use_cache):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=use_cache)
+
+    want = sequence_logprobs(model, tok, PROMPTS, COMPLETIONS, batch_size=3)
+    assert sequence_logprobs(NoLogitsToKeep(model), tok, PROMPTS, COMPLETIONS, batch_size=3) == pytest.approx(want, abs=1e-5)
+
+
+def test_a_shared_few_shot_header_runs_once_and_scores_the_same(lm):
+    """Prompts with a common header (few-shot examples) share its KV cache; scores equal the definition."""
+    from rsft import logprobs
+
+    model, tok = lm
+    header = "Q: What is 1 + 1?\nA: 2\n\nQ: What is 2 + 2?\nA: 4\n\nQ: What is 3 + 3?\nA: 6\n\n"
+    prompts = [header + q for q in ("Q: What is 4 + 4?\nA:", "Q: And 10 - 7?\nA:", "Q: 5 x 5?\nA:")] * 2
+    completions = [" 8", " 3 of them", " 25, I think", " nine", " 3", " twenty-five\n"]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    shared, cache = logprobs._prefix_cache(model, ids, cache_kw, model.device)
+    assert shared >= logprobs.MIN_SHARED_PREFIX and cache is not None
+    got = sequence_logprobs(model, tok, prompts, completions, batch_size=4)
+    want = [reference_logprob(model, tok, p, c) for p, c in zip(prompts, completions, strict=True)]
+    assert got == pytest.approx(want, abs=1e-4)

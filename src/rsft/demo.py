@@ -152,7 +152,7 @@ def rsft_round(config: RunConfig, generator: object, args: argparse.Namespace) -
     print(f"decision: {'promoted' if r['promoted'] else 'not promoted'} ({r['reason']})")
     if args.control:
         diff = r["metric"]["value"] - r["control"]["metric"]["value"]
-        print(f"RSFT - control: {diff:+.1%} (see docs/rsft-demo.md before reading much into a few points)")
+        print(f"RSFT - control: {100 * diff:+.1f} points (docs/rsft-demo.md: what this does and does not show)")
     print(f"report: rsft report {config.run_dir}")
     out = {"base": base["metric"], "rsft": r["metric"], "kl": r.get("kl"), "promoted": r["promoted"],
            "kept": r["kept"], "train": losses.get("RSFT round 1"), "eval_n": args.eval_n,

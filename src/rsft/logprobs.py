@@ -10,6 +10,8 @@ torch is imported inside the functions, so ``import rsft.logprobs`` stays cheap.
 
 from __future__ import annotations
 
+import copy
+import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -46,6 +48,10 @@ def sequence_logprobs(
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    params = inspect.signature(model.forward).parameters
+    cache_kw = next((k for k in ("cache", "past_key_values") if k in params), None)
+    head_only = "logits_to_keep" in params
+    shared, prefix_cache = _prefix_cache(model, prompt_ids, cache_kw, device) if head_only else (0, None)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]) + len(completion_ids[i]))
     out = [0.0] * len(prompts)
     with torch.inference_mode():
@@ -53,26 +59,63 @@ def sequence_logprobs(
             chunk = [i for i in order[start : start + batch_size] if completion_ids[i]]
             if not chunk:
                 continue
-            seqs = [prompt_ids[i] + completion_ids[i] for i in chunk]
+            # each row: its prompt after the shared prefix, then its completion, right-padded
+            seqs = [prompt_ids[i][shared:] + completion_ids[i] for i in chunk]
             width = max(len(s) for s in seqs)
             input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-            attention = torch.zeros((len(seqs), width), dtype=torch.long)
+            attention = torch.zeros((len(seqs), shared + width), dtype=torch.long)
+            attention[:, :shared] = 1
             target = torch.zeros((len(seqs), width), dtype=torch.bool)
             for row, (i, seq) in enumerate(zip(chunk, seqs, strict=True)):
                 input_ids[row, : len(seq)] = torch.tensor(seq)
-                attention[row, : len(seq)] = 1
-                target[row, len(prompt_ids[i]) : len(seq)] = True
-            logits = model(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device), use_cache=False
-            ).logits
-            logits = logits[:, :-1].float()  # position t predicts token t + 1
-            labels = input_ids[:, 1:].to(device)
+                attention[row, shared : shared + len(seq)] = 1
+                target[row, len(prompt_ids[i]) - shared : len(seq)] = True
+            # Position t predicts token t + 1: only positions lo .. width-2 predict completion tokens,
+            # so only they go through the output head (Gemma's 262k-word head would dominate otherwise).
+            lo = min(len(prompt_ids[i]) for i in chunk) - shared - 1
+            kwargs: dict[str, Any] = {}
+            if head_only:
+                kwargs["logits_to_keep"] = torch.arange(lo, width - 1, device=device)
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(chunk))
+                kwargs.update({cache_kw: cache, "use_cache": True,
+                               "position_ids": (shared + torch.arange(width, device=device)).expand(len(chunk), -1)})
+            else:
+                kwargs["use_cache"] = False
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device), **kwargs).logits
+            logits = (logits if head_only else logits[:, lo : width - 1]).float()
+            labels = input_ids[:, lo + 1 :].to(device)
             token_lp = logits.gather(-1, labels.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-            mask = target[:, 1:].to(device)
+            mask = target[:, lo + 1 :].to(device)
             sums = (token_lp.double() * mask).sum(dim=1)
             for row, i in enumerate(chunk):
                 out[i] = float(sums[row])
     return out
+
+
+MIN_SHARED_PREFIX = 8
+"""Shortest common prompt prefix (tokens) worth running once and sharing through the KV cache."""
+
+
+def _prefix_cache(model: Any, prompt_ids: list[list[int]], cache_kw: str | None, device: Any) -> tuple[int, Any]:
+    """The prompts' common token prefix (a task's few-shot examples) run once: ``(length, KV cache)``,
+    or ``(0, None)`` when it is short or the model's cache cannot be copied per batch."""
+    import torch
+
+    if cache_kw is None or len(prompt_ids) < 2:
+        return 0, None
+    first, shared = prompt_ids[0], min(len(p) for p in prompt_ids) - 1  # every prompt keeps a token of its own
+    for ids in prompt_ids[1:]:
+        shared = next((k for k in range(shared) if ids[k] != first[k]), shared)
+    if shared < MIN_SHARED_PREFIX:
+        return 0, None
+    with torch.inference_mode():
+        out = model(input_ids=torch.tensor([first[:shared]], device=device), use_cache=True)
+    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        return 0, None
+    return shared, cache
 
 
 def _encode(tokenizer: Any, texts: Sequence[str], special: bool) -> list[list[int]]:
