@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from common import cores, cpu_model
 
 from rsft.prompts import TaskSpec, task_prompts
 
@@ -45,21 +46,6 @@ MAX_REQUESTS_PER_CLIENT = 100_000
 
 
 # --- machine and versions --------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or "unknown cpu"
-
-
-def nproc() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 0
 
 
 def load_average() -> str:
@@ -313,7 +299,7 @@ def main() -> None:
           f"selector majority (no scorer); {len(prompts)} count_bits prompts with {shots} shots "
           f"(~{n_prompt_chars:.0f} chars); {args.seconds:g} s per client count")
     print(table(rows))
-    print(f"machine:  {platform.platform()}; {cpu_model()}; nproc {nproc()}; "
+    print(f"machine:  {platform.platform()}; {cpu_model()}; nproc {cores()}; "
           f"load average {load_average()} (1, 5, 15 min, at the end)")
     print(f"versions: {versions()}")
     print(f"server:   OMP_NUM_THREADS={args.threads}; startup {startup_s:.1f} s; total run {time.monotonic() - started:.0f} s")
@@ -321,7 +307,7 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "model": args.model, "n": args.n, "max_tokens": args.max_tokens, "temperature": args.temperature,
             "seconds": args.seconds, "threads": args.threads, "prompts": len(prompts), "rows": rows,
-            "machine": {"platform": platform.platform(), "cpu": cpu_model(), "nproc": nproc(),
+            "machine": {"platform": platform.platform(), "cpu": cpu_model(), "nproc": cores(),
                         "load_average": load_average()},
             "versions": versions(), "startup_s": round(startup_s, 1),
         }, indent=2))
