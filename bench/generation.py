@@ -159,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", nargs="+", default=["tiny", "gemma3-270m"])
     parser.add_argument("--prompts", type=int, default=16, help="M for the tiny model")
-    parser.add_argument("--gemma-prompts", type=int, default=4, help="M for other models (each costs minutes)")
+    parser.add_argument("--gemma-prompts", type=int, default=8, help="M for other models (each costs minutes)")
     parser.add_argument("-n", type=int, default=8)
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3, help="for the tiny model, after one warm-up call")
