@@ -245,7 +245,8 @@ class RayConfig:
     overlap: bool = True
     """``rsft run``: score shard k while shard k+1 generates, as one streaming pipeline."""
     runtime_env: dict[str, Any] = field(default_factory=dict)
-    """Ray runtime environment of the workers (e.g. ``{working_dir: .}`` so user scorers import)."""
+    """Ray runtime environment of the workers, e.g. ``{working_dir: ., excludes: [runs/, .venv/]}`` so
+    user scorers import; the working dir is zipped to every node: keep run folders and Ray's temp dir out."""
 
 
 @dataclass
