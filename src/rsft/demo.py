@@ -169,7 +169,7 @@ def _losses(arm_dir: Path) -> dict | None:
     info = arm_dir / "checkpoint" / "rsft_train.json"
     if not log.exists() or not info.exists():
         return None
-    records = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    records = [record for _, record in artifacts.read_jsonl(log)]
     meta = json.loads(info.read_text(encoding="utf-8"))
     if not records:
         return None
