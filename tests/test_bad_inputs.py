@@ -33,42 +33,14 @@ from rsft.config import load_config
 from rsft.errors import RsftError
 
 M, N = 4, 3
-PLUGINS = '''
-import math
-
-
-def length(prompt, completion):
-    return float(len(completion))
-
-
-def explode(prompt, completion):
-    raise ValueError("boom")
-
-
-def not_a_number(prompt, completion):
-    return "high"
-
-
-class DropsOne:
-    """A batch scorer that returns one score too few."""
-
-    name = "drops_one"
-
-    def score(self, prompts, completions, metadata):
-        return [1.0] * (len(prompts) - 1)
-
-
-def non_finite(prompt, completion, answer):
-    """Prompt 0: NaN for every sample; prompt 1: +inf for every sample; the others: the length."""
-    return {"0": math.nan, "1": math.inf}.get(answer, float(len(completion)))
-'''
+PLUGINS = Path(__file__).with_name("plugin_scorers.py")
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, tiny_lm) -> Path:
     """A workdir with plugins and prompt files, and a finished round at ``runs/base/round-000``."""
     d = tmp_path_factory.mktemp("bad_inputs")
-    (d / "plug.py").write_text(PLUGINS)
+    shutil.copy(PLUGINS, d / "plug.py")
     rows = [{"prompt": f"Q: What is {i} + 1?\nA:", "answer": str(i)} for i in range(M)]
     (d / "good.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (d / "config.yaml").write_text(textwrap.dedent(f"""

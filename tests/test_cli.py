@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -32,16 +33,7 @@ def workdir(tmp_path_factory, tiny_lm) -> Path:
     rows.append({"messages": [{"role": "user", "content": "Say hi"}], "answer": "hi"})
     (d / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     # a user scorer loaded by dotted path: prefers longer completions, deterministic
-    (d / "myscorer.py").write_text(textwrap.dedent("""
-        def length(prompt, completion):
-            return float(len(completion))
-
-        def explode(prompt, completion):
-            raise ValueError("boom")
-
-        def not_a_number(prompt, completion):
-            return "high"
-    """))
+    shutil.copy(Path(__file__).with_name("plugin_scorers.py"), d / "myscorer.py")
     (d / "config.yaml").write_text(textwrap.dedent(f"""
         name: demo
         out: {d / 'runs'}
