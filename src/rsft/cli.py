@@ -239,6 +239,7 @@ PLUGGED: dict[str, tuple[str, str]] = {
     "status": ("rsft.status", "each round's stages of a run: done, partial (finished shards) or missing"),
     "report": ("rsft.report", "HTML report of an RSFT run: rewards, kept set, eval with CI, KL, control, losses"),
     "serve": ("rsft.serve", "serve Best-of-N over the OpenAI API (/v1/completions, /v1/chat/completions)"),
+    "sweep": ("rsft.sweep", "a grid over N, temperature, keep threshold and epochs from one YAML, with a results table"),
 }
 """Commands whose module declares its own options (``add_arguments``) and body (``main``)."""
 

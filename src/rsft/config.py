@@ -250,6 +250,21 @@ class RayConfig:
 
 
 @dataclass
+class SweepConfig:
+    """``rsft sweep``: a grid over N, temperature, keep threshold and epochs (a missing list: the base
+    config's single value). One generation per temperature at the largest N serves every cell."""
+
+    n: list[int] | None = None
+    """Samples per prompt used for selection (the first n of the N_max generated per prompt)."""
+    temperature: list[float] | None = None
+    """Sampling temperatures of the training generations (one generation each)."""
+    threshold: list[float | None] | None = None
+    """Keep thresholds on the best reward of a prompt; null keeps the best whatever its reward."""
+    epochs: list[float] | None = None
+    """Training epochs; each trains a checkpoint from the base policy on the cell's kept set."""
+
+
+@dataclass
 class RunConfig:
     """One run: prompts -> generate -> score -> select -> export."""
 
@@ -269,6 +284,8 @@ class RunConfig:
     Ray cluster, see ``ray``); the artifacts are the same either way."""
     ray: RayConfig = field(default_factory=RayConfig)
     """Settings of the ``ray`` executor."""
+    sweep: SweepConfig | None = None
+    """The grid of ``rsft sweep`` (ignored by ``rsft run``)."""
 
     @property
     def run_dir(self) -> Path:

@@ -539,6 +539,18 @@ def _round_section(rd: RoundData, run: RunData, plots: bool) -> str:
     return "\n".join(parts)
 
 
+def _sweep_section(run: RunData) -> str:
+    """The ``rsft sweep`` results table, when the run folder has a ``sweep.json``."""
+    from rsft import sweep
+
+    summary = _read_json(run.run_dir / sweep.SWEEP_JSON, run.problems)
+    if summary is None:
+        return ""
+    header, rows = sweep.table(summary)
+    return (f'<section id="sweep"><h2>Sweep</h2>{_html_table(header, rows, "sweep-table")}'
+            f"<p>{_e(sweep.table_note(summary))}</p></section>")
+
+
 def render_html(run: RunData) -> str:
     """The whole page as one string: inline CSS and images, no external resource."""
     plots = _has_matplotlib()
@@ -550,6 +562,7 @@ def render_html(run: RunData) -> str:
         f"<p>current policy: <code>{_e(current if current else DASH)}</code>; "
         f"{len(run.rounds)} round(s); metric: {_e(_metric_name(run))}</p>",
         _html_table(COLUMNS, summary_rows(run), "summary"),
+        _sweep_section(run),
     ]
     if run.problems:
         parts.append("<h3>Unreadable files</h3>" + _items(run.problems, "warn"))
