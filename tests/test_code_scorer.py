@@ -143,12 +143,43 @@ def test_registry_and_options():
     scorer = as_scorer("code", {"timeout": 2, "memory_mb": 256, "workers": 1})
     assert isinstance(scorer, CodeScorer) and scorer.name == "code"
     assert (scorer.timeout, scorer.memory_mb, scorer.workers) == (2.0, 256, 1)
+    assert scorer.site_packages is True
     with pytest.raises(RsftError, match="unknown option"):
         as_scorer("code", {"timout": 2})
     with pytest.raises(RsftError, match="takes no ':' argument"):
         as_scorer("code:python", {})
     with pytest.raises(RsftError, match="must be positive"):
         CodeScorer(workers=0)
+
+
+# --- installed packages ---------------------------------------------------------------------------
+
+NUMPY_STYLE = {
+    "entry_point": "mean_abs",
+    "test": "def check(candidate):\n    assert candidate([1, -2, 3]) == 2.0\n    assert candidate([0.5]) == 0.5\n",
+}
+NUMPY_PROMPT = 'def mean_abs(xs: list[float]) -> float:\n    """The mean of the absolute values."""\n'
+NUMPY_COMPLETIONS = [
+    "    import numpy as np\n    return float(np.mean(np.abs(np.asarray(xs))))\n",
+    "```python\nimport numpy as np\n\ndef mean_abs(xs):\n    return float(np.abs(np.array(xs)).mean())\n```",
+]
+
+
+def test_numpy_solutions_pass():
+    pytest.importorskip("numpy")
+    verdicts = score_all(NUMPY_COMPLETIONS, [NUMPY_STYLE] * 2, prompts=[NUMPY_PROMPT, "Write mean_abs."])
+    assert [(v.score, v.details) for v in verdicts] == [(1.0, "ok"), (1.0, "ok")]
+
+
+def test_site_packages_option_off_keeps_numpy_out():
+    pytest.importorskip("numpy")
+    scorer = as_scorer("code", {"site_packages": False, "workers": 1})
+    assert isinstance(scorer, CodeScorer) and scorer.site_packages is False
+    verdicts = scorer.score([NUMPY_PROMPT] * 2, NUMPY_COMPLETIONS, [NUMPY_STYLE] * 2)
+    assert [v.score for v in verdicts] == [0.0, 0.0]
+    assert verdicts[0].details == "failed: ModuleNotFoundError: No module named 'numpy'"
+    with pytest.raises(RsftError, match="site_packages must be true or false"):
+        as_scorer("code", {"site_packages": "no"})
 
 
 # --- HumanEval ------------------------------------------------------------------------------------

@@ -8,12 +8,14 @@ when the sandbox confirms it dropped privileges, so a broken sandbox never runs 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
 import stat
+import sys
 import tempfile
 import textwrap
 import threading
@@ -480,3 +482,151 @@ def test_cleanup_never_touches_anything_outside_the_sandbox(mode, tmp_path):
     (locked / "sub").chmod(0)
     sandbox._remove_workdir(str(locked))
     assert not locked.exists() and stat.S_IMODE(parent.stat().st_mode) == 0o755
+
+
+# --- installed packages ---------------------------------------------------------------------------
+
+
+def test_installed_packages_import_and_stay_read_only(mode):
+    """site-packages (and numpy's own directory, where installed) are importable but not writable."""
+    python = mode.get("python", sys.executable)
+    site_dirs = [d for d in sandbox._site_paths_of(python) if os.path.isdir(d)]
+    if not site_dirs:
+        pytest.skip(f"{python} has no site-packages")
+    name = f"rsft_planted_{secrets.token_hex(4)}.py"
+    numpy_init = None
+    if python == sys.executable:
+        numpy_init = Path(pytest.importorskip("numpy").__file__)
+    before = numpy_init.read_bytes() if numpy_init else b""
+    planted = [Path(d) / name for d in site_dirs]
+    if numpy_init:
+        planted.append(numpy_init.parent / name)
+    try:
+        r = run(
+            f"""
+            import sys
+            print(all(d in sys.path for d in {site_dirs!r}))
+            targets = {[str(p) for p in planted]!r}
+            try:
+                import numpy as np
+                print("numpy", int(np.arange(5).sum()))
+                targets.append(np.__file__)
+            except ModuleNotFoundError:
+                pass
+            for path in targets:
+                try:
+                    with open(path, "a") as f:
+                        f.write("planted = True\\n")
+                    print("wrote", path)
+                except OSError as e:
+                    print("refused", type(e).__name__, e.errno)
+            """,
+            **mode,
+        )
+        assert r.status == "ok", r
+        lines = r.stdout.splitlines()
+        assert lines[0] == "True" and "wrote" not in r.stdout
+        assert sum(line.startswith("refused") for line in lines) == len(planted) + bool(numpy_init)
+        if numpy_init:
+            assert "numpy 10" in lines
+            assert numpy_init.read_bytes() == before
+        assert [str(p) for p in planted if p.exists()] == []
+    finally:
+        for p in planted:
+            if p.exists():
+                p.unlink()
+
+
+def test_site_packages_off_leaves_only_the_standard_library():
+    pytest.importorskip("numpy")
+    r = run("import json, sys\nprint(json.dumps(sys.path))\nimport numpy\n", site_packages=False)
+    assert r.status == "failed"
+    assert r.stderr.strip().splitlines()[-1] == "ModuleNotFoundError: No module named 'numpy'"
+    assert not any("-packages" in p for p in json.loads(r.stdout))
+
+
+def test_numpy_fits_the_limits_with_one_blas_thread():
+    pytest.importorskip("numpy")
+    r = run(
+        """
+        import os, threading
+        import numpy as np
+        a = np.ones((300, 300))
+        print(float((a @ a).sum()), threading.active_count(), os.environ["OPENBLAS_NUM_THREADS"])
+        print([l.split()[1] for l in open("/proc/self/status") if l.startswith("Threads")][0])
+        """,
+        memory_mb=256,
+        max_processes=4,
+    )
+    assert r.status == "ok", r
+    assert r.stdout.split() == ["27000000.0", "1", "1", "1"]
+
+
+def test_the_bootstrap_runs_main_like_a_script():
+    """With import paths, main.py still runs as __main__, its own file, no names leaked in."""
+    r = run(
+        """
+        print(sorted(k for k in globals() if not k.startswith("__")))
+        import json, os, sys
+        print(__name__, __file__ == os.path.join(os.getcwd(), "main.py"), sys.argv)
+        print(json.dumps(sys.path))
+        raise ValueError("boom")
+        """
+    )
+    assert r.status == "failed" and r.returncode == 1
+    names, main, path = r.stdout.splitlines()
+    assert names == "[]" and main == "__main__ True ['main.py']"
+    site = [d for d in sandbox._site_paths_of(sys.executable) if os.path.isdir(d)]
+    assert site and json.loads(path)[-len(site) :] == site  # after the standard library
+    assert 'main.py", line 6, in <module>' in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == "ValueError: boom"
+
+
+def test_hidden_import_dirs_are_bound_back_or_left_out(mode, tmp_path, monkeypatch):
+    """An import dir under a directory the uid cannot enter: bound back read-only in a mount namespace,
+    left off sys.path without one; either way the program keeps the throwaway uid."""
+    if not IS_ROOT:
+        pytest.skip("the throwaway uid exists only when rsft runs as root")
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "rsft_probe_mod.py").write_text("VALUE = 42\n")
+    (tmp_path / "secret.txt").write_text("hidden")
+    lib.chmod(0o755)
+    (lib / "rsft_probe_mod.py").chmod(0o644)
+    tmp_path.chmod(0o700)
+    assert sandbox._blocked(str(lib)), "the test needs lib/ behind a directory others cannot enter"
+    monkeypatch.setattr(sandbox, "_site_paths_of", lambda python: (str(lib),))
+    r = run(
+        f"""
+        try:
+            import rsft_probe_mod
+            print("imported", rsft_probe_mod.VALUE)
+        except ModuleNotFoundError:
+            print("not importable")
+        for path in ({str(lib / "new.py")!r}, {str(tmp_path / "secret.txt")!r}):
+            try:
+                open(path, "a").write("x")
+                print("wrote", path)
+            except OSError as e:
+                print("refused", type(e).__name__)
+        """,
+        **mode,
+    )
+    assert r.status == "ok", r
+    assert "uid" in r.isolation
+    first = "imported 42" if "mountns" in r.isolation else "not importable"
+    lines = r.stdout.splitlines()
+    assert lines[0] == first and [line.split()[0] for line in lines[1:]] == ["refused", "refused"]
+    assert not (lib / "new.py").exists() and (tmp_path / "secret.txt").read_text() == "hidden"
+
+
+def test_readable_import_paths_never_keep_root(tmp_path):
+    tmp_path.chmod(0o700)
+    inner, closed = tmp_path / "inner", tmp_path / "closed"
+    inner.mkdir(mode=0o755)
+    closed.mkdir(mode=0o700)
+    paths = ["/usr/lib", str(inner), str(closed)]
+    assert sandbox._readable_import_paths(paths, None, False) == paths
+    assert sandbox._readable_import_paths(paths, 12345, True) == ["/usr/lib", str(inner)]
+    assert sandbox._readable_import_paths(paths, 12345, False) == ["/usr/lib"]
+    assert sandbox._choose_uid(12345, True, ["/usr"]) == (12345 if IS_ROOT else None)

@@ -10,6 +10,8 @@ an error, so a typo does not silently fall back to a default.
   answer, else "the pattern matches".
 - ``math``: maths answers with math-verify (``\\boxed{}``, ``#### x`` or the last number).
 - ``task``: reasoning-gym's own scorer for the row's ``entry``. Options: ``extract``.
+- ``code``: the row's tests run against the completion's code in the sandbox. Options: ``timeout``,
+  ``memory_mb``, ``workers``, ``site_packages`` (True: installed packages importable, read-only).
 - ``rm:PATH``: a reward model. Options: ``batch_size``, ``max_length``, ``device``, ``dtype``,
   ``sort_by_length``, ``max_batch_tokens`` (cap on each batch's padded tokens: long pairs go in
   smaller batches).
@@ -69,8 +71,15 @@ def code(arg: str, options: Mapping[str, Any]) -> Scorer:
     from rsft.score.code import CodeScorer
 
     _no_arg("code", arg)
-    o = _options("code", options, {"timeout": 5.0, "memory_mb": 512, "workers": 2})
-    return CodeScorer(timeout=float(o["timeout"]), memory_mb=int(o["memory_mb"]), workers=int(o["workers"]))
+    o = _options("code", options, {"timeout": 5.0, "memory_mb": 512, "workers": 2, "site_packages": True})
+    if not isinstance(o["site_packages"], bool):
+        raise RsftError(f"scorer 'code': site_packages must be true or false, got {o['site_packages']!r}")
+    return CodeScorer(
+        timeout=float(o["timeout"]),
+        memory_mb=int(o["memory_mb"]),
+        workers=int(o["workers"]),
+        site_packages=o["site_packages"],
+    )
 
 
 def reward_model(arg: str, options: Mapping[str, Any]) -> Scorer:

@@ -15,6 +15,9 @@ printed a random token that the harness writes only after the tests returned, el
 harness deletes before any solution code runs and is kept out of the solution's namespace; a program
 that deliberately introspects the interpreter (frames, ``gc``) could still find it, as it could
 replace builtins the tests use: checks inside one process cannot stop that.
+
+The code may import what is installed for rsft's interpreter (numpy, ...), read-only; the option
+``site_packages: false`` leaves it only the standard library (see ``rsft.score.sandbox``).
 """
 
 from __future__ import annotations
@@ -133,6 +136,7 @@ def build_program(prompt: PromptValue, completion: str, meta: Mapping[str, Any],
 class CodeScorer:
     """1.0 when the completion's code passes its row's tests in the sandbox, else 0.0.
 
+    ``site_packages`` (default True) lets the code import the installed packages (read-only).
     Each pair runs in its own sandboxed process (``rsft.score.sandbox.run_program``); ``workers``
     of them at a time, from a thread pool (the work happens in subprocesses).
     """
@@ -144,6 +148,7 @@ class CodeScorer:
         workers: int = 2,
         max_processes: int = 32,
         network: bool = False,
+        site_packages: bool = True,
     ) -> None:
         if timeout <= 0 or memory_mb < 1 or workers < 1:
             raise RsftError(
@@ -155,6 +160,7 @@ class CodeScorer:
         self.workers = int(workers)
         self.max_processes = int(max_processes)
         self.network = bool(network)
+        self.site_packages = bool(site_packages)
         self.name = "code"
 
     def score(
@@ -190,6 +196,7 @@ class CodeScorer:
             memory_mb=self.memory_mb,
             max_processes=self.max_processes,
             network=self.network,
+            site_packages=self.site_packages,
             files={"solution.py": program.solution, "tests.py": program.tests, "rsft_token": token},
         )
 

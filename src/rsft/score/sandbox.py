@@ -2,12 +2,12 @@
 
 A run writes the program into a fresh temporary directory (removed afterwards) and starts a small
 *supervisor* (the first half of this file, run as ``__main__`` by ``python -I -S``) in a new session
-with a scrubbed environment (only ``PATH=/usr/bin:/bin``, ``LANG``, and ``HOME`` and ``TMPDIR`` set
-to the sandbox directory) and stdin on ``/dev/null``. The supervisor sets up the isolation below,
-forks a tiny init process that forks the program's process (``python -I -S main.py`` in the
-sandbox directory), enforces the wall-clock limit, cleans up and reports on a pipe. The rsft process
-never runs untrusted code and only reads the capped output, so the program cannot kill it or make it
-hang. ``SandboxResult.isolation`` names the layers a run actually got:
+with a scrubbed, constant environment (only ``PATH=/usr/bin:/bin``, ``LANG``, ``HOME`` and ``TMPDIR``
+set to the sandbox directory, and ``OPENBLAS/OMP/MKL_NUM_THREADS=1``) and stdin on ``/dev/null``.
+The supervisor sets up the isolation below, forks a tiny init process that forks the program's
+process (``python -I -S`` running ``main.py`` in the sandbox directory), enforces the wall-clock
+limit, cleans up and reports on a pipe. The rsft process never runs untrusted code and only reads
+the capped output, so the program cannot kill it or make it hang. ``SandboxResult.isolation`` names the layers a run actually got:
 
 - ``rlimits`` (always): ``RLIMIT_CPU`` (SIGXCPU, reported as a timeout), ``RLIMIT_AS``
   (``memory_mb``), ``RLIMIT_FSIZE``, ``RLIMIT_NPROC`` (``max_processes``), ``RLIMIT_CORE=0``.
@@ -37,6 +37,21 @@ hang. ``SandboxResult.isolation`` names the layers a run actually got:
 - ``ipcns``: System V IPC and POSIX message queues of its own.
 - ``userns`` (not root): an unprivileged user namespace, which makes the namespaces above possible
   without root. The uid stays the caller's: ``RLIMIT_NPROC`` counts the caller's processes too.
+
+Installed packages (``site_packages=True``, the default) are importable, read-only. rsft asks each
+interpreter once what ``site`` would add to its ``sys.path`` (its site-packages, purelib and platlib,
+and the directories their ``.pth`` files name, such as editable installs), and the program gets
+exactly that fixed list after the standard library: it still starts with ``-I -S`` (no user site,
+no ``PYTHON*`` variables, no current directory), and a one-line ``-c`` bootstrap appends the list and
+runs ``main.py`` as ``__main__``. So no ``.pth`` code runs in the sandbox, and a start costs ~1 ms
+more (the first ``compile()`` of a process), where running ``site`` would cost ~3 ms; tracebacks
+show one more frame, ``<string>``. With a mount namespace each of these directories is bind-mounted read-only (also in a
+user namespace, where the program keeps the caller's uid), after being hidden and bound back like
+the interpreter's when it lies under ``/root``; without one the throwaway uid cannot write there
+because it owns nothing. A directory the uid could not read is left off the list: unlike the
+interpreter's own, it never keeps the program as root. One BLAS/OpenMP thread (the environment
+above) keeps numpy (~0.1 s and ~100 MB of address space to import) within ``memory_mb`` and
+``max_processes`` on any core count.
 
 Not root and no user namespaces leaves ``rlimits`` and the cleanup of the process group: the program
 then runs as the calling user, can read and write what that user can and signal that user's
@@ -71,6 +86,13 @@ _PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS = 1, 38
 _SIGKILL = 9
 _WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
 _NOBODY = 65534
+_PROGRAM_STUB = (
+    f"import sys; sys.path += sys.argv[1:]; sys.argv = [{PROGRAM_NAME!r}]; del sys; "
+    f"__file__ = __import__('posix').getcwd() + '/' + {PROGRAM_NAME!r}; "
+    "exec(compile(open(__file__, 'rb').read(), __file__, 'exec'))"
+)
+"""Runs ``main.py`` as ``__main__`` (as ``python main.py`` would, but for one more traceback frame,
+``<string>``) with the import paths, its arguments, after the standard library."""
 
 
 def _libc_call(name: str, *args: object) -> None:
@@ -175,17 +197,21 @@ def _hide_blocking_dirs(python_dirs: list[str]) -> None:
             covered.append(top)
 
 
-def _rebind_hidden(fds: dict[str, int]) -> None:
-    """Bind back, read-only, each interpreter directory that a tmpfs mounted since now hides."""
+def _rebind_read_only(fds: dict[str, int], always: set[str]) -> None:
+    """Bind back, read-only, each directory that a tmpfs mounted since now hides, and those in ``always``.
+
+    ``fds`` (opened before the tmpfs mounts) must list parents before their sub-directories.
+    """
     for d, fd in fds.items():
         try:
             visible = os.path.samestat(os.stat(d), os.fstat(fd))
         except OSError:
             visible = False
-        if not visible:
+        if not visible or d in always:
             os.makedirs(d, 0o755, exist_ok=True)
             _mount(f"/proc/self/fd/{fd}", d, None, _MS_BIND | _MS_REC)
-            _mount(None, d, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV)
+            keep = _MS_NOEXEC if os.statvfs(d).f_flag & os.ST_NOEXEC else 0  # a userns may not clear it
+            _mount(None, d, None, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | _MS_NOSUID | _MS_NODEV | keep)
         os.close(fd)
 
 
@@ -197,15 +223,16 @@ def _setup_filesystem(cfg: dict[str, str], uid: int | None, pid_ns: bool) -> Non
     for name in os.listdir("."):
         with open(name, "rb") as f:
             files[name] = f.read()
-    python_dirs = _python_dirs(cfg)
-    fds = {d: os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d in python_dirs}
+    import_paths = _paths(cfg, "import_paths")
+    dirs = sorted({*_paths(cfg, "python_dirs"), *import_paths}, key=lambda d: d.count("/"))
+    fds = {d: os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d in dirs}
     if uid is not None:
-        _hide_blocking_dirs(python_dirs)
+        _hide_blocking_dirs(dirs)
     size = f"size={int(cfg['fsize_mb'])}m"
     for d in _WORLD_WRITABLE:
         if os.path.isdir(d) and not os.path.islink(d):
             _mount("tmpfs", d, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=1777,{size},nr_inodes=1024")
-    _rebind_hidden(fds)  # the interpreter may live under /root (pyenv) or even under /tmp
+    _rebind_read_only(fds, set(import_paths))  # the interpreter may live under /root (pyenv) or /tmp
     os.makedirs(workdir, exist_ok=True)
     owner = "" if uid is None else f",uid={uid},gid={uid}"
     _mount("tmpfs", workdir, "tmpfs", _MS_NOSUID | _MS_NODEV, f"mode=700,{size},nr_inodes=4096{owner}")
@@ -219,8 +246,18 @@ def _setup_filesystem(cfg: dict[str, str], uid: int | None, pid_ns: bool) -> Non
         _mount("proc", "/proc", "proc", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC)
 
 
-def _python_dirs(cfg: dict[str, str]) -> list[str]:
-    return [d for d in cfg["python_dirs"].split(os.pathsep) if d]
+def _paths(cfg: dict[str, str], key: str) -> list[str]:
+    return [d for d in cfg[key].split(os.pathsep) if d]
+
+
+def _readable_import_paths(paths: list[str], uid: int | None, mount_ns: bool) -> list[str]:
+    """The import paths that ``uid`` will be able to read: the others are left out.
+
+    Unlike the interpreter's own directories they never keep the program as root.
+    """
+    if uid is None:
+        return paths
+    return [p for p in paths if not _blocked(p) or (mount_ns and p not in _blocked(p))]
 
 
 def _set_rlimits(cfg: dict[str, str]) -> None:
@@ -254,7 +291,9 @@ def _exec_program(cfg: dict[str, str], layers: list[str], uid: int | None) -> No
         os.setuid(uid)
     _prctl(_PR_SET_NO_NEW_PRIVS, 1)
     _prctl(_PR_SET_PDEATHSIG, _SIGKILL)
-    os.execve(cfg["python"], [cfg["python"], "-I", "-S", PROGRAM_NAME], dict(os.environ))
+    paths = _paths(cfg, "import_paths")
+    run = ["-c", _PROGRAM_STUB, *paths] if paths else [PROGRAM_NAME]
+    os.execve(cfg["python"], [cfg["python"], "-I", "-S", *run], dict(os.environ))
 
 
 def _init(cfg: dict[str, str], layers: list[str], uid: int | None, channel: int) -> None:
@@ -382,9 +421,11 @@ def _supervise(argv: list[str]) -> int:
     try:
         if cfg["namespaces"] == "1":
             _unshare_namespaces(cfg["network"] == "1", layers)
-        uid = _choose_uid(int(cfg["uid"]), "mountns" in layers, _python_dirs(cfg))
+        uid = _choose_uid(int(cfg["uid"]), "mountns" in layers, _paths(cfg, "python_dirs"))
         if uid is not None:
             layers.append("uid")
+        paths = _readable_import_paths(_paths(cfg, "import_paths"), uid, "mountns" in layers)
+        cfg["import_paths"] = os.pathsep.join(paths)
         if cfg["cgroup"]:
             layers.append("pids_cgroup")
         chan_r, chan_w = os.pipe()
@@ -433,6 +474,8 @@ from collections.abc import Mapping  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Literal  # noqa: E402
 
+from rsft.score.pids_cgroup import new_pids_cgroup, remove_cgroup  # noqa: E402
+
 log = logging.getLogger(__name__)
 
 Status = Literal["ok", "failed", "timeout", "killed", "error"]
@@ -448,8 +491,14 @@ _GRACE_S = 5.0
 """How long past ``timeout`` rsft waits for the supervisor before killing its whole process group."""
 _UID_BASE, _UID_SPAN = 1_800_000_000, 1 << 20
 """Throwaway uids come from this range; one is drawn at random per run and checked to be no account."""
+_BASE_ENV = {
+    "PATH": "/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    **dict.fromkeys(("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"), "1"),
+}
+"""The sandbox's whole environment, with ``HOME`` and ``TMPDIR``: one BLAS/OpenMP thread each, so numpy
+fits ``memory_mb`` and ``max_processes`` whatever the machine's core count."""
 _warned: set[str] = set()
-_cgroups_broken = False
 
 
 @dataclass(frozen=True)
@@ -523,8 +572,9 @@ def run_program(
     files: Mapping[str, str | bytes] | None = None,
     python: str | None = None,
     namespaces: bool = True,
+    site_packages: bool = True,
 ) -> SandboxResult:
-    """Run ``source`` with this interpreter (``-I -S``: no site-packages) in a fresh sandbox.
+    """Run ``source`` with this interpreter (``-I -S``, installed packages importable) in a fresh sandbox.
 
     Args:
         source: the program, written to ``main.py`` in the sandbox directory (its cwd, HOME, TMPDIR).
@@ -538,6 +588,8 @@ def run_program(
         files: extra files for the sandbox directory, by plain file name.
         python: the interpreter for the program (default: this one, ``sys.executable``).
         namespaces: False skips every namespace (to test the fallback layers, or where they misbehave).
+        site_packages: False leaves the interpreter's site-packages (and ``.pth`` paths) off ``sys.path``:
+            only the standard library is importable.
     """
     if not sys.platform.startswith("linux"):
         raise RuntimeError("rsft's sandbox needs Linux (namespaces, prctl, /proc)")
@@ -551,11 +603,14 @@ def run_program(
         uid = _throwaway_uid() if os.geteuid() == 0 else -1
         if uid >= 0:
             os.chown(workdir, uid, uid)  # for the case without a mount namespace
-        cgroup = _new_pids_cgroup(max_processes)
+        cgroup = new_pids_cgroup(max_processes)
         python = python or sys.executable
         cfg = {
             "python": python,
             "python_dirs": os.pathsep.join(_python_dirs_of(python)),
+            "import_paths": os.pathsep.join(
+                p for p in (_site_paths_of(python) if site_packages else ()) if os.path.isdir(p)
+            ),
             "namespaces": "1" if namespaces else "0",
             "timeout": repr(float(timeout)),
             "cpu_s": str(int(cpu_seconds)),
@@ -569,7 +624,7 @@ def run_program(
         return _supervise_run(cfg, workdir, timeout, max_output_bytes, start)
     finally:
         if cgroup:
-            _remove_cgroup(cgroup)
+            remove_cgroup(cgroup)
         _remove_workdir(workdir)
 
 
@@ -598,6 +653,31 @@ def _python_dirs_of(python: str) -> tuple[str, ...]:
     return tuple(sorted(d for d in dirs if not any(d.startswith(o + "/") for o in dirs if o != d)))
 
 
+@functools.lru_cache(maxsize=8)
+def _site_paths_of(python: str) -> tuple[str, ...]:
+    """What ``site`` adds to ``python``'s ``sys.path``: site-packages and what their ``.pth`` files name.
+
+    Asked once per interpreter, of a ``python -I -S`` that runs ``site`` itself (``-I``: no user site,
+    no ``PYTHON*`` variables, not the current directory), so the list does not depend on rsft's own flags.
+    """
+    code = (
+        "import sys; before = set(sys.path); import site; site.main(); "
+        "print('\\n'.join(p for p in sys.path if p not in before))"
+    )
+    run = subprocess.run(
+        [python, "-I", "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd="/",
+        env=_BASE_ENV,
+    )
+    if run.returncode != 0:
+        raise ValueError(f"cannot run the sandbox interpreter {python!r}: {run.stderr.strip()[-200:]}")
+    paths = (os.path.normpath(p) for p in run.stdout.splitlines() if os.path.isabs(p))
+    return tuple(dict.fromkeys(p for p in paths if os.pathsep not in p))
+
+
 def _throwaway_uid() -> int:
     import pwd
 
@@ -613,7 +693,7 @@ def _supervise_run(
     cfg: dict[str, str], workdir: str, timeout: float, cap: int, start: float
 ) -> SandboxResult:
     """Start the supervisor, drain its pipes (capped) until it is done or overdue, then build the result."""
-    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
+    env = {**_BASE_ENV, "HOME": workdir, "TMPDIR": workdir}
     report_r, report_w = os.pipe()
     try:
         args = (f"{k}={v}" for k, v in cfg.items())
@@ -743,78 +823,3 @@ def _remove_workdir(workdir: str) -> None:
             pass
 
     shutil.rmtree(workdir, onerror=fix_and_retry)
-
-
-# ---- per-run pids cgroup --------------------------------------------------------------------------
-
-
-def _pids_cgroup_parent() -> str | None:
-    """The cgroup directory (ours) under which a child with ``pids.max`` can be made, if any."""
-    try:
-        with open("/proc/self/mounts") as f:
-            mounts = [line.split() for line in f]
-        with open("/proc/self/cgroup") as f:
-            own = [line.strip().split(":", 2) for line in f if line.count(":") >= 2]
-    except OSError:
-        return None
-    for _dev, mnt, fstype, opts, *_ in mounts:
-        if fstype == "cgroup" and "pids" in opts.split(","):
-            rel = next((p for _, ctl, p in own if "pids" in ctl.split(",")), None)
-        elif fstype == "cgroup2":
-            rel = next((p for hid, ctl, p in own if hid == "0" and ctl == ""), None)
-            try:
-                with open(os.path.join(mnt + (rel or ""), "cgroup.subtree_control")) as f:
-                    if "pids" not in f.read().split():
-                        continue
-            except OSError:
-                continue
-        else:
-            continue
-        if rel is not None:
-            return os.path.normpath(mnt + rel)
-    return None
-
-
-def _new_pids_cgroup(max_processes: int) -> str | None:
-    global _cgroups_broken
-    if _cgroups_broken:
-        return None
-    parent = _pids_cgroup_parent()
-    if parent is None:
-        _cgroups_broken = True
-        return None
-    path = os.path.join(parent, f"rsft-sandbox-{secrets.token_hex(8)}")
-    try:
-        os.mkdir(path)
-    except OSError:
-        _cgroups_broken = True
-        return None
-    try:
-        with open(os.path.join(path, "pids.max"), "w") as f:
-            f.write(str(max_processes))
-    except OSError:
-        _cgroups_broken = True
-        os.rmdir(path)
-        return None
-    return path
-
-
-def _remove_cgroup(path: str) -> None:
-    for _ in range(200):
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError:
-            try:
-                with open(os.path.join(path, "cgroup.procs")) as f:
-                    for pid in f.read().split():
-                        try:
-                            os.kill(int(pid), signal.SIGKILL)
-                        except OSError:
-                            pass
-            except OSError:
-                pass
-            time.sleep(0.01)
-    log.warning("rsft sandbox: could not remove cgroup %s", path)
