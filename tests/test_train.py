@@ -34,7 +34,7 @@ MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors"}
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors"}
 INFO_KEYS = {"base_model", "base_model_path", "data", "rows", "steps", "epochs", "epochs_done", "final_loss",
              "tail_loss", "train_loss", "train_s", "wall_s", "lora", "merged", "device", "dtype",
-             "mixed_precision", "config", "versions"}
+             "mixed_precision", "peak_rss_mb", "config", "versions"}
 # 8 rows, batch 4, 2 epochs: 4 optimizer steps per run.
 FAST = {"batch_size": 4, "epochs": 2.0, "max_length": 64}
 

@@ -161,7 +161,11 @@ class TrainConfig:
     max_length: int | None = 1024
     """Tokens per row at most (prompt + completion); longer rows are truncated at the end."""
     activation_checkpointing: bool = False
-    """Recompute activations in the backward pass to save GPU memory (slower); never used on CPU."""
+    """Recompute activations in the backward pass to save memory (slower), on GPU and CPU alike."""
+    mixed_precision: str = "auto"
+    """``bf16`` autocast, ``no`` (float32 maths), or ``auto``: bf16 on a CUDA GPU that supports it, and on
+    a CPU with native bf16 for models whose ``dtype: auto`` is bf16 there (the embedded Qwen). The
+    weights stay float32 either way."""
     logging_steps: int = 1
     """Optimizer steps between lines of ``train_log.jsonl``."""
     report_to: str = "none"
@@ -216,6 +220,12 @@ class RoundsConfig:
     control: bool = False
     """Also train a random-selection control each round (one random completion per prompt, as many
     rows as the kept set) and evaluate it the same way."""
+    control_mode: str = "round"
+    """``round``: each round's control starts from the current policy and trains on random completions
+    of that round's samples (what selection added this round). ``chain``: the control is a policy of
+    its own carried across rounds: round k's control starts from round k-1's control (the base at
+    round 0) and trains on one completion it samples itself for as many random prompts of the round
+    as RSFT kept (what K rounds of selection added over K rounds of the same training)."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import sys
 import time
@@ -111,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {**acc, "M": int(R.shape[0]), "N": int(R.shape[1]), "wall_s": round(time.time() - started, 1)}
     if args.rsft:
         t0 = time.time()
-        summary["rsft"] = rsft_round(config, generator, args)
+        generator = result = None  # the round loads one policy at a time; don't hold a second copy
+        gc.collect()
+        summary["rsft"] = rsft_round(config, args)
         summary["rsft"]["wall_s"] = round(time.time() - t0, 1)
         summary["wall_s"] = round(time.time() - started, 1)
         print(f"total wall time: {summary['wall_s']:.0f} s (RSFT round {summary['rsft']['wall_s']:.0f} s)")
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def rsft_round(config: RunConfig, generator: object, args: argparse.Namespace) -> dict:
+def rsft_round(config: RunConfig, args: argparse.Namespace) -> dict:
     """One RSFT round on the demo's kept set, gated on held-out questions, beside a random control."""
     from rsft import rounds
 
@@ -134,7 +137,7 @@ def rsft_round(config: RunConfig, generator: object, args: argparse.Namespace) -
     print(f"\nRSFT round: LoRA r={args.lora_r}, lr {args.lr:g}, {args.epochs:g} epochs on the kept set; held-out "
           f"eval ({how}) of base, RSFT{' and a control trained on as many random completions' if args.control else ''}",
           flush=True)
-    summary = rounds.run_rounds(config, generator=generator)
+    summary = rounds.run_rounds(config)
     r = summary["rounds"][0]
     base = summary["baseline"]
     rows = [("base", base["metric"], base.get("kl")), ("RSFT round 1", r["metric"], r.get("kl"))]

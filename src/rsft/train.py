@@ -15,8 +15,9 @@ The checkpoint folder holds, besides ``rsft_train.json`` (what was trained, on w
 
 Training happens in a temporary folder beside the checkpoint that is renamed into place at the
 end, so a failed or interrupted run leaves the previous checkpoint (or none), never half of one.
-Weights stay float32 (the master copy); on a CUDA GPU with bf16 support the maths runs in bf16
-autocast. torch, transformers, trl and peft are imported only inside functions.
+Weights stay float32 (the master copy); the maths runs in bf16 autocast where
+``train.mixed_precision`` says so (by default on a CUDA GPU with bf16, and on a CPU with native
+bf16 for the embedded Qwen). torch, transformers, trl and peft are imported only inside functions.
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def check_config(config: TrainConfig) -> None:
             raise RsftError(f"train.{name}: must be positive, got {value!r}")
     if not 0 <= config.lora_dropout < 1:
         raise RsftError(f"train.lora_dropout: must be in [0, 1), got {config.lora_dropout!r}")
+    if config.mixed_precision not in MIXED_PRECISION:
+        raise RsftError(f"train.mixed_precision: expected one of {', '.join(MIXED_PRECISION)}, "
+                        f"got {config.mixed_precision!r}")
     if config.report_to not in REPORT_TO:
         raise RsftError(f"train.report_to: expected one of {', '.join(REPORT_TO)}, got {config.report_to!r}")
     packages = _REPORT_PACKAGES.get(config.report_to, ())
@@ -146,14 +150,15 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
         work.chmod(0o755)
         with warnings.catch_warnings():  # transformers' deprecation notice for an API that peft calls
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            trainer = _build_trainer(model, tokenizer, datasets.Dataset.from_list(rows), config, work, cuda)
+            bf16 = use_bf16(config, base_model, cuda)
+            trainer = _build_trainer(model, tokenizer, datasets.Dataset.from_list(rows), config, work, cuda, bf16)
             log = _attach_logger(trainer, work / TRAIN_LOG)
             train_started = time.time()
             result = trainer.train()
         train_s = time.time() - train_started
         staged = work / CHECKPOINT
         _save(trainer.model, tokenizer, staged, config)
-        info = _train_info(base_model, model_path, data, config, trainer, result, log.records, cuda)
+        info = _train_info(base_model, model_path, data, config, trainer, result, log.records, cuda, bf16)
         info["train_s"], info["wall_s"] = round(train_s, 3), round(time.time() - started, 3)
         artifacts.write_json(staged / TRAIN_INFO, info)
         os.replace(work / TRAIN_LOG, round_dir / TRAIN_LOG)
@@ -169,7 +174,7 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
 
 
 def _train_info(base_model: str, model_path: str, data: dict[str, Any], config: TrainConfig, trainer: Any,
-                result: Any, records: list[dict[str, Any]], cuda: bool) -> dict[str, Any]:
+                result: Any, records: list[dict[str, Any]], cuda: bool, bf16: bool) -> dict[str, Any]:
     """The contents of ``rsft_train.json`` (the caller adds ``train_s`` and ``wall_s``)."""
     return {
         "base_model": base_model,
@@ -186,7 +191,8 @@ def _train_info(base_model: str, model_path: str, data: dict[str, Any], config: 
         "merged": bool(config.lora and config.merge),
         "device": "cuda" if cuda else "cpu",
         "dtype": "float32",
-        "mixed_precision": "bf16" if _use_bf16(cuda) else "no",
+        "mixed_precision": "bf16" if bf16 else "no",
+        "peak_rss_mb": _peak_rss_mb(),
         "config": dataclasses.asdict(config),
         "versions": _versions(),
     }
@@ -213,13 +219,21 @@ def _load_base(base_model: str) -> tuple[Any, Any, str]:
     return model, tokenizer, path
 
 
-def _use_bf16(cuda: bool) -> bool:
-    import torch
-
-    return cuda and torch.cuda.is_bf16_supported()
+MIXED_PRECISION = ("auto", "bf16", "no")
 
 
-def _build_trainer(model: Any, tokenizer: Any, dataset: Any, config: TrainConfig, work: Path, cuda: bool) -> Any:
+def use_bf16(config: TrainConfig, base_model: str, cuda: bool) -> bool:
+    """Whether training runs in bf16 autocast: ``train.mixed_precision``, with ``auto`` following
+    what ``dtype: auto`` picks for the model on this device (rsft.models.auto_dtype)."""
+    if config.mixed_precision != "auto":
+        return config.mixed_precision == "bf16"
+    from rsft.models import auto_dtype
+
+    return auto_dtype(base_model, "cuda" if cuda else "cpu") == "bfloat16"
+
+
+def _build_trainer(model: Any, tokenizer: Any, dataset: Any, config: TrainConfig, work: Path, cuda: bool,
+                   bf16: bool) -> Any:
     from transformers import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
@@ -231,8 +245,8 @@ def _build_trainer(model: Any, tokenizer: Any, dataset: Any, config: TrainConfig
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
         max_length=config.max_length,
-        bf16=_use_bf16(cuda),
-        activation_checkpointing=cuda and config.activation_checkpointing,
+        bf16=bf16,
+        activation_checkpointing=config.activation_checkpointing,
         use_cpu=not cuda,
         logging_steps=config.logging_steps,
         save_strategy="no",
@@ -298,6 +312,16 @@ def _attach_logger(trainer: Any, path: Path) -> Any:
     logger = LossLog()
     trainer.add_callback(logger)
     return logger
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (VmHWM), in MB; None where /proc is missing."""
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            line = next((x for x in f if x.startswith("VmHWM:")), None)
+    except OSError:
+        return None
+    return round(int(line.split()[1]) / 1024, 1) if line else None
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -407,12 +431,14 @@ def add_arguments(parser: argparse.ArgumentParser, round_dir: bool = True) -> No
     g.add_argument("--batch-size", type=int, help=docs["batch_size"])
     g.add_argument("--grad-accum", type=int, help=docs["grad_accum"])
     g.add_argument("--max-length", type=int, help=docs["max_length"])
+    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, help=docs["mixed_precision"])
+    g.add_argument("--activation-checkpointing", action=bool_flag, default=None, help=docs["activation_checkpointing"])
     g.add_argument("--report-to", choices=REPORT_TO, help=docs["report_to"])
     g.add_argument("--seed", type=int, help=docs["seed"])
 
 
 _FLAGS = ("lora", "lora_r", "lora_alpha", "merge", "learning_rate", "epochs", "max_steps", "batch_size",
-          "grad_accum", "max_length", "report_to", "seed")
+          "grad_accum", "max_length", "mixed_precision", "activation_checkpointing", "report_to", "seed")
 
 
 def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:

@@ -8,6 +8,10 @@ A row's metadata holds the tests in one of two shapes:
   is put in front of the completion's code, which then either continues it or redefines the function.
 - ``tests``: a list of statements (usually ``assert f(1) == 2``), run after the code (MBPP style).
 
+An optional ``code_prefix`` (source placed before the completion's code) serves chat prompts: the
+instruct model answers a message with a whole function, and HumanEval's prompt (imports, helper
+functions, the signature) goes in front, so the answer's ``def`` replaces the stub.
+
 The code is the first fenced ```` ```python ```` block of the completion (else the first bare fenced
 block, else the whole text). A completion scores 1.0 when the program exits 0 within the limits *and*
 printed a random token that the harness writes only after the tests returned, else 0.0: exiting early
@@ -115,10 +119,14 @@ def build_program(prompt: PromptValue, completion: str, meta: Mapping[str, Any],
     """Turn one (prompt, completion, metadata) row into a ``CodeProgram``; ``RsftError`` when it has no tests."""
     code = extract_code(completion)
     test, entry_point, tests = meta.get("test"), meta.get("entry_point"), meta.get("tests")
+    prefix = meta.get("code_prefix")
+    if isinstance(prefix, str) and prefix:  # e.g. HumanEval's prompt when the prompt is a chat message
+        code = prefix + ("" if prefix.endswith("\n") else "\n") + code
     if test is not None and entry_point:
         entry_point = str(entry_point)
         if (
-            isinstance(prompt, str)
+            prefix is None
+            and isinstance(prompt, str)
             and re.search(rf"^\s*def\s+{re.escape(entry_point)}\s*\(", prompt, re.MULTILINE)
             and _is_python(prompt)
         ):
