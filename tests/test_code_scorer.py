@@ -217,3 +217,16 @@ def test_humaneval_canonical_solutions_pass_and_broken_ones_fail(humaneval):
         if v.score != want
     ]
     assert failures == []
+
+
+def test_code_prefix_puts_the_problem_in_front_of_a_chat_answer():
+    """An instruct model answers a chat message with the whole function; HumanEval's prompt (here a
+    helper import the answer forgot) goes first, and the answer's def replaces the stub."""
+    prefix = "import math\n\n\ndef root(x):\n    \"\"\"Square root of x.\"\"\"\n"
+    meta = {"test": "def check(candidate):\n    assert candidate(9) == 3\n", "entry_point": "root", "code_prefix": prefix}
+    chat = [{"role": "user", "content": "Complete:\n" + prefix}]
+    answer = "Here it is:\n```python\ndef root(x):\n    return int(math.sqrt(x))\n```"
+    program = build_program(chat, answer, meta)
+    assert program.solution == prefix + "def root(x):\n    return int(math.sqrt(x))\n"
+    verdicts = score_all([answer, "```python\ndef root(x):\n    return x\n```"], [meta, meta], prompts=[chat, chat])
+    assert [v.score for v in verdicts] == [1.0, 0.0]

@@ -129,3 +129,16 @@ def test_reasoning_gym_task_prompts_carry_gold_and_entry():
     assert all(o.prompt.startswith(header) for o in other)
     with pytest.raises(RsftError, match="task 'no_such_task'"):
         task_prompts(TaskSpec("no_such_task"))
+
+
+def test_humaneval_prompts_for_completion_and_chat():
+    from rsft.prompts import humaneval_prompts
+
+    plain = humaneval_prompts(40, 42, chat=False)
+    chat = humaneval_prompts(40, 42, chat=True)
+    assert [p.metadata["task_id"] for p in plain] == ["HumanEval/40", "HumanEval/41"]
+    assert plain[0].prompt.rstrip().endswith('"""') and "def triples_sum_to_zero" in plain[0].prompt
+    assert "code_prefix" not in plain[0].metadata and plain[0].metadata["entry_point"] == "triples_sum_to_zero"
+    assert chat[0].is_chat and plain[0].prompt in chat[0].prompt[0]["content"]
+    assert chat[0].metadata["code_prefix"] == plain[0].prompt and "def check" in chat[0].metadata["test"]
+    assert len(humaneval_prompts()) == 164

@@ -217,3 +217,48 @@ def test_eval_is_redone_when_the_held_out_prompts_change(tmp_path, monkeypatch):
     assert rounds._eval_file(tmp_path, info, config, None, "base", a)["metric"]["n"] == 3  # reused
     assert rounds._eval_file(tmp_path, info, config, None, "base", a[:2])["metric"]["n"] == 2
     assert calls == [["id0", "id1", "id2"], ["id0", "id1"]]
+
+
+def test_chain_control_is_a_policy_of_its_own_and_one_model_is_loaded_at_a_time(tmp_path, tiny_lm, monkeypatch):
+    import gc
+    import weakref
+
+    import pyarrow.parquet as pq
+
+    from rsft import pipeline
+
+    cfg = _write_run(tmp_path, tiny_lm, "digits", "chain", control=True)
+    cfg.write_text(cfg.read_text().replace("control: true}", "control: true, control_mode: chain}"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    built, alive_at_build = [], []
+    real_build = pipeline.build_generator
+
+    def counting_build(*args, **kwargs):
+        gc.collect()
+        alive_at_build.append(sum(ref() is not None for ref in built))
+        g = real_build(*args, **kwargs)
+        built.append(weakref.ref(g))
+        return g
+
+    monkeypatch.setattr(pipeline, "build_generator", counting_build)
+    config = load_config(cfg)
+    summary = rounds.run_rounds(config, quiet=True)
+    assert alive_at_build and max(alive_at_build) == 0  # every policy was released before the next loaded
+
+    r0, r1 = summary["rounds"]
+    assert r0["control"]["mode"] == "chain" and r0["control"]["started_from"] == str(tiny_lm)
+    assert r1["control"]["started_from"] == r0["control"]["checkpoint"]  # the control carries on its own
+    for k, r in enumerate(summary["rounds"]):
+        control = config.run_dir / f"round-00{k}" / "control"
+        table = pq.read_table(control / "completions.parquet").to_pylist()
+        assert len(table) == r["kept"] and {row["sample_idx"] for row in table} == {0}  # one own sample each
+        assert len((control / "selected.jsonl").read_text().splitlines()) == r["kept"]
+        assert 0.0 <= r["control"]["metric"]["value"] <= 1.0 and r["control"]["kl"]["mean"] is not None
+
+
+def test_unknown_control_mode_is_an_error(tmp_path, tiny_lm, monkeypatch):
+    cfg = _write_run(tmp_path, tiny_lm, "digits", "badmode", control=True)
+    cfg.write_text(cfg.read_text().replace("control: true}", "control: true, control_mode: chian}"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(rounds.RsftError, match="rounds.control_mode: expected 'round' or 'chain', got 'chian'"):
+        rounds.run_rounds(load_config(cfg), quiet=True)
