@@ -133,13 +133,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-prompts", type=int, default=96, help="held-out questions (greedy)")
     p.add_argument("--lr", type=float, default=TRAIN.learning_rate, help="LoRA learning rate")
     p.add_argument("--epochs", type=float, default=TRAIN.epochs, help="epochs per round")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generation batch")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per batch of the Best-of-N greedy passes")
     return p
 
 
-def _generation(n: int, sampling: SamplingConfig, batch_size: int) -> GenerationConfig:
-    return GenerationConfig(n=n, generator=GeneratorConfig("hf", MODEL, {"batch_size": batch_size}),
-                            sampling=sampling, shard_size=16)
+def _generation(n: int, sampling: SamplingConfig, batch_size: int | None = None,
+                shard_size: int = 64) -> GenerationConfig:
+    """hf generation of ``MODEL``; without ``batch_size`` the backend batches 64 // n prompts, so the
+    greedy evals (n = 1) of the rounds decode 64 rows at once like the sampling (3x faster than 8)."""
+    options = {} if batch_size is None else {"batch_size": batch_size}
+    return GenerationConfig(n=n, generator=GeneratorConfig("hf", MODEL, options), sampling=sampling,
+                            shard_size=shard_size)
 
 
 def _done(what: str, t0: float) -> float:
@@ -158,7 +162,7 @@ def bon_curve(folder: Path, generator: Any, prompts: list[Prompt], scoring: Scor
     ids = [p.prompt_id for p in prompts]
     out: dict[str, Any] = {"prompts": len(prompts), "samples": args.bon_n}
     for name, n, params in (("greedy", 1, greedy), ("sampled", args.bon_n, sampling)):
-        gen = _generation(n, params, args.batch_size if n == 1 else max(1, 64 // n))
+        gen = _generation(n, params, args.batch_size if n == 1 else max(1, 64 // n), shard_size=16)
         stages.generate(folder / name, gen, lambda: generator, prompts)
         stages.score(folder / name, scoring, pipeline.build_scorer(scoring))
         R, _ = matrix.read_rewards(folder / name / artifacts.REWARDS, ids)
@@ -189,7 +193,7 @@ def rsft_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
         name=run_dir.name,
         out=str(run_dir.parent),
         prompts=PromptsConfig(task=pool),
-        generation=_generation(args.n, SAMPLING, max(1, 64 // args.n)),
+        generation=_generation(args.n, SAMPLING),
         scoring=ScoringConfig(scorer="math"),
         selection=SelectionConfig(strategy="best", threshold=1.0),
         train=dataclasses.replace(TRAIN, learning_rate=args.lr, epochs=args.epochs),
