@@ -45,6 +45,7 @@ from rsft.config import (
 )
 from rsft.prompts import humaneval_prompts
 from rsft.stats import pass_at_k
+from rsft.train import peak_rss_mb
 from rsft.types import Prompt
 
 MODEL = "qwen2.5-coder-0.5b"
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         report.main(argparse.Namespace(run_dir=config.run_dir, output=None, no_terminal=True))
         timings["report"] = _done("report", t0)
     timings["total"] = round(time.time() - started, 1)
-    summary["peak_rss_mb"] = _peak_rss_mb()
+    summary["peak_rss_mb"] = peak_rss_mb() or 0.0
     artifacts.write_json(run_dir / "demo_real.json", summary)
     print("\nwall time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f"; peak RSS {summary['peak_rss_mb'] / 1024:.1f} GB")
@@ -262,12 +263,6 @@ def print_rsft(table: dict[str, Any]) -> None:
         flag = " (promoted)" if row.get("promoted") else ""
         print(f"{row['policy'] + flag:42}{m['value']:7.1%}   [{m['ci_low']:.2f}, {m['ci_high']:.2f}]  {kl_text:>13}  "
               f"{row['shuffled']:12.1%}  {row.get('kept', '-')!s:>4}  {loss}")
-
-
-def _peak_rss_mb() -> float:
-    with open("/proc/self/status", encoding="utf-8") as f:
-        line = next((x for x in f if x.startswith("VmHWM:")), "VmHWM: 0 kB")
-    return round(int(line.split()[1]) / 1024, 1)
 
 
 if __name__ == "__main__":

@@ -192,7 +192,7 @@ def _train_info(base_model: str, model_path: str, data: dict[str, Any], config: 
         "device": "cuda" if cuda else "cpu",
         "dtype": "float32",
         "mixed_precision": "bf16" if bf16 else "no",
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(),
         "config": dataclasses.asdict(config),
         "versions": _versions(),
     }
@@ -314,7 +314,7 @@ def _attach_logger(trainer: Any, path: Path) -> Any:
     return logger
 
 
-def _peak_rss_mb() -> float | None:
+def peak_rss_mb() -> float | None:
     """This process's peak resident memory so far (VmHWM), in MB; None where /proc is missing."""
     try:
         with open("/proc/self/status", encoding="utf-8") as f:
