@@ -9,61 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
+from digits_run import rsft_cli, write_run
 
 from rsft import rounds
 from rsft.config import load_config
-
-SCORERS = '''
-def digits(prompt, completion):
-    text = completion.strip()
-    return sum(ch.isdigit() for ch in text) / len(text) if text else 0.0
-
-def no_digits(prompt, completion):
-    return 1.0 - digits(prompt, completion)
-'''
 
 ROUND_FILES = {"prompts.parquet", "completions.parquet", "rewards.parquet", "selection.parquet",
                "selected.jsonl", "manifest.json", "train_log.jsonl", "checkpoint", "eval", "kl", "eval.json"}
 
 
 def _write_run(d: Path, tiny_lm: Path, train_scorer: str, name: str, control: bool = False) -> Path:
-    (d / "myscorers.py").write_text(SCORERS)
-    (d / "train.jsonl").write_text("".join(json.dumps({"prompt": f"Q: count to {i}\nA:"}) + "\n" for i in range(8)))
-    (d / "eval.jsonl").write_text("".join(json.dumps({"prompt": f"Q: list {i} numbers\nA:"}) + "\n" for i in range(4)))
-    cfg = d / f"{name}.yaml"
-    cfg.write_text(textwrap.dedent(f"""
-        name: {name}
-        out: {d / 'runs'}
-        prompts: {{path: {d / 'train.jsonl'}}}
-        generation:
-          n: 6
-          generator: {{backend: hf, model: {tiny_lm}}}
-          sampling: {{temperature: 1.0, top_k: 0, max_new_tokens: 8, seed: 3}}
-        scoring: {{scorer: "myscorers:{train_scorer}"}}
-        selection: {{strategy: best}}
-        train: {{lora: false, learning_rate: 0.01, epochs: 4, batch_size: 4, max_length: 64}}
-        eval:
-          prompts: {{path: {d / 'eval.jsonl'}}}
-          scorer: "myscorers:digits"
-          n: 8
-          sampling: {{temperature: 1.0, top_k: 0, max_new_tokens: 8, seed: 5}}
-          kl_samples: 4
-          kl_max_new_tokens: 8
-        rounds: {{rounds: 2, prompts_per_round: 6, refresh: rotate, control: {str(control).lower()}}}
-    """))
-    return cfg
+    rounds_yaml = f"rounds: {{rounds: 2, prompts_per_round: 6, refresh: rotate, control: {str(control).lower()}}}\n"
+    return write_run(d, tiny_lm, name, train_scorer=train_scorer, extra=rounds_yaml)
 
 
-def _rsft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(cwd), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "rsft.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+_rsft = rsft_cli
 
 
 @pytest.fixture(scope="module")

@@ -11,56 +11,26 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from digits_run import rsft_cli, write_run
 
 from rsft import matrix, sweep
 from rsft.config import load_config
 from rsft.errors import RsftError
 
-SCORER = '''
-def digits(prompt, completion):
-    text = completion.strip()
-    return sum(ch.isdigit() for ch in text) / len(text) if text else 0.0
-'''
 TEMPS, NS, THRESHOLDS, EPOCHS = [0.7, 1.5], [2, 4], [None, -1.0], [1.0, 2.0]
 
 
 def _write(d: Path, tiny_lm: Path, sweep_yaml: str, name: str = "sw") -> Path:
-    (d / "myscorers.py").write_text(SCORER)
-    (d / "train.jsonl").write_text("".join(json.dumps({"prompt": f"Q: count to {i}\nA:"}) + "\n" for i in range(5)))
-    (d / "eval.jsonl").write_text("".join(json.dumps({"prompt": f"Q: list {i} numbers\nA:"}) + "\n" for i in range(3)))
-    cfg = d / f"{name}.yaml"
-    cfg.write_text(textwrap.dedent(f"""
-        name: {name}
-        out: {d / 'runs'}
-        prompts: {{path: {d / 'train.jsonl'}}}
-        generation:
-          n: 3
-          generator: {{backend: hf, model: {tiny_lm}}}
-          sampling: {{temperature: 1.0, top_k: 0, max_new_tokens: 6, seed: 3}}
-        scoring: {{scorer: "myscorers:digits"}}
-        selection: {{strategy: best}}
-        train: {{lora: false, learning_rate: 0.01, epochs: 1, batch_size: 4, max_length: 48}}
-        eval:
-          prompts: {{path: {d / 'eval.jsonl'}}}
-          scorer: "myscorers:digits"
-          n: 2
-          sampling: {{temperature: 1.0, top_k: 0, max_new_tokens: 6, seed: 5}}
-          kl_samples: 1
-          kl_max_new_tokens: 6
-    """) + textwrap.dedent(sweep_yaml))
-    return cfg
+    return write_run(d, tiny_lm, name, prompts=5, eval_prompts=3, n=3, max_new_tokens=6, epochs=1, max_length=48,
+                     eval_n=2, kl_samples=1, extra=sweep_yaml)
 
 
-def _rsft(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(cwd), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "rsft.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+_rsft = rsft_cli
 
 
 GRID = """

@@ -146,7 +146,7 @@ def rsft_round(config: RunConfig, args: argparse.Namespace) -> dict:
     print(f"\n{'held-out (' + str(base['metric']['n']) + ' prompts)':24}{'accuracy':>9}  {'95% CI':>15}  "
           f"{'KL from base':>14}  {'train loss first -> last':>24}")
     arm_dirs = {"RSFT round 1": config.run_dir / "round-000", "random control": config.run_dir / "round-000" / "control"}
-    losses = {name: _losses(folder) for name, folder in arm_dirs.items()}
+    losses = {name: train_summary(folder) for name, folder in arm_dirs.items()}
     for name, m, kl in rows:
         kl_text = f"{kl['mean']:.3f} ± {kl['stderr']:.3f}" if kl else "-"
         loss = losses.get(name)
@@ -166,8 +166,9 @@ def rsft_round(config: RunConfig, args: argparse.Namespace) -> dict:
     return out
 
 
-def _losses(arm_dir: Path) -> dict | None:
-    """First and last logged training loss of an arm, its step count and training wall time."""
+def train_summary(arm_dir: Path) -> dict | None:
+    """First and last logged training loss of an arm, with its step and row counts, training wall time
+    and peak RSS (from ``rsft_train.json``); None before the arm has trained."""
     log = arm_dir / "train_log.jsonl"
     info = arm_dir / "checkpoint" / "rsft_train.json"
     if not log.exists() or not info.exists():
@@ -176,7 +177,8 @@ def _losses(arm_dir: Path) -> dict | None:
     meta = json.loads(info.read_text(encoding="utf-8"))
     if not records:
         return None
-    return {"first": records[0]["loss"], "last": records[-1]["loss"], "steps": meta["steps"], "train_s": meta["train_s"]}
+    return {"first": records[0]["loss"], "last": records[-1]["loss"], "steps": meta["steps"], "rows": meta.get("rows"),
+            "train_s": meta["train_s"], "peak_rss_mb": meta.get("peak_rss_mb")}
 
 
 def accuracies(R_greedy: np.ndarray, R: np.ndarray) -> dict[str, float]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import random
 import sys
 import time
@@ -43,6 +42,7 @@ from rsft.config import (
     TaskConfig,
     TrainConfig,
 )
+from rsft.demo import train_summary
 from rsft.prompts import humaneval_prompts
 from rsft.stats import pass_at_k
 from rsft.train import peak_rss_mb
@@ -217,7 +217,7 @@ def rsft_table(config: RunConfig, result: dict[str, Any]) -> dict[str, Any]:
         rows.append({"policy": f"control round {k + 1}", "folder": str(rd / "control"), **_arm(r["control"])})
     for row in rows:
         row["shuffled"] = answer_shuffle_accuracy(Path(row["folder"]) / "eval")
-        row["train"] = _train_losses(Path(row["folder"]))
+        row["train"] = train_summary(Path(row["folder"]))
     return {"rows": rows, "current": result["current"]}
 
 
@@ -238,18 +238,6 @@ def answer_shuffle_accuracy(eval_dir: Path, seed: int = 0) -> float:
     texts = [row[0] for row in comps.texts]
     verdicts = scorer.score([prompts[j].prompt for j in order], texts, [prompts[j].metadata for j in order])
     return float(np.mean([getattr(v, "score", v) >= 1.0 for v in verdicts]))
-
-
-def _train_losses(folder: Path) -> dict[str, Any] | None:
-    info = folder / "checkpoint" / "rsft_train.json"
-    log = folder / "train_log.jsonl"
-    if not info.exists() or not log.exists():
-        return None
-    records = [rec for _, rec in artifacts.read_jsonl(log)]
-    meta = json.loads(info.read_text(encoding="utf-8"))
-    return {"first": records[0]["loss"] if records else None, "last": records[-1]["loss"] if records else None,
-            "steps": meta["steps"], "rows": meta["rows"], "train_s": meta["train_s"],
-            "peak_rss_mb": meta.get("peak_rss_mb")}
 
 
 def print_rsft(table: dict[str, Any]) -> None:
