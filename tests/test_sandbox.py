@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from rsft.score import sandbox
+from rsft.score import sandbox, sandbox_supervisor
 from rsft.score.sandbox import SandboxResult, run_program
 
 IS_ROOT = os.geteuid() == 0
@@ -42,7 +42,7 @@ def _system_python() -> str | None:
                 dirs = sandbox._python_dirs_of(candidate)
             except (OSError, ValueError):
                 continue
-            if not any(sandbox._blocked(d) for d in dirs):
+            if not any(sandbox_supervisor._blocked(d) for d in dirs):
                 return candidate
     return None
 
@@ -111,6 +111,22 @@ def test_failed_program_gives_exit_code_and_traceback():
     assert r.stdout == "partial\n"
     assert r.stderr.strip().splitlines()[-1] == "ValueError: boom"
     assert run("import os\nos._exit(7)\n").returncode == 7
+
+
+def test_supervisor_runs_by_path_from_a_read_only_copy_outside_the_package(tmp_path, monkeypatch):
+    """The child starts the supervisor by file path under ``-I -S`` (no rsft on ``sys.path``), so it
+    must stand alone: a copy in a read-only directory with nothing beside it runs programs as well."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    shutil.copy(sandbox_supervisor.__file__, folder / "sandbox_supervisor.py")
+    folder.chmod(0o555)
+    monkeypatch.setattr(sandbox, "_SUPERVISOR", str(folder / "sandbox_supervisor.py"))
+    try:
+        r = run("print('hello')")
+    finally:
+        folder.chmod(0o755)
+    assert r.ok and r.stdout == "hello\n", r
+    assert "rlimits" in r.isolation
 
 
 def test_workdir_is_fresh_private_and_removed():
@@ -594,7 +610,7 @@ def test_hidden_import_dirs_are_bound_back_or_left_out(mode, tmp_path, monkeypat
     lib.chmod(0o755)
     (lib / "rsft_probe_mod.py").chmod(0o644)
     tmp_path.chmod(0o700)
-    assert sandbox._blocked(str(lib)), "the test needs lib/ behind a directory others cannot enter"
+    assert sandbox_supervisor._blocked(str(lib)), "the test needs lib/ behind a directory others cannot enter"
     monkeypatch.setattr(sandbox, "_site_paths_of", lambda python: (str(lib),))
     r = run(
         f"""
@@ -626,7 +642,7 @@ def test_readable_import_paths_never_keep_root(tmp_path):
     inner.mkdir(mode=0o755)
     closed.mkdir(mode=0o700)
     paths = ["/usr/lib", str(inner), str(closed)]
-    assert sandbox._readable_import_paths(paths, None, False) == paths
-    assert sandbox._readable_import_paths(paths, 12345, True) == ["/usr/lib", str(inner)]
-    assert sandbox._readable_import_paths(paths, 12345, False) == ["/usr/lib"]
-    assert sandbox._choose_uid(12345, True, ["/usr"]) == (12345 if IS_ROOT else None)
+    assert sandbox_supervisor._readable_import_paths(paths, None, False) == paths
+    assert sandbox_supervisor._readable_import_paths(paths, 12345, True) == ["/usr/lib", str(inner)]
+    assert sandbox_supervisor._readable_import_paths(paths, 12345, False) == ["/usr/lib"]
+    assert sandbox_supervisor._choose_uid(12345, True, ["/usr"]) == (12345 if IS_ROOT else None)
