@@ -15,6 +15,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,8 @@ class FakeConfig:
     fail_after: int | None = None
     """Answer this many requests normally, then fail every later one with ``fail_status`` (a server
     that dies for good)."""
+    reply: Callable[[dict[str, Any]], str] | None = None
+    """The text of every choice as a function of the request body, instead of the echo (a judge's reply)."""
 
 
 @dataclass
@@ -81,7 +84,7 @@ def _key(body: dict[str, Any], chat: bool) -> str:
 
 
 def _choice(body: dict[str, Any], chat: bool, index: int, cfg: FakeConfig) -> dict[str, Any]:
-    text = f"{_key(body, chat)} s{body.get('seed')} c{index}{cfg.suffix}"
+    text = cfg.reply(body) if cfg.reply else f"{_key(body, chat)} s{body.get('seed')} c{index}{cfg.suffix}"
     tokens = _tokens(text)
     choice: dict[str, Any] = {"index": index, "finish_reason": cfg.finish_reason}
     if chat:

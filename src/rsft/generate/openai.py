@@ -48,6 +48,7 @@ class OpenAIGenerator:
         base_url: Server root including ``/v1``.
         api_key_env: Environment variable holding the API key, read once here; sent as
             ``Authorization: Bearer`` only when set.
+        api_key: The key itself; takes precedence over ``api_key_env``.
         concurrency: Most HTTP requests in flight at once.
         timeout: Seconds allowed per request.
         max_retries: Retries per request after the first attempt (429, 5xx, connection errors,
@@ -75,6 +76,7 @@ class OpenAIGenerator:
         name: str | None = None,
         max_n_per_request: int | None = None,
         journal: str | os.PathLike[str] | None = None,
+        api_key: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise RsftError(f"openai backend: concurrency must be >= 1, got {concurrency}")
@@ -91,7 +93,7 @@ class OpenAIGenerator:
         self.logprobs = logprobs
         self.name = name or f"openai:{model}"
         self.max_n_per_request = max_n_per_request
-        self._api_key = os.environ.get(api_key_env) or None
+        self._api_key = api_key or os.environ.get(api_key_env) or None
         self._rng = random.Random()
         self.journal = Journal(Path(journal)) if journal else None
 

@@ -17,6 +17,10 @@ an error, so a typo does not silently fall back to a default.
   smaller batches).
 - ``gate``: ``gate`` checker, ``inner`` scorer as tie-breaker. Options: ``gate``, ``inner`` (specs),
   ``gate_options``, ``inner_options``, ``fail_value``, ``pass_offset``, ``threshold``.
+- ``judge:MODEL``: an LLM judge over an OpenAI-compatible chat endpoint, score parsed from its reply
+  and normalised to [0, 1]. Options: ``base_url``, ``api_key``, ``api_key_env``, ``rubric``,
+  ``rubric_file``, ``system``, ``scale``, ``temperature``, ``retry_temperature``, ``max_tokens``,
+  ``seed``, ``parse_retries``, ``concurrency``, ``timeout``, ``max_retries``, ``backoff``, ``journal``.
 - ``sum``: weighted sum. Option ``terms``: ``{spec: weight}`` or a list of ``[spec, weight]`` or
   ``[spec, weight, options]``.
 """
@@ -154,6 +158,22 @@ def weighted_sum(arg: str, options: Mapping[str, Any]) -> Scorer:
     return WeightedSum(built)
 
 
+def judge(arg: str, options: Mapping[str, Any]) -> Scorer:
+    import inspect
+
+    from rsft.score.judge import JudgeScorer
+
+    params = inspect.signature(JudgeScorer).parameters  # its keyword arguments are the options
+    defaults = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    o = _options("judge", options, defaults)
+    try:  # YAML/CLI values as the types the defaults have (concurrency=8.0 -> 8)
+        o = {k: type(defaults[k])(v) if type(defaults[k]) in (int, float) and v is not None else v
+             for k, v in o.items()}
+    except (TypeError, ValueError) as e:
+        raise RsftError(f"scorer 'judge': bad option value: {e}") from None
+    return JudgeScorer(arg, **o)
+
+
 REGISTRY: dict[str, Callable[[str, Mapping[str, Any]], Scorer]] = {
     "exact": exact,
     "regex": regex,
@@ -163,4 +183,20 @@ REGISTRY: dict[str, Callable[[str, Mapping[str, Any]], Scorer]] = {
     "rm": reward_model,
     "gate": gate,
     "sum": weighted_sum,
+    "judge": judge,
 }
+
+
+def trl_reward(arg: str, options: Mapping[str, Any]) -> Scorer:
+    """``trl:pkg.module:name`` or ``trl:NAME`` (``trl.rewards``): a TRL reward function as a scorer.
+    Options: ``columns`` (metadata field -> the function's keyword, e.g. ``{answer: solution}``),
+    ``conversational`` (pass completions as messages; default: when the prompt is chat), ``init``
+    (keyword arguments of a reward factory such as ``get_repetition_penalty_reward``), ``tokenizer`` (a
+    model path: its token ids go to rewards that read ``completion_ids``)."""
+    from rsft.grpo import trl_reward_scorer
+
+    o = _options("trl", options, {"columns": None, "conversational": None, "init": None, "tokenizer": None})
+    return trl_reward_scorer(arg, **o)
+
+
+REGISTRY["trl"] = trl_reward
