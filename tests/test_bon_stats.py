@@ -11,7 +11,7 @@ import struct
 import numpy as np
 import pytest
 
-from rsft import artifacts, bon_report, matrix
+from rsft import artifacts, bon_report, matrix, stats
 from rsft.errors import RsftError
 from rsft.stats import (
     bon_curve,
@@ -196,6 +196,56 @@ def test_curve_rows_and_kl_estimate():
         assert r["kl_estimate"] == pytest.approx(ref, abs=1e-12)
         assert r["kl_estimate"] <= r["kl_bound"]
     assert bon_curve(R)[0]["kl_estimate"] == 0.0
+
+
+def brute_curve_row(R: np.ndarray, n: int, t: float) -> dict[str, float]:
+    """``bon_curve``'s numbers for one n by enumeration: every n-subset for E[max] and pass@n, every
+    ordered n-tuple of draws (the first best one picked) for the KL. NaN and -inf count as the
+    lowest finite reward of R."""
+    finite = R[np.isfinite(R)]
+    F = np.where(np.isnan(R) | (R == -INF), finite.min(), R)
+    N = R.shape[1]
+    kls = []
+    for row in F:
+        picks = np.zeros(N)
+        for draw in itertools.product(range(N), repeat=n):
+            picks[max(draw, key=lambda i: row[i])] += 1  # max keeps the first of equal keys
+        q = picks / N**n
+        kls.append(sum(x * math.log(x * N) for x in q if x > 0))
+    return {"expected_max_reward": brute_best(F, n), "pass_at_n": brute_pass(R, n, t), "kl_estimate": float(np.mean(kls))}
+
+
+@pytest.mark.parametrize("dense", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_curve_matches_brute_force_with_ties_and_nan(dtype, dense, monkeypatch):
+    if not dense:  # count tied runs per block (the path for N > 255) on small N
+        monkeypatch.setattr(stats, "_DENSE_RUN_CODES", 0)
+    rng = np.random.default_rng(7)
+    levels = np.array([0.0, 0.5, 1.0, NAN, -INF, -0.25])
+    for N in (1, 2, 3, 5):
+        for _ in range(4):
+            R = np.where(rng.random((4, N)) < 0.5, rng.choice(levels, (4, N)), rng.normal(size=(4, N)))
+            R[0, 0] = 0.75  # at least one finite reward
+            R = R.astype(dtype)
+            for row in bon_curve(R, ns=list(range(1, N + 1)), threshold=0.5):
+                ref = brute_curve_row(R.astype(np.float64), row["n"], 0.5)
+                for key, value in ref.items():
+                    assert row[key] == pytest.approx(value, rel=1e-12, abs=1e-12), (N, row["n"], key, R)
+
+
+def test_curve_above_n_255_counts_runs_per_block():
+    rng = np.random.default_rng(8)
+    N = 300
+    R = np.round(rng.normal(size=(3, N)), 1)
+    R[rng.random(R.shape) < 0.1] = NAN
+    F = np.sort(np.where(np.isnan(R), np.nanmin(R), R), axis=1)
+    u = np.full(N, 1 / N)
+    for row in bon_curve(R, ns=[1, 2, 17, N]):
+        n = row["n"]
+        weights = np.array([math.comb(i, n - 1) / math.comb(N, n) for i in range(N)])
+        assert row["expected_max_reward"] == pytest.approx(float(np.mean(F @ weights)), rel=1e-12)
+        ref = np.mean([kl(bon_distribution(u, r, n), u) for r in F])
+        assert row["kl_estimate"] == pytest.approx(ref, rel=1e-12, abs=1e-12)
 
 
 def test_curve_is_json_safe_when_undefined():

@@ -22,6 +22,7 @@ from rsft.errors import RsftError
 from rsft.select import as_reward_matrix
 
 _BLOCK_ELEMS = 1 << 18
+_DENSE_RUN_CODES = 1 << 16  # (N + 1)^2 up to N = 255: count tied runs in one array
 
 MIN_SAMPLES_PER_PROMPT = 10
 """Below this N, ``reward_stats`` warns that per-prompt estimates are noisy."""
@@ -341,69 +342,121 @@ def _k_arg(k: object, N: int, name: str) -> int:
     return k
 
 
-def _floored(R: np.ndarray, floor: float) -> np.ndarray:
-    """R as float64 with NaN and -inf replaced by ``floor`` (the lowest finite reward)."""
-    out = np.asarray(R, dtype=np.float64)
-    bad = np.isnan(out) | (out == -np.inf)
-    return np.where(bad, floor, out) if bad.any() else out
-
-
 def _finite_floor(R: np.ndarray) -> float | None:
+    """The lowest finite reward, or None when there is none. ``fmin`` skips NaN in one fast pass;
+    only a -inf or +inf minimum needs the masked one."""
+    low = np.fmin.reduce(R, axis=None)
+    if np.isfinite(low):
+        return float(low)
     finite = np.isfinite(R)
     return float(np.min(R, where=finite, initial=np.inf)) if finite.any() else None
 
 
-def _level_index(sorted_rows: np.ndarray) -> np.ndarray:
-    """Per entry of the sorted rows, ``a * (N + 1) + b`` when a reward level ends there (b its 1-based
-    sorted position, a where the previous level ended), else ``a * (N + 1)`` (b = 0). Independent of
-    n, so ``_level_kl`` for every n reads it instead of redoing it."""
+def _sorted_rows(block: np.ndarray, floor: float) -> np.ndarray:
+    """The block's rows sorted ascending, in R's dtype, with NaN and -inf counted as ``floor`` (the
+    lowest finite reward, so ``fmax`` leaves every other value alone). Callers widen to float64
+    only when they add: widening is monotonic and exact, so ties and order are the same as if it
+    came first, and float32 sorts faster."""
+    rows = np.fmax(block, floor)
+    rows.sort(axis=1)
+    return rows
+
+
+def _tied_runs(sorted_rows: np.ndarray) -> np.ndarray:
+    """``a * (N + 1) + b`` for every run of two or more equal rewards in the sorted rows, the run
+    holding the 1-based sorted positions a + 1 .. b. Found from where "equals its left neighbour"
+    switches on and off; the flag is off at both ends of each row, so the switches pair up per row."""
     rows, N = sorted_rows.shape
-    ends = np.ones((rows, N), dtype=bool)
-    ends[:, :-1] = sorted_rows[:, 1:] != sorted_rows[:, :-1]
-    b = np.where(ends, np.arange(1, N + 1), 0)
-    a = np.zeros_like(b)
-    a[:, 1:] = np.maximum.accumulate(b, axis=1)[:, :-1]
-    return a * (N + 1) + b
+    tied = np.zeros((rows, N + 1), dtype=bool)
+    np.equal(sorted_rows[:, 1:], sorted_rows[:, :-1], out=tied[:, 1:N])
+    switches = np.flatnonzero(tied[:, 1:] != tied[:, :-1])
+    return (switches[0::2] % N) * (N + 1) + switches[1::2] % N + 1
 
 
-def _level_kl(levels: np.ndarray, N: int, n: int) -> np.ndarray:
-    """Per row, KL(BoN || uniform) over the row's N samples taken as equally likely outcomes.
+class _RunCounts:
+    """How many rows hold each tied run (``_tied_runs`` code): a dense count while there are few
+    possible codes, else the distinct codes of each block, so memory follows what occurs, not N^2."""
 
-    Within a tie the BoN / base ratio is constant, so this is a sum over reward levels: a level
-    ending at sorted position b (1-based) and starting after a has base mass (b - a) / N and BoN
-    mass (b / N)^n - (a / N)^n. A term depends only on (a, b), so it is computed once for each of
-    the (N + 1)^2 pairs and looked up (``levels`` from ``_level_index``); where no level ends,
-    b = 0 <= a and the term is 0.
-    """
-    if n == 1:
-        return np.zeros(levels.shape[0])
-    a, b = np.divmod(np.arange((N + 1) ** 2), N + 1)
+    def __init__(self, N: int) -> None:
+        self.size = (N + 1) ** 2
+        self.dense = np.zeros(self.size, dtype=np.int64) if self.size <= _DENSE_RUN_CODES else None
+        self.parts: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, codes: np.ndarray) -> None:
+        if self.dense is not None:
+            self.dense += np.bincount(codes, minlength=self.size)
+        elif codes.size:
+            self.parts.append(np.unique(codes, return_counts=True))
+
+    def totals(self) -> tuple[np.ndarray, np.ndarray]:
+        """The distinct codes and how many rows hold each."""
+        if self.dense is not None:
+            codes = np.flatnonzero(self.dense)
+            return codes, self.dense[codes]
+        if not self.parts:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        codes, inverse = np.unique(np.concatenate([c for c, _ in self.parts]), return_inverse=True)
+        counts = np.zeros(codes.size, dtype=np.int64)
+        np.add.at(counts, inverse, np.concatenate([k for _, k in self.parts]))
+        return codes, counts
+
+
+def _level_terms(a: np.ndarray, b: np.ndarray, N: int, n: int) -> np.ndarray:
+    """A reward level's term of KL(BoN || uniform) over a row's N samples taken as equally likely
+    outcomes: the level holds sorted positions a + 1 .. b (1-based), so it has base mass
+    (b - a) / N and BoN mass (b / N)^n - (a / N)^n; within it the BoN / base ratio is constant."""
     base = (b - a) / N
     picked = (b / N) ** n - (a / N) ** n
     with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(picked > 0, picked * np.log(picked / base), 0.0)
-    return np.maximum(terms[levels].sum(axis=1), 0.0)
+        return np.where(picked > 0, picked * np.log(picked / base), 0.0)
+
+
+def _kl_sums(runs: tuple[np.ndarray, np.ndarray], M: int, N: int, ns: list[int]) -> np.ndarray:
+    """Sum over M prompts of the per-row BoN KL (``_level_terms`` summed over the row's levels),
+    for each n, from the tied runs (``_RunCounts.totals``).
+
+    A row without ties has N one-sample levels and the same KL as every such row, ``S[N]`` below.
+    A run over positions a + 1 .. b replaces b - a one-sample levels (``S[b] - S[a]``) by one, so
+    each run's correction depends only on (a, b): nothing passes over the matrix per n.
+    """
+    codes, counts = runs
+    a, b = np.divmod(codes, N + 1)
+    out = np.zeros(len(ns))
+    j = np.arange(N + 1)
+    for t, n in enumerate(ns):
+        if n > 1:
+            S = np.concatenate(([0.0], np.cumsum(_level_terms(j[:-1], j[1:], N, n))))
+            out[t] = max(0.0, M * S[N] - float(counts @ (S[b] - S[a] - _level_terms(a, b, N, n))))
+    return out
 
 
 def _curve_sums(R: np.ndarray, ns: list[int], threshold: float, with_kl: bool = True) -> tuple[np.ndarray, ...]:
     """Sums over prompts of E[max of n], pass@n and the empirical KL (0 unless ``with_kl``), for
-    each n in ns. Works in blocks of rows, sorting each block once for every n."""
+    each n in ns.
+
+    Works in blocks of rows, sorting each block once. Every per-n sum is linear in something
+    independent of n, so a block only adds up its sorted columns (E[max of n] weighs sorted
+    position i by ``_order_weights``), its rows' pass counts and its tied runs; n enters at the end.
+    """
     M, N = R.shape
-    best, passed, div = np.zeros(len(ns)), np.zeros(len(ns)), np.zeros(len(ns))
+    best, passed = np.zeros(len(ns)), np.zeros(len(ns))
     floor = _finite_floor(R)
     weights = [_order_weights(N, n) for n in ns]
-    misses = [_miss_probabilities(N, n) for n in ns]
+    pass_counts = np.zeros(N + 1, dtype=np.int64)
+    runs = _RunCounts(N)
     step = max(1, _BLOCK_ELEMS // N)
     for start in range(0, M, step):
         block = R[start : start + step]
-        n_pass = np.count_nonzero(block >= threshold, axis=1)
-        rows = np.sort(_floored(block, floor if floor is not None else 0.0), axis=1)
-        levels = _level_index(rows) if with_kl else None
+        pass_counts += np.bincount(np.count_nonzero(block >= threshold, axis=1), minlength=N + 1)
+        rows = _sorted_rows(block, floor if floor is not None else 0.0)
+        columns = rows.sum(axis=0, dtype=np.float64)
         for t, n in enumerate(ns):
-            best[t] += float(np.sum(rows[:, n - 1 :] @ weights[t][n - 1 :]))
-            passed[t] += float(np.sum(1.0 - misses[t][n_pass]))
-            if levels is not None:
-                div[t] += float(np.sum(_level_kl(levels, N, n)))
+            best[t] += float(columns[n - 1 :] @ weights[t][n - 1 :])
+        if with_kl:
+            runs.add(_tied_runs(rows))
+    for t, n in enumerate(ns):
+        passed[t] = float(pass_counts @ (1.0 - _miss_probabilities(N, n)))
+    div = _kl_sums(runs.totals(), M, N, ns) if with_kl else np.zeros(len(ns))
     if floor is None:
         best[:] = np.nan
     return best, passed, div
