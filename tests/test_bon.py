@@ -242,3 +242,127 @@ def test_rsft_bon_errors_are_rsft_errors(tiny_lm, tmp_path, monkeypatch):
         bon.main(parse(["--top-p", "0"]))
     with pytest.raises(RsftError, match="no such file"):
         bon.main(parse(["--prompts", str(tmp_path / "missing.jsonl"), "--model", str(tiny_lm)]))
+
+
+# --- answer extraction and equivalence-aware voting -----------------------------------------------
+
+HALF = ["1/2", "0.5", "\\frac{1}{2}", "2/4", ".5"]
+TWO = ["2", "2.0", "4/2", "\\frac{6}{3}"]
+OTHER = ["3", "-1", "x+1", "1+x"]
+VALUE = {**dict.fromkeys(HALF, "1/2"), **dict.fromkeys(TWO, "2"), "3": "3", "-1": "-1", "x+1": "x+1", "1+x": "x+1"}
+
+
+def test_math_equivalence_votes_equal_values_together():
+    answers = ["3", "1/2", "0.5", "\\frac{1}{2}", "3"]
+    assert vote(answers) == (0, 2.0)  # exact: "3" twice
+    assert vote(answers, equivalence="math") == (1, 3.0)  # 1/2 = 0.5 = \frac{1}{2}: first member wins
+    assert vote(["0.5", "3", "1/2", "3"], equivalence="math") == (0, 2.0)  # 2-2 tie: the group seen first
+    assert vote(["3", "0.5", "1/2", "3"], equivalence="math") == (0, 2.0)
+    # weighted: the group's summed reward; the index stays the group's FIRST member, not its best
+    assert vote(["3", "1/2", "0.5"], [1.0, 0.2, 1.5], equivalence="math") == (1, pytest.approx(1.7))
+    assert vote(["3", "1/2", "0.5"], [1.5, 0.2, math.nan], equivalence="math") == (0, 1.5)
+    assert vote([None, None], equivalence="math") == (0, 0.0)
+
+
+def test_answer_groups_labels_and_unparseable_answers():
+    answers = ["x+1", None, "hello", "1+x", "hello", "", "2", "", "4/2"]
+    assert bon.answer_groups(answers, "math") == [0, None, 2, 0, 2, 5, 6, 5, 6]
+    assert bon.answer_groups(answers, "exact") == [0, None, 2, 3, 2, 5, 6, 5, 8]
+    assert bon.answer_groups([]) == []
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_math_and_key_equivalence_match_a_reference_on_random_rows(seed):
+    rng = random.Random(seed)
+    pool = HALF + TWO + OTHER
+    for _ in range(40):
+        n = rng.choice([1, 2, 4, 8])
+        answers = [rng.choice(pool + [None]) for _ in range(n)]
+        weights = [rng.choice([0.0, 0.5, 1.0, math.nan]) for _ in range(n)]
+        keys = [None if a is None else VALUE[a] for a in answers]
+        assert vote(answers, equivalence="math") == ref_vote(keys, None)
+        assert vote(answers, weights, equivalence="math") == ref_vote(keys, weights)
+        assert vote(answers, weights, equivalence=VALUE.__getitem__) == ref_vote(keys, weights)
+
+
+def test_key_function_equivalence_and_errors():
+    answers = ["Paris", "paris ", "Rome", "ROME", "rome", "?"]
+    fold = lambda a: None if a == "?" else a.strip().casefold()  # noqa: E731
+    assert vote(answers, equivalence=fold) == (2, 3.0)
+    assert bon.answer_groups(answers, fold) == [0, 0, 2, 2, 2, None]  # a None key abstains
+    assert choose("majority", answers, None, equivalence=fold) == (2, 0.5)
+    with pytest.raises(RsftError, match="not hashable"):
+        vote(["a"], equivalence=lambda a: [a])
+    with pytest.raises(RsftError, match="unknown equivalence 'fuzzy'"):
+        vote(["a"], equivalence="fuzzy")
+    with pytest.raises(RsftError, match="equivalence 'no_such_module_xyz:key': cannot import"):
+        bon.resolve_equivalence("no_such_module_xyz:key")
+
+
+def test_answer_extractors():
+    text = "so \\boxed{\\frac{1}{2}} or maybe \\boxed{ \\{1, 2\\} }\nend"
+    assert bon.answer_extractor("boxed")(text) == "\\{1, 2\\}"
+    assert bon.answer_extractor("boxed")("no box") is None
+    assert bon.answer_extractor("boxed")("\\boxed{}") is None  # an empty box abstains
+    assert bon.answer_extractor(None) is bon.answer_extractor("first_line") is first_line
+    assert bon.answer_extractor(str.upper) is str.upper
+    with pytest.raises(RsftError, match="unknown answer extractor 'last'"):
+        bon.answer_extractor("last")
+    with pytest.raises(RsftError, match="answer extractor 'os:nope': 'os' has no attribute 'nope'"):
+        bon.answer_extractor("os:nope")
+    with pytest.raises(RsftError, match="is not callable"):
+        bon.answer_extractor("os:sep")
+
+
+class ListGenerator:
+    """Every prompt gets the same candidates."""
+
+    name = "list"
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.calls = 0
+
+    def generate(self, prompts: Sequence[PromptValue], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+        self.calls += 1
+        return [[Completion(t, 1, "stop") for t in self.texts[:n]] for _ in prompts]
+
+
+BOXED = ["I think \\boxed{3}", "\\boxed{1/2}", "so \\boxed{0.5}.", "\\boxed{\\frac{1}{2}}", "\\boxed{3} again"]
+
+
+def test_best_of_n_with_boxed_answers_and_math_equivalence():
+    gen = ListGenerator(BOXED)
+    assert best_of_n(["q"], 5, gen, selector="majority")[0].index == 0  # first lines all differ
+    out = best_of_n(["q"], 5, gen, selector="majority", extract="boxed")[0]
+    assert (out.index, out.score) == (0, 0.4)
+    out = best_of_n(["q"], 5, gen, selector="majority", extract="boxed", equivalence="math")[0]
+    assert (out.index, out.score, out.chosen) == (1, 0.6, "\\boxed{1/2}")
+    reward = {t: r for t, r in zip(BOXED, [2.0, 0.1, 0.1, 0.1, 0.0], strict=True)}
+    out = best_of_n(["q"], 5, gen, lambda p, c: reward[c], "weighted_majority", extract="boxed",
+                    equivalence="math")[0]
+    assert (out.index, out.score) == (0, 2.0)  # 2.0 for "3" beats 0.3 for the three halves
+    with pytest.raises(RsftError, match="unknown equivalence"):
+        best_of_n(["q"], 5, gen, selector="majority", equivalence="nope")
+    assert gen.calls == 4  # the bad option failed before sampling
+
+
+def test_rsft_bon_answer_and_equivalence_flags(monkeypatch, capsys, tmp_path):
+    (tmp_path / "bon_keys.py").write_text("def parity(answer):\n    return answer.strip().isdigit() and int(answer) % 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    gen = ListGenerator(["\\boxed{3}", "\\boxed{4}", "\\boxed{6}", "\\boxed{1/2}", "\\boxed{0.5}", "\\boxed{0.50}"])
+    monkeypatch.setattr(bon, "generator_from_args", lambda args: gen)
+
+    def run(*flags: str) -> dict:
+        monkeypatch.setattr(sys, "stdin", io.StringIO("q\n"))
+        bon.main(parse(["-n", "6", *flags]))
+        (line,) = capsys.readouterr().out.splitlines()
+        return json.loads(line)
+
+    assert run()["index"] == 0  # first_line, exact: six different answers
+    assert run("--answer", "boxed", "--equivalence", "math")["index"] == 3
+    line = run("--answer", "boxed", "--equivalence", "bon_keys:parity")
+    assert (line["index"], line["score"]) == (1, pytest.approx(5 / 6))  # even 4, 6 and non-integers (False == 0)
+    assert set(line) == {"prompt_id", "prompt", "completion", "score", "index", "selector", "candidates"}
+    with pytest.raises(RsftError, match="unknown answer extractor"):
+        run("--answer", "second_line")

@@ -10,6 +10,11 @@ HTTP). Three selectors pick one completion per prompt:
   first one holding the winning answer; its score is the winning answer's vote share.
 - ``weighted_majority``: like ``majority``, but each vote weighs the completion's reward (needs a
   scorer); the score is the winning answer's summed reward.
+
+The voting selectors group answers before counting (``equivalence``): ``exact`` (equal texts),
+``math`` (math-verify equivalence, so ``1/2``, ``0.5`` and ``\\frac{1}{2}`` vote together) or a
+user key function. The answer a completion votes for comes from ``first_line`` (default), ``boxed``
+(the last ``\\boxed{...}``) or a user function.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -66,6 +71,124 @@ def first_line(text: str) -> str | None:
     return None
 
 
+# --- answers and their groups (the voting selectors) --------------------------------------------
+
+ANSWERS = ("first_line", "boxed")
+"""Built-in answer extractors (``--answer``); ``pkg.module:name`` loads a user function."""
+
+EQUIVALENCES = ("exact", "math")
+"""Built-in answer groupings (``--equivalence``); ``pkg.module:name`` loads a user key function."""
+
+KeyFn = Callable[[str], Hashable]
+"""Maps an answer to its group key: answers with equal keys vote together; a None key abstains."""
+
+
+def last_boxed(text: str) -> str | None:
+    """The ``boxed`` extractor: the content of the last ``\\boxed{...}``; None when there is none."""
+    from rsft.score.checkers import _last_boxed
+
+    return _last_boxed(text) or None
+
+
+def _load_function(spec: str, what: str) -> Callable[..., Any]:
+    """Import a user function ``"pkg.module:name"`` named by option ``what``."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise RsftError(f"{what} {spec!r}: expected 'pkg.module:name'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ImportError as e:
+        raise RsftError(f"{what} {spec!r}: cannot import {module_name!r}: {e}") from None
+    except AttributeError:
+        raise RsftError(f"{what} {spec!r}: {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise RsftError(f"{what} {spec!r}: {attr!r} is not callable")
+    return obj
+
+
+def answer_extractor(spec: str | Extract | None = None) -> Extract:
+    """The extractor named by ``spec``: ``first_line`` (also None), ``boxed``, ``pkg.module:name``, a callable."""
+    if spec is None or spec == "first_line":
+        return first_line
+    if callable(spec):
+        return spec
+    if spec == "boxed":
+        return last_boxed
+    if ":" in spec:
+        return _load_function(spec, "answer extractor")
+    raise RsftError(f"unknown answer extractor {spec!r}; choose {', '.join(ANSWERS)} or pkg.module:name")
+
+
+def resolve_equivalence(spec: str | KeyFn) -> str | KeyFn:
+    """``exact`` or ``math`` as is, a ``pkg.module:name`` key function loaded, a callable as is."""
+    if callable(spec) or spec in EQUIVALENCES:
+        return spec
+    if isinstance(spec, str) and ":" in spec:
+        return _load_function(spec, "equivalence")
+    raise RsftError(f"unknown equivalence {spec!r}; choose {', '.join(EQUIVALENCES)} or pkg.module:name")
+
+
+def answer_groups(answers: Sequence[str | None], equivalence: str | KeyFn = "exact") -> list[int | None]:
+    """The group of each answer, labelled by the index of the group's first member; None abstains.
+
+    ``exact``: equal texts. ``math``: see ``_math_groups``. A key function: equal keys.
+    """
+    equivalence = resolve_equivalence(equivalence)
+    if equivalence == "math":
+        return _math_groups(answers)
+    key: KeyFn = (lambda a: a) if equivalence == "exact" else equivalence  # type: ignore[assignment]
+    first: dict[Hashable, int] = {}
+    out: list[int | None] = []
+    for j, answer in enumerate(answers):
+        k = None if answer is None else key(answer)
+        try:
+            out.append(None if k is None else first.setdefault(k, j))
+        except TypeError:
+            raise RsftError(f"equivalence key of answer {answer!r} is not hashable: {k!r}") from None
+    return out
+
+
+def _math_groups(answers: Sequence[str | None]) -> list[int | None]:
+    """Groups by math-verify equivalence: ``verify(a, b) or verify(b, a)`` on the parsed answers.
+
+    Each distinct text is parsed once and compared with the representative (first member) of each
+    group so far, joining the first group it matches: O(groups x distinct answers) comparisons.
+    Equal texts always share a group; a text math-verify cannot parse only groups with itself.
+    """
+    import threading
+
+    from math_verify import parse, verify
+
+    from rsft.score.checkers import MATH_TIMEOUT_S, _as_latex
+
+    timeout = MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+    def same(a: Any, b: Any) -> bool:
+        return bool(verify(a, b, timeout_seconds=timeout) or verify(b, a, timeout_seconds=timeout))
+
+    label: dict[str, int] = {}
+    reps: list[tuple[int, Any]] = []  # (label, parsed first member) of each group that parses
+    out: list[int | None] = []
+    for j, answer in enumerate(answers):
+        if answer is None:
+            out.append(None)
+            continue
+        if answer not in label:
+            parsed = parse(_as_latex(answer), parsing_timeout=timeout) if answer.strip() else []
+            group = next((g for g, rep in reps if parsed and same(rep, parsed)), None)
+            if group is None:
+                group = j
+                if parsed:
+                    reps.append((j, parsed))
+            label[answer] = group
+        out.append(label[answer])
+    return out
+
+
 # --- selectors on one row ------------------------------------------------------------------------
 
 
@@ -76,27 +199,30 @@ def argmax_indices(scores: Sequence[Sequence[float]]) -> list[int]:
     return best_per_prompt(scores).tolist() if scores else []
 
 
-def vote(answers: Sequence[str | None], weights: Sequence[float] | None = None) -> tuple[int, float]:
-    """(index of the first completion holding the winning answer, the answer's total weight).
+def vote(
+    answers: Sequence[str | None],
+    weights: Sequence[float] | None = None,
+    equivalence: str | KeyFn = "exact",
+) -> tuple[int, float]:
+    """(index of the first completion in the winning group, the group's total weight).
 
-    Each non-None answer adds its weight (1 without ``weights``; a NaN weight adds nothing) to its
-    answer's total. The highest total wins; ties go to the answer seen first. When every completion
-    abstains the result is ``(0, 0.0)``.
+    Answers are grouped by ``equivalence`` (``answer_groups``). Each non-None answer adds its weight
+    (1 without ``weights``; a NaN weight adds nothing) to its group's total. The highest total wins;
+    ties go to the group whose first member appears first. When every completion abstains the
+    result is ``(0, 0.0)``.
     """
-    totals: dict[str, float] = {}
-    first: dict[str, int] = {}
-    for j, answer in enumerate(answers):
-        if answer is None:
+    totals: dict[int, float] = {}  # group label (its first member's index) -> total weight
+    for j, group in enumerate(answer_groups(answers, equivalence)):
+        if group is None:
             continue
         w = 1.0 if weights is None else float(weights[j])
-        first.setdefault(answer, j)
-        total = totals.get(answer, 0.0) + (0.0 if math.isnan(w) else w)
-        totals[answer] = -math.inf if math.isnan(total) else total  # inf + -inf
-    best: str | None = None
-    for answer, total in totals.items():  # insertion order = order of first appearance
+        total = totals.get(group, 0.0) + (0.0 if math.isnan(w) else w)
+        totals[group] = -math.inf if math.isnan(total) else total  # inf + -inf
+    best: int | None = None
+    for group, total in totals.items():  # insertion order = order of first appearance
         if best is None or total > totals[best]:
-            best = answer
-    return (0, 0.0) if best is None else (first[best], totals[best])
+            best = group
+    return (0, 0.0) if best is None else (best, totals[best])
 
 
 def choose(
@@ -104,8 +230,12 @@ def choose(
     texts: Sequence[str],
     scores: Sequence[float] | None,
     extract: Extract = first_line,
+    equivalence: str | KeyFn = "exact",
 ) -> tuple[int, float | None]:
-    """Pick one of a prompt's candidates: ``(index, score)`` as described in the module docstring."""
+    """Pick one of a prompt's candidates: ``(index, score)`` as described in the module docstring.
+
+    ``extract`` and ``equivalence`` only matter to the voting selectors.
+    """
     if selector == "argmax":
         if scores is None:
             raise RsftError("selector 'argmax' needs a scorer")
@@ -114,11 +244,11 @@ def choose(
     if selector in ("majority", "weighted_majority"):
         answers = [extract(t) for t in texts]
         if selector == "majority":
-            index, votes = vote(answers)
+            index, votes = vote(answers, None, equivalence)
             return index, votes / len(texts)
         if scores is None:
             raise RsftError("selector 'weighted_majority' needs a scorer")
-        return vote(answers, scores)
+        return vote(answers, scores, equivalence)
     raise RsftError(f"unknown selector {selector!r}; choose one of {', '.join(SELECTORS)}")
 
 
@@ -139,12 +269,14 @@ def select_best(
     scorer: Scorer | None,
     selector: str = "argmax",
     metadata: Sequence[Mapping[str, Any]] | None = None,
-    extract: Extract | None = None,
+    extract: Extract | str | None = None,
+    equivalence: str | KeyFn = "exact",
 ) -> list[BoNResult]:
     """Score already generated candidates (one row of N per prompt) and pick one per row."""
     from rsft.stages import score_pairs
 
     check_selector(selector, scorer is not None)
+    extract_fn, equivalence = answer_extractor(extract), resolve_equivalence(equivalence)
     metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
     if len(metadata) != len(prompts):
         raise RsftError(f"metadata has {len(metadata)} entries for {len(prompts)} prompts")
@@ -165,7 +297,7 @@ def select_best(
     for i, (prompt, row) in enumerate(zip(prompts, rows, strict=True)):
         texts = [c.text for c in row]
         row_scores = scores[i] if scores is not None else None
-        index, score = choose(selector, texts, row_scores, extract or first_line)
+        index, score = choose(selector, texts, row_scores, extract_fn, equivalence)
         candidates = list(zip(texts, row_scores if row_scores is not None else [None] * len(row), strict=True))
         out.append(BoNResult(prompt, texts[index], score, index, candidates, selector, list(row)))
     return out
@@ -179,7 +311,8 @@ def best_of_n(
     selector: str = "argmax",
     sampling: SamplingParams | None = None,
     metadata: Sequence[Mapping[str, Any]] | None = None,
-    extract: Extract | None = None,
+    extract: Extract | str | None = None,
+    equivalence: str | KeyFn = "exact",
 ) -> list[BoNResult]:
     """Sample ``n`` completions per prompt with ``generator`` and return the best one of each.
 
@@ -193,16 +326,20 @@ def best_of_n(
         selector: ``argmax``, ``majority`` or ``weighted_majority`` (see the module docstring).
         sampling: how to sample (default ``SamplingParams()``).
         metadata: per-prompt fields passed to the scorer (e.g. the gold ``answer``).
-        extract: the answer a completion votes for (majority selectors); default ``first_line``.
+        extract: the answer a completion votes for (voting selectors): ``first_line`` (default),
+            ``boxed``, ``"pkg.module:name"`` or a callable returning the answer (None abstains).
+        equivalence: which answers vote together: ``exact`` (default), ``math`` (math-verify), or
+            a key function (``"pkg.module:name"`` or a callable) mapping an answer to a hashable key.
 
     Raises:
-        RsftError: bad ``n``/selector, a selector that needs a missing scorer, a generator that
-            returns the wrong number of completions, or a scorer failure.
+        RsftError: bad ``n``/selector/extract/equivalence, a selector that needs a missing scorer,
+            a generator that returns the wrong number of completions, or a scorer failure.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise RsftError(f"n must be a positive integer, got {n!r}")
     scorer_obj = as_scorer(scorer) if scorer is not None else None
     check_selector(selector, scorer_obj is not None)
+    extract, equivalence = answer_extractor(extract), resolve_equivalence(equivalence)  # fail before sampling
     values = [p.prompt if isinstance(p, Prompt) else p for p in prompts]
     if metadata is None:
         metadata = [p.metadata if isinstance(p, Prompt) else {} for p in prompts]
@@ -213,7 +350,7 @@ def best_of_n(
         got = sorted({len(r) for r in rows})
         raise RsftError(f"generator {generator.name!r} returned {len(rows)} rows of {got} completions; "
                         f"expected {len(values)} of {n}")
-    return select_best(values, rows, scorer_obj, selector, metadata, extract)
+    return select_best(values, rows, scorer_obj, selector, metadata, extract, equivalence)
 
 
 # --- command-line options shared by ``rsft bon`` and ``rsft serve`` ---------------------------------
@@ -266,6 +403,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=64, help="tokens per completion at most (default: 64)")
     g.add_argument("--stop", action="append", help="stop string (repeatable); '\\n' means newline")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    g = parser.add_argument_group("voting (majority, weighted_majority)")
+    g.add_argument("--answer", default="first_line",
+                   help="the answer a completion votes for: first_line, boxed (the last \\boxed{...}) or "
+                        "pkg.module:name, a function of the completion text (default: first_line)")
+    g.add_argument("--equivalence", default="exact",
+                   help="answers that vote together: exact (same text), math (math-verify equivalent) or "
+                        "pkg.module:name, a function mapping an answer to a hashable key (default: exact)")
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
@@ -285,7 +429,7 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
 def read_prompt_lines(stream: TextIO, source: str = "<stdin>") -> list[Prompt]:
     """Prompts from text lines: a JSON object is a prompt row (``prompt`` or ``messages``, other
     fields become metadata); any other non-blank line is a plain-text prompt."""
-    from rsft.prompts import FieldMap, _row_to_prompt, prompt_id
+    from rsft.prompts import FieldMap, prompt_id, row_to_prompt
 
     out = []
     for line_no, line in enumerate(stream, start=1):
@@ -299,7 +443,7 @@ def read_prompt_lines(stream: TextIO, source: str = "<stdin>") -> list[Prompt]:
             except json.JSONDecodeError:
                 row = None
         if isinstance(row, dict):
-            out.append(_row_to_prompt(row, FieldMap(), Path(source), line_no))
+            out.append(row_to_prompt(row, FieldMap(), Path(source), line_no))
         else:
             out.append(Prompt(prompt_id(text), text, {}))
     if not out:
@@ -333,10 +477,13 @@ def main(args: argparse.Namespace) -> None:
     if args.n < 1:
         raise RsftError(f"-n must be >= 1, got {args.n}")
     scorer, selector = scorer_from_args(args)
+    extract = answer_extractor(getattr(args, "answer", None))
+    equivalence = resolve_equivalence(getattr(args, "equivalence", None) or "exact")
     source = getattr(args, "prompts", None)
     prompts = read_prompt_lines(sys.stdin) if source in (None, "-") else load_prompts(source)
     generator = generator_from_args(args)
-    results = best_of_n(prompts, args.n, generator, scorer, selector, sampling)
+    results = best_of_n(prompts, args.n, generator, scorer, selector, sampling, extract=extract,
+                        equivalence=equivalence)
     rows = [result_row(p, r) for p, r in zip(prompts, results, strict=True)]
     if args.output:
         from rsft.artifacts import write_jsonl
