@@ -6,6 +6,7 @@ real hf path matters (batching, the subprocess entry point).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -25,7 +26,8 @@ import uvicorn
 from fake_openai_server import FakeServer
 
 from rsft.generate.hf import HFGenerator
-from rsft.serve import create_app
+from rsft.score import as_scorer
+from rsft.serve import BoNService, Handlers, HTTPError, create_app
 from rsft.types import Completion, PromptValue, SamplingParams
 
 KEY = "sk-test-123"
@@ -388,3 +390,91 @@ def test_a_checker_gets_the_gold_answer_from_the_metadata_extension():
         assert rsft_field(r)["scores"] == [0.0, 0.0, 1.0, 0.0]
         missing = server.post("/v1/completions", {"prompt": "hi", "n": 2, "max_tokens": 5})
         assert missing.status_code == 400 and "answer" in missing.json()["error"]["message"]
+
+
+# --- the handlers, called without HTTP --------------------------------------------------------------
+
+
+def run_handler(gen: Any, call: Any, **limits: Any) -> Any:
+    """``await call(handlers)`` in a fresh event loop (no server, no HTTP), then close the service."""
+    service = BoNService(gen, as_scorer(length), "argmax", batch_window_ms=0)
+    handlers = Handlers(service, model_name="bon-test", max_n=8, max_tokens=32, **limits)
+
+    async def main() -> Any:
+        try:
+            return await call(handlers)
+        finally:
+            await service.close()
+
+    return asyncio.run(main())
+
+
+def test_handler_answers_a_completion_and_fills_the_log_fields():
+    gen, log = FakeGenerator(), {}
+    body = run_handler(gen, lambda h: h.completions({"prompt": ["hi"], "n": 4, "max_tokens": 5, "seed": 7}, log))
+    assert body["object"] == "text_completion" and body["model"] == "bon-test"
+    assert body["choices"][0]["text"] == "hi:1xxx" and body["choices"][0]["finish_reason"] == "length"
+    assert body["rsft"]["scores"] == [4.0, 7.0, 6.0, 5.0] and body["rsft"]["chosen_index"] == 1
+    assert body["usage"] == {"prompt_tokens": 0, "completion_tokens": 10, "total_tokens": 10}
+    assert log == {"n": 4, "batch_size": 1}
+    assert gen.samplings == [SamplingParams(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=5, stop=(), seed=7)]
+
+
+@pytest.mark.parametrize("body, status, code, message", [
+    ({"prompt": "hi", "n": 9}, 422, "n_too_large", "max_n=8"),
+    ({"prompt": "hi", "max_tokens": 33}, 422, "max_tokens_too_large", "limit of 32"),
+    ({"prompt": "hi", "stream": True}, 422, "unsupported", "stream"),
+    ({"prompt": ["a", "b"]}, 422, None, "one prompt"),
+    ({"n": 2}, 422, None, "prompt"),
+])
+def test_handler_bad_request_raises_the_typed_error(body, status, code, message):
+    gen = FakeGenerator()
+    with pytest.raises(HTTPError) as caught:
+        run_handler(gen, lambda h: h.completions(body))
+    e = caught.value
+    assert (e.status, e.code) == (status, code) and message in e.message
+    assert e.body() == {"error": {"message": e.message, "type": "invalid_request_error", "param": None, "code": code}}
+    assert gen.calls == 0
+
+
+def test_handler_generator_failure_is_a_500_and_timeout_a_504():
+    class Broken(FakeGenerator):
+        def generate(self, prompts, n, sampling):
+            raise ValueError("boom")
+
+    with pytest.raises(HTTPError) as caught:
+        run_handler(Broken(), lambda h: h.completions({"prompt": "hi"}))
+    assert caught.value.status == 500 and caught.value.message == "ValueError: boom"
+    release = threading.Event()
+    try:
+        with pytest.raises(HTTPError) as caught:
+            run_handler(FakeGenerator(block=release), lambda h: h.completions({"prompt": "hi"}), request_timeout=0.1)
+    finally:
+        release.set()
+    assert (caught.value.status, caught.value.code) == (504, "timeout")
+
+
+def test_handler_auth_models_and_health_without_http():
+    service = BoNService(FakeGenerator(), None, "majority", max_queue=5)
+    handlers = Handlers(service, model_name="m", api_key=KEY)
+    handlers.check_auth(f"Bearer {KEY}")
+    handlers.check_auth(f"bearer {KEY} ")
+    for header in ("", KEY, "Bearer wrong", f"Basic {KEY}"):
+        with pytest.raises(HTTPError) as caught:
+            handlers.check_auth(header)
+        assert (caught.value.status, caught.value.code) == (401, "invalid_api_key")
+    assert [m["id"] for m in handlers.models()["data"]] == ["m"]
+    assert handlers.health() == {"status": "ok", "model": "m", "selector": "majority", "waiting": 0,
+                                 "max_queue": 5, "batches": 0}
+
+
+def test_handler_chat_with_the_tiny_model(tiny_generator):
+    chat = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hel"}, {"type": "text", "text": "lo"}]}],
+            "n": 3, "max_completion_tokens": 4}
+    body = run_handler(tiny_generator, lambda h: h.chat_completions(chat))
+    ext = body["rsft"]
+    assert body["object"] == "chat.completion" and ext["n"] == 3
+    assert body["choices"][0]["message"] == {"role": "assistant",
+                                             "content": ext["candidates"][ext["chosen_index"]]["text"]}
+    assert ext["scores"] == [float(len(c["text"])) for c in ext["candidates"]]
+    assert body["usage"]["prompt_tokens"] > 0 and body["usage"]["completion_tokens"] <= 12

@@ -1,0 +1,27 @@
+"""``rsft serve``: an OpenAI-compatible HTTP server that answers with the Best-of-N completion.
+
+``POST /v1/completions`` and ``POST /v1/chat/completions`` take the usual OpenAI request; its ``n``
+(or the extension field ``best_of``, which wins when both are given) is the number of candidates N.
+The answer holds the best candidate as the one ordinary ``choices[0]`` and an extension field
+``rsft`` with every candidate, its score and the chosen index.
+
+Requests are batched dynamically: they wait in a bounded queue; one worker takes what arrived
+within ``batch_window_ms`` (at most ``max_batch_prompts``), groups requests with the same N and
+sampling settings, and calls ``generator.generate`` once per group in a worker thread (generation
+blocks), then scores and selects. A full queue answers 503 with ``Retry-After``.
+
+fastapi, uvicorn and pydantic are imported only when a server is built (the ``server`` extra).
+
+The package: ``schemas`` (request models, the typed ``HTTPError``, the response body), ``batcher``
+(``BoNService``: the queue and the batching worker), ``handlers`` (each endpoint's logic without
+HTTP: a decoded body in, a response dict out or an ``HTTPError``), ``app`` (``create_app``: the
+FastAPI routes and the access log) and ``cli`` (the ``rsft serve`` flags and ``main``).
+"""
+
+from rsft.serve.app import create_app
+from rsft.serve.batcher import BoNService
+from rsft.serve.cli import add_arguments, main
+from rsft.serve.handlers import Handlers
+from rsft.serve.schemas import ROLES, HTTPError, request_models
+
+__all__ = ["ROLES", "BoNService", "HTTPError", "Handlers", "add_arguments", "create_app", "main", "request_models"]

@@ -1,0 +1,90 @@
+"""``rsft serve`` on the command line: its flags, ``main`` and ``python -m rsft.serve``."""
+
+import argparse
+import logging
+import os
+import sys
+
+from rsft.bon import add_model_arguments, generator_from_args, scorer_from_args
+from rsft.errors import RsftError
+from rsft.generate import Generator
+from rsft.serve.app import LOG, create_app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``rsft serve``."""
+    add_model_arguments(parser)
+    g = parser.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    g.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    g.add_argument("--model-name", help="model id reported to clients (default: --model)")
+    g.add_argument("--api-key-env", metavar="VAR",
+                   help="require 'Authorization: Bearer <key>' with the key read from this environment variable "
+                        "(default: no auth)")
+    g.add_argument("--max-n", type=int, default=16, help="largest N (n or best_of) a request may ask (default: 16)")
+    g.add_argument("--max-tokens", type=int, default=256,
+                   help="largest max_tokens a request may ask, and the default (default: 256)")
+    g.add_argument("--max-queue", type=int, default=64, help="requests allowed to wait; more get 503 (default: 64)")
+    g.add_argument("--batch-window-ms", type=float, default=10,
+                   help="how long to gather requests into one batch (default: 10)")
+    g.add_argument("--max-batch-prompts", type=int, default=32, help="requests per batch at most (default: 32)")
+    g.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413 (default: 1000000)")
+    g.add_argument("--request-timeout", type=float, default=120.0, help="seconds before 504 (default: 120)")
+
+
+def main(args: argparse.Namespace) -> None:
+    """``rsft serve``: load the model and serve Best-of-N until interrupted."""
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise RsftError(f"rsft serve needs the 'server' extra: pip install 'rsft[server]' ({e})") from None
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise RsftError(f"--api-key-env {args.api_key_env}: that environment variable is unset or empty")
+    for flag in ("max_n", "max_tokens", "max_queue", "max_batch_prompts", "max_body_bytes"):
+        if getattr(args, flag) < 1:
+            raise RsftError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    _log_to_stderr()
+    scorer, selector = scorer_from_args(args)
+    generator = generator_from_args(args)
+    _plain_chat_template_if_missing(generator)
+    app = create_app(generator, scorer, selector, model_name=args.model_name or args.model, api_key=api_key,
+                     max_n=args.max_n, max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
+                     max_queue=args.max_queue, batch_window_ms=args.batch_window_ms,
+                     max_batch_prompts=args.max_batch_prompts, request_timeout=args.request_timeout)
+    print(f"rsft: serving {args.model} ({selector}, N <= {args.max_n}) on http://{args.host}:{args.port}/v1"
+          f"{' (auth on)' if api_key else ''}", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+
+
+def _log_to_stderr() -> None:
+    if not LOG.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        LOG.addHandler(handler)
+    LOG.setLevel(logging.INFO)
+    LOG.propagate = False
+
+
+def _plain_chat_template_if_missing(generator: Generator) -> None:
+    """Base models (the embedded Gemma default) have no chat template: join messages as plain text."""
+    tokenizer = getattr(generator, "tokenizer", None)
+    if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
+        from rsft.generate.hf import PLAIN_CHAT_TEMPLATE
+
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+        print("rsft: the model has no chat template; chat messages are joined as plain text", file=sys.stderr)
+
+
+def _cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="rsft serve", description="Serve Best-of-N over the OpenAI API.")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except RsftError as e:
+        print(f"rsft: error: {e}", file=sys.stderr)
+        return e.exit_code
+    return 0
