@@ -429,7 +429,7 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
 def read_prompt_lines(stream: TextIO, source: str = "<stdin>") -> list[Prompt]:
     """Prompts from text lines: a JSON object is a prompt row (``prompt`` or ``messages``, other
     fields become metadata); any other non-blank line is a plain-text prompt."""
-    from rsft.prompts import FieldMap, prompt_id, row_to_prompt
+    from rsft.prompts import FieldMap, _row_to_prompt, prompt_id
 
     out = []
     for line_no, line in enumerate(stream, start=1):
@@ -443,7 +443,7 @@ def read_prompt_lines(stream: TextIO, source: str = "<stdin>") -> list[Prompt]:
             except json.JSONDecodeError:
                 row = None
         if isinstance(row, dict):
-            out.append(row_to_prompt(row, FieldMap(), Path(source), line_no))
+            out.append(_row_to_prompt(row, FieldMap(), Path(source), line_no))
         else:
             out.append(Prompt(prompt_id(text), text, {}))
     if not out:
