@@ -1,7 +1,8 @@
 """Tiny random models built locally in well under a second: no hub, no downloads.
 
 A byte-level BPE tokenizer trained on a few lines, wrapped in ``PreTrainedTokenizerFast``, plus a
-2-layer Llama (causal LM) and a Llama sequence classifier (reward model, num_labels=1).
+2-layer Llama (causal LM), a Llama sequence classifier (reward model, num_labels=1) and a Llama token
+classifier (process reward model).
 """
 
 from __future__ import annotations
@@ -94,4 +95,29 @@ def build_reward_model(out_dir: Path, seed: int = 0) -> Path:
         pad_token_id=tok.pad_token_id,
     )
     LlamaForSequenceClassification(config).save_pretrained(out_dir)
+    return out_dir
+
+
+def build_token_classifier(out_dir: Path, seed: int = 0, num_labels: int = 2) -> Path:
+    """A 2-layer Llama token classifier (a process reward model: a label per token), saved to ``out_dir``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForTokenClassification
+
+    out_dir = Path(out_dir)
+    tok = build_tokenizer(out_dir, chat_template=False)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        num_labels=num_labels,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForTokenClassification(config).save_pretrained(out_dir)
     return out_dir

@@ -21,6 +21,13 @@ an error, so a typo does not silently fall back to a default.
   and normalised to [0, 1]. Options: ``base_url``, ``api_key``, ``api_key_env``, ``rubric``,
   ``rubric_file``, ``system``, ``scale``, ``temperature``, ``retry_temperature``, ``max_tokens``,
   ``seed``, ``parse_retries``, ``concurrency``, ``timeout``, ``max_retries``, ``backoff``, ``journal``.
+- ``prm:PATH``: a process reward model: the completion split into steps, each scored, the step
+  scores aggregated. Options: ``split`` (``lines`` | ``paragraphs`` | ``regex:PATTERN``),
+  ``aggregate`` (``min`` | ``prod`` | ``last`` | ``mean``), ``kind`` (``auto`` | ``token`` | ``tag``),
+  ``step_tag``, ``step_sep``, ``good_token``, ``bad_token``, ``positive_label``, and the ``rm``
+  batching options.
+- ``prm-fn:pkg.module:name``: the same with step scores from ``name(prompt, steps) -> list[float]``.
+  Options: ``split``, ``aggregate``.
 - ``sum``: weighted sum. Option ``terms``: ``{spec: weight}`` or a list of ``[spec, weight]`` or
   ``[spec, weight, options]``.
 """
@@ -174,6 +181,33 @@ def judge(arg: str, options: Mapping[str, Any]) -> Scorer:
     return JudgeScorer(arg, **o)
 
 
+def prm(arg: str, options: Mapping[str, Any]) -> Scorer:
+    from rsft.score.prm import ModelStepScorer, ProcessRewardScorer
+
+    o = _options(
+        "prm",
+        options,
+        {"split": "lines", "aggregate": "min", "kind": "auto", "step_tag": None, "step_sep": "\n",
+         "good_token": "+", "bad_token": "-", "positive_label": None, "batch_size": 8, "max_length": 4096,
+         "device": "auto", "dtype": "auto", "sort_by_length": True, "max_batch_tokens": None},
+    )
+    split, how = str(o.pop("split")), str(o.pop("aggregate"))
+    ProcessRewardScorer.check(split, how)  # before loading a model
+    for key in ("batch_size", "max_length"):
+        o[key] = int(o[key])
+    return ProcessRewardScorer(ModelStepScorer(arg, **o), split=split, aggregate=how)
+
+
+def prm_fn(arg: str, options: Mapping[str, Any]) -> Scorer:
+    from rsft.score import load_object
+    from rsft.score.prm import CallableStepScorer, ProcessRewardScorer
+
+    o = _options("prm-fn", options, {"split": "lines", "aggregate": "min"})
+    fn = load_object(arg)
+    return ProcessRewardScorer(CallableStepScorer(fn, name=f"prm-fn:{arg}"), split=str(o["split"]),
+                               aggregate=str(o["aggregate"]))
+
+
 REGISTRY: dict[str, Callable[[str, Mapping[str, Any]], Scorer]] = {
     "exact": exact,
     "regex": regex,
@@ -184,6 +218,8 @@ REGISTRY: dict[str, Callable[[str, Mapping[str, Any]], Scorer]] = {
     "gate": gate,
     "sum": weighted_sum,
     "judge": judge,
+    "prm": prm,
+    "prm-fn": prm_fn,
 }
 
 
