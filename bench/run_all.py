@@ -26,6 +26,7 @@ SCRIPTS = [
     ("generation.py", ["--model", "tiny", "gemma3-270m"]),
     ("reward_scoring.py", ["--gemma"]),
     ("selection.py", []),
+    ("bon_curve.py", []),
     ("pipeline_overhead.py", []),
     ("sandbox_throughput.py", []),
 ]

@@ -104,10 +104,9 @@ def main() -> None:
 
 
 CAUSES = {
-    "bon_curve(R)": "sorts every row (float64) once, then for each of the 7 values of n finds the row's reward "
-                    "levels and looks up their KL terms over all 64M entries (the KL estimate is most of it; "
-                    "expected_best_of_n alone is the row above)",
-    "expected_best_of_n(R, 8)": "a float64 copy and a sort of every row (64M entries), then one weighted sum",
+    "bon_curve(R)": "sorts every row once and finds its tied runs (bench/bon_curve.py compares it with the "
+                    "previous code, which looked up KL terms over all 64M entries for each of the 7 values of n)",
+    "expected_best_of_n(R, 8)": "a copy and a sort of every row (64M entries) in R's dtype, then column sums",
     "threshold": "keep_above returns a Python list of (i, j) tuples, one per kept row",
     "select(strategy='best')": "counts NaN over the whole matrix, then keep_above's Python list of (i, j) tuples",
 }
