@@ -210,3 +210,29 @@ def test_rsft_serve_of_the_tiny_model_as_judge(tiny_judge: str, tmp_path: Path, 
     assert [v.details for v in rerun.score(["Q: What is 2 + 3?\nA:", "Q: What is 7 - 4?\nA:"], [" 5", " 3"],
                                            [{}, {}])] == [v.details for v in out]
     assert rerun.last_stats["journal_reused"] == 4
+
+
+def test_rsft_bon_with_a_judge_from_the_cli(server: FakeServer, tmp_path: Path) -> None:
+    """`rsft bon --scorer judge:...`: candidates and judge from the fake server; the judge prefers seed 2."""
+    server.cfg.max_choices = 1  # one choice per request: each candidate its own seed
+
+    def reply(body: dict[str, Any]) -> str:
+        if "messages" not in body:
+            return f"candidate s{body['seed']}"
+        graded = body["messages"][-1]["content"]
+        return f"Score: {8 if 'candidate s2' in graded else 3}"
+
+    server.cfg.reply = reply
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": "Q: 1 + 1?\nA:"}) + "\n")
+    cmd = [sys.executable, "-m", "rsft.cli", "bon", "--prompts", "p.jsonl", "--backend", "openai",
+           "--model", "gen", "--option", f"base_url={server.base_url}", "-n", "3", "--scorer", "judge:grader",
+           "--scorer-option", f"base_url={server.base_url}", "--scorer-option", "scale=[0, 10]",
+           "--output", "out.jsonl"]
+    r = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    row = json.loads((tmp_path / "out.jsonl").read_text())
+    assert [c["text"] for c in row["candidates"]] == ["candidate s0", "candidate s1", "candidate s2"]
+    assert [c["score"] for c in row["candidates"]] == [0.3, 0.3, 0.8] and row["index"] == 2
+    judged = [b for b in server.stats.bodies if "messages" in b]
+    assert len(judged) == 3 and {b["model"] for b in judged} == {"grader"}

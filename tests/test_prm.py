@@ -3,7 +3,11 @@ direct forward pass of the tiny random token classifier and causal LM."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -197,3 +201,20 @@ def test_bad_model_options(tiny_lm: Path, tiny_prm: Path, tmp_path: Path) -> Non
         as_scorer(f"prm:{tiny_prm}", {"kind": "sequence"})
     with pytest.raises(RsftError, match="needs a model path"):
         as_scorer("prm")
+
+
+def test_rsft_bon_weighted_by_a_prm_from_the_cli(tiny_lm: Path, tiny_prm: Path, tmp_path: Path) -> None:
+    (tmp_path / "p.jsonl").write_text(json.dumps({"prompt": PROMPTS[0]}) + "\n")
+    cmd = [sys.executable, "-m", "rsft.cli", "bon", "--prompts", "p.jsonl", "--model", str(tiny_lm), "-n", "3",
+           "--max-new-tokens", "8", "--scorer", f"prm:{tiny_prm}", "--scorer-option", "aggregate=prod",
+           "--selector", "weighted_majority", "--output", "out.jsonl"]
+    r = subprocess.run(cmd, cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    row = json.loads((tmp_path / "out.jsonl").read_text())
+    texts = [c["text"] for c in row["candidates"]]
+    expected = as_scorer(f"prm:{tiny_prm}", {"aggregate": "prod"}).score([PROMPTS[0]] * 3, texts, [{}] * 3)
+    got = [c["score"] for c in row["candidates"]]
+    assert [math.isnan(g) if g is not None else True for g in got] == [math.isnan(v.score) for v in expected]
+    assert [g for g in got if g is not None and not math.isnan(g)] == pytest.approx(
+        [v.score for v in expected if not math.isnan(v.score)], abs=1e-5)
