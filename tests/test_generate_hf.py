@@ -102,9 +102,9 @@ def test_shared_few_shot_prefix_is_encoded_once_and_changes_nothing(tiny_lm):
     gen = HFGenerator(str(tiny_lm))  # one batch, so last_tokens covers every row
     prompts = [FEW_SHOT + "Q: What is 1 + 1?\nA:", FEW_SHOT + "Q: hi\nA:", FEW_SHOT + "Q: What is 10 - 4 - 3?\nA:"]
     encoded = [gen.tokenizer(p)["input_ids"] for p in prompts]
-    from rsft.generate.hf import MIN_SHARED_PREFIX, _common_prefix
+    from rsft.generate.prefix_cache import MIN_SHARED_PREFIX, shared_prefix_length
 
-    assert _common_prefix(encoded) >= MIN_SHARED_PREFIX
+    assert shared_prefix_length(encoded) >= MIN_SHARED_PREFIX
     ours = gen.generate(prompts, 1, SamplingParams(temperature=0, max_new_tokens=8))
     for i, (row, ref_all) in enumerate(zip(ours, _transformers_greedy(gen, prompts, 8), strict=True)):
         ref_ids = ref_all[: row[0].n_tokens]

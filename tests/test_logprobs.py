@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import pytest
@@ -154,16 +153,15 @@ def test_models_without_logits_to_keep_give_the_same_scores(lm):
 
 def test_a_shared_few_shot_header_runs_once_and_scores_the_same(lm):
     """Prompts with a common header (few-shot examples) share its KV cache; scores equal the definition."""
-    from rsft import logprobs
+    from rsft.generate import prefix_cache
 
     model, tok = lm
     header = "Q: What is 1 + 1?\nA: 2\n\nQ: What is 2 + 2?\nA: 4\n\nQ: What is 3 + 3?\nA: 6\n\n"
     prompts = [header + q for q in ("Q: What is 4 + 4?\nA:", "Q: And 10 - 7?\nA:", "Q: 5 x 5?\nA:")] * 2
     completions = [" 8", " 3 of them", " 25, I think", " nine", " 3", " twenty-five\n"]
     ids = [tok(p)["input_ids"] for p in prompts]
-    cache_kw = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    shared, cache = logprobs._prefix_cache(model, ids, cache_kw, model.device)
-    assert shared >= logprobs.MIN_SHARED_PREFIX and cache is not None
+    shared, cache = prefix_cache.prefix_cache(model, ids, model.device)
+    assert shared >= prefix_cache.MIN_SHARED_PREFIX and cache is not None
     got = sequence_logprobs(model, tok, prompts, completions, batch_size=4)
     want = [reference_logprob(model, tok, p, c) for p, c in zip(prompts, completions, strict=True)]
     assert got == pytest.approx(want, abs=1e-4)

@@ -10,11 +10,12 @@ torch is imported inside the functions, so ``import rsft.logprobs`` stays cheap.
 
 from __future__ import annotations
 
-import copy
 import inspect
 import math
 from collections.abc import Sequence
 from typing import Any
+
+from rsft.generate.prefix_cache import cache_keyword, prefix_cache, repeated
 
 
 def sequence_logprobs(
@@ -48,10 +49,9 @@ def sequence_logprobs(
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    params = inspect.signature(model.forward).parameters
-    cache_kw = next((k for k in ("cache", "past_key_values") if k in params), None)
-    head_only = "logits_to_keep" in params
-    shared, prefix_cache = _prefix_cache(model, prompt_ids, cache_kw, device) if head_only else (0, None)
+    cache_kw = cache_keyword(model)
+    head_only = "logits_to_keep" in inspect.signature(model.forward).parameters
+    shared, prefix = prefix_cache(model, prompt_ids, device) if head_only and cache_kw else (0, None)
     order = sorted(range(len(prompts)), key=lambda i: len(prompt_ids[i]) + len(completion_ids[i]))
     out = [0.0] * len(prompts)
     with torch.inference_mode():
@@ -76,10 +76,8 @@ def sequence_logprobs(
             kwargs: dict[str, Any] = {}
             if head_only:
                 kwargs["logits_to_keep"] = torch.arange(lo, width - 1, device=device)
-            if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)
-                cache.batch_repeat_interleave(len(chunk))
-                kwargs.update({cache_kw: cache, "use_cache": True,
+            if prefix is not None:
+                kwargs.update({cache_kw: repeated(prefix, len(chunk)), "use_cache": True,
                                "position_ids": (shared + torch.arange(width, device=device)).expand(len(chunk), -1)})
             else:
                 kwargs["use_cache"] = False
@@ -92,30 +90,6 @@ def sequence_logprobs(
             for row, i in enumerate(chunk):
                 out[i] = float(sums[row])
     return out
-
-
-MIN_SHARED_PREFIX = 8
-"""Shortest common prompt prefix (tokens) worth running once and sharing through the KV cache."""
-
-
-def _prefix_cache(model: Any, prompt_ids: list[list[int]], cache_kw: str | None, device: Any) -> tuple[int, Any]:
-    """The prompts' common token prefix (a task's few-shot examples) run once: ``(length, KV cache)``,
-    or ``(0, None)`` when it is short or the model's cache cannot be copied per batch."""
-    import torch
-
-    if cache_kw is None or len(prompt_ids) < 2:
-        return 0, None
-    first, shared = prompt_ids[0], min(len(p) for p in prompt_ids) - 1  # every prompt keeps a token of its own
-    for ids in prompt_ids[1:]:
-        shared = next((k for k in range(shared) if ids[k] != first[k]), shared)
-    if shared < MIN_SHARED_PREFIX:
-        return 0, None
-    with torch.inference_mode():
-        out = model(input_ids=torch.tensor([first[:shared]], device=device), use_cache=True)
-    cache = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    if cache is None or not hasattr(cache, "batch_repeat_interleave"):
-        return 0, None
-    return shared, cache
 
 
 def _encode(tokenizer: Any, texts: Sequence[str], special: bool) -> list[list[int]]:

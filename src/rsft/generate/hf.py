@@ -10,13 +10,13 @@ for KL estimates.
 
 from __future__ import annotations
 
-import inspect
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from rsft.errors import RsftError
+from rsft.generate.prefix_cache import cache_keyword, cache_of, prefix_cache, repeated
 from rsft.generate.sampling import sample_next
 from rsft.progress import progress
 from rsft.types import Completion, PromptValue, SamplingParams
@@ -65,8 +65,7 @@ class HFGenerator:
         self.eos_ids = _eos_ids(self.model, self.tokenizer)
         self._stop_ids: dict[tuple[str, ...], frozenset[int]] = {}
         self.calls = 0
-        # transformers renamed `past_key_values` to `cache` (5.x); use whichever this version takes
-        self._cache_kw = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        self._cache_kw = cache_keyword(self.model) or "past_key_values"
 
     def render(self, prompt: PromptValue) -> str:
         """The exact text the model is conditioned on (chat prompts go through the chat template)."""
@@ -128,18 +127,9 @@ class HFGenerator:
         encoded = [tok(t, add_special_tokens=_adds_bos(tok, texts))["input_ids"] for t in texts]
         if self._keep_tokens:  # truncate="left": the prompts' last tokens that fit the context
             encoded = [e[-self._keep_tokens :] for e in encoded]
-        shared = _common_prefix(encoded) if len(encoded) > 1 else 0
-        shared = min(shared, min(len(e) for e in encoded) - 1)  # every prompt keeps >= 1 token of its own
-        cache = None
-        if shared >= MIN_SHARED_PREFIX:
-            out = self.model(input_ids=torch.tensor([encoded[0][:shared]], device=device), use_cache=True)
-            cache = _cache_of(out)
-            if not hasattr(cache, "batch_repeat_interleave"):
-                cache, shared = None, 0
-            else:
-                cache.batch_repeat_interleave(len(texts))
-        else:
-            shared = 0
+        shared, cache = prefix_cache(self.model, encoded, device)
+        if cache is not None:
+            cache = repeated(cache, len(texts), in_place=True)
         suffixes = [e[shared:] for e in encoded]
         width = max(len(x) for x in suffixes)
         ids = torch.full((len(texts), width), tok.pad_token_id, dtype=torch.long)
@@ -153,7 +143,7 @@ class HFGenerator:
         kwargs = {self._cache_kw: cache} if cache is not None else {}
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                          logits_to_keep=1, **kwargs)
-        cache = _cache_of(out)
+        cache = cache_of(out)
         logits = out.logits[:, -1].float()
         if copies > 1:
             cache.batch_repeat_interleave(copies)
@@ -271,20 +261,6 @@ class HFGenerator:
         return lo
 
 
-MIN_SHARED_PREFIX = 8
-"""Shortest common token prefix worth encoding once for the whole batch."""
-
-
-def _common_prefix(sequences: list[list[int]]) -> int:
-    first = sequences[0]
-    length = min(len(x) for x in sequences)
-    for pos in range(length):
-        tok = first[pos]
-        if any(x[pos] != tok for x in sequences):
-            return pos
-    return length
-
-
 def _context_length(model: Any, tokenizer: Any) -> int | None:
     """The model's context length in tokens: ``max_position_embeddings``, else the tokenizer's limit."""
     config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
@@ -293,11 +269,6 @@ def _context_length(model: Any, tokenizer: Any) -> int | None:
         return length
     length = getattr(tokenizer, "model_max_length", None)
     return length if isinstance(length, int) and 0 < length < 10**8 else None
-
-
-def _cache_of(output: Any) -> Any:
-    cache = getattr(output, "cache", None)
-    return cache if cache is not None else output.past_key_values
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
