@@ -82,9 +82,10 @@ def _add_scoring_args(p: argparse.ArgumentParser) -> None:
 
 def _add_selection_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("selection")
-    g.add_argument("--strategy", choices=["best", "top_k", "threshold", "k_per_prompt", "dpo_pairs"],
+    g.add_argument("--strategy", choices=["best", "top_k", "threshold", "k_per_prompt", "rso", "dpo_pairs"],
                    help=_doc(SelectionConfig, "strategy"))
-    g.add_argument("-k", type=int, help="how many to keep (top_k: overall; k_per_prompt: per prompt)")
+    g.add_argument("-k", type=int, help="how many to keep (top_k: overall; k_per_prompt, rso: per prompt)")
+    g.add_argument("--beta", type=float, help=_doc(SelectionConfig, "beta"))
     g.add_argument("--threshold", type=float, help=_doc(SelectionConfig, "threshold"))
     g.add_argument("--dedup", action="store_true", default=None, help=_doc(SelectionConfig, "dedup"))
 
@@ -133,7 +134,7 @@ def _config_from(args: argparse.Namespace) -> RunConfig:
     config.scoring.options.update(dict(a.get("scorer_option") or []))
     _set(config.scoring, "on_error", a.get("on_error"))
     _set(config.scoring, "pass_threshold", a.get("pass_threshold"))
-    for attr in ("strategy", "k", "threshold", "dedup"):
+    for attr in ("strategy", "k", "threshold", "dedup", "beta"):
         _set(config.selection, attr, a.get(attr))
     _set(config, "executor", a.get("executor"))
     _set(config.ray, "address", a.get("ray_address"))

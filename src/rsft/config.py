@@ -123,12 +123,18 @@ class SelectionConfig:
 
     strategy: str = "best"
     """``best`` (one per prompt), ``top_k`` (overall), ``threshold`` (best if >= threshold),
-    ``k_per_prompt``, or ``dpo_pairs`` (best vs worst for DPO)."""
+    ``k_per_prompt``, ``rso`` (statistical rejection sampling at ``beta``), or ``dpo_pairs`` (best vs
+    worst for DPO)."""
     k: int | None = None
     threshold: float | None = None
     """Minimum reward (``threshold``, ``k_per_prompt``) or minimum margin (``dpo_pairs``)."""
     dedup: bool = False
     """Drop repeated identical completions of a prompt before selecting."""
+    beta: float = 0.5
+    """``rso``: keep samples of pi(y) * exp(r(y) / beta): small beta approaches the best per prompt, large
+    beta the policy's own samples (``k`` per prompt, default 1)."""
+    seed: int = 0
+    """``rso``: seed of the acceptance draws (the same seed and rewards keep the same samples)."""
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from rsft.errors import RsftError
 
-STRATEGIES = ("best", "top_k", "threshold", "k_per_prompt")
+STRATEGIES = ("best", "top_k", "threshold", "k_per_prompt", "rso")
 """Strategy names accepted by ``select``."""
 
 _BLOCK_ELEMS = 1 << 18
@@ -335,6 +335,74 @@ def dpo_pairs(R: npt.ArrayLike, min_margin: float = 0.0) -> list[tuple[int, int,
     return out
 
 
+def rso_per_prompt(
+    R: npt.ArrayLike, k: int = 1, beta: float = 0.5, seed: int = 0, threshold: float | None = None
+) -> list[tuple[int, int]]:
+    """Statistical rejection sampling (RSO, Liu et al. 2023): up to k ``(i, j)`` per row.
+
+    The N samples of a row come from the policy pi; RSO turns them into samples of the optimal
+    KL-regularised policy ``pi(y) * exp(r(y) / beta)`` (normalised). As in the paper's Algorithm 1,
+    per row: draw a candidate uniformly from the remaining ones and accept it with probability
+    ``exp((r_j - max r) / beta)`` (max over the remaining); an accepted candidate leaves the pool,
+    until k are accepted or none remain. So the first pick is column j with probability
+    ``exp(r_j / beta) / sum``, and each later one the same over what remains. Small beta approaches
+    the best per prompt, large beta uniform draws. Rows in order, each row's picks in acceptance
+    order; the same ``seed`` and R give the same picks. NaN and -inf entries (and, with
+    ``threshold``, rewards below it) are never candidates. k <= 0 picks nothing.
+    """
+    R = as_reward_matrix(R)
+    b = _number(beta, "beta")
+    if not 0 < b < np.inf:
+        raise RsftError(f"beta must be a positive finite number, got {beta!r}")
+    t = -np.inf if threshold is None else _number(threshold, "threshold")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise RsftError(f"seed must be an integer, got {seed!r}")
+    rng = np.random.default_rng(int(seed))
+    rows, cols = [np.empty(0, dtype=np.intp)], [np.empty(0, dtype=np.intp)]
+    for start, block in _row_blocks(R):
+        values = _clean(block).astype(np.float64)
+        alive = (values > -np.inf) & (values >= t)
+        for _ in range(min(int(k), R.shape[1])):  # one acceptance per row and round
+            r, c = _rso_round(values, alive, b, rng)
+            if not r.size:
+                break
+            alive[r, c] = False
+            rows.append(r + start)
+            cols.append(c)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    order = np.argsort(r, kind="stable")  # rows in order, rounds (acceptance order) within a row
+    return _pairs(r[order], c[order])
+
+
+def _rso_round(
+    values: np.ndarray, alive: np.ndarray, beta: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """One accepted column for each row that has candidates left: ``(rows, columns)``.
+
+    Every such row draws columns uniformly and accepts column j with probability
+    ``exp((r_j - max) / beta)``, 0 for a column no longer in its pool, which is the same as drawing
+    from the pool alone. Draws come in batches of N per row; the pool's maximum is always
+    accepted, so a batch succeeds with probability at least ``1 - (1 - 1/N)^N`` (about 63%).
+    """
+    rows = np.flatnonzero(alive.any(axis=1))
+    live = np.where(alive[rows], values[rows], -np.inf)
+    top = live.max(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore"):  # inf - inf when the top is +inf
+        accept = np.where(live == top, 1.0, np.exp((live - top) / beta))
+    accept[~alive[rows]] = 0.0
+    chosen = np.empty(len(rows), dtype=np.intp)
+    pending = np.arange(len(rows))
+    n = values.shape[1]
+    while pending.size:
+        draws = rng.integers(n, size=(len(pending), n))
+        hit = rng.random((len(pending), n)) < np.take_along_axis(accept[pending], draws, axis=1)
+        done = hit.any(axis=1)
+        first = hit.argmax(axis=1)
+        chosen[pending[done]] = draws[done, first[done]]
+        pending = pending[~done]
+    return rows, chosen
+
+
 # --- one entry point ---------------------------------------------------------------------------
 
 
@@ -360,6 +428,8 @@ def select(
     threshold: float | None = None,
     texts: Sequence[Sequence[str]] | None = None,
     dedup: bool = False,
+    beta: float | None = None,
+    seed: int = 0,
 ) -> Selection:
     """Run one selection strategy over R.
 
@@ -368,13 +438,15 @@ def select(
         ``threshold``: each row's best when >= ``threshold`` (required).
         ``top_k``: the ``k`` (required) highest rewards overall, highest first.
         ``k_per_prompt``: up to ``k`` (required) best per row.
+        ``rso``: up to ``k`` (default 1) per row by statistical rejection sampling at ``beta``
+        (required) with ``seed`` (``rso_per_prompt``).
 
     ``threshold``, when given, filters every strategy. With ``dedup=True`` (needs ``texts``),
     repeated completion texts within a row are masked to -inf first. NaN and -inf entries are
     never picked.
 
     Raises:
-        RsftError: unknown strategy, missing ``k``/``threshold``/``texts``, or a bad R.
+        RsftError: unknown strategy, missing ``k``/``threshold``/``texts``/``beta``, or a bad R.
     """
     if strategy not in STRATEGIES:
         raise RsftError(f"unknown selection strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
@@ -398,6 +470,10 @@ def select(
         values = R[rows, cols]
         keep = (values > -np.inf) & (values >= t)
         pairs = _pairs(rows[keep], cols[keep])
+    elif strategy == "rso":
+        if beta is None:
+            raise RsftError("selection strategy 'rso' needs beta")
+        pairs = rso_per_prompt(R, 1 if k is None else _positive_int(k, "k"), beta, seed, threshold)
     else:
         pairs = k_per_prompt(R, _positive_int(k, "k"), threshold)
     n_picked_rows = len({i for i, _ in pairs})
