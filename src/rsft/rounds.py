@@ -35,6 +35,7 @@ from rsft.config import (
 )
 from rsft.errors import RsftError
 from rsft.generate import Generator
+from rsft.rm import gate_round
 from rsft.types import Prompt
 
 EVAL = "eval.json"
@@ -253,6 +254,7 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
     say(f"base: {_fmt(baseline)}")
     for k in range(config.rounds.rounds):
         rd = pipeline.round_dir(config, k)
+        gate_round(config, rd)  # rounds.rm_check: refuse the round when the reward model fails its pairs
         # locally the loaded policy is reused; Ray actors load the checkpoint themselves (never a pickled model)
         live = policies.generator(current) if config.executor == "local" else None
         result = pipeline.run_round(_with_policy(config, current), k, generator=live,

@@ -569,3 +569,16 @@ def format_bon_curve(rows: list[dict[str, Any]], threshold: float | None = None)
     ]
     widths = [max(len(row[c]) for row in table) for c in range(len(header))]
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in table)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (95% for z = 1.96); ``(nan, nan)`` when n = 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is not degenerate at 0 or n successes,
+    which matters for the small samples (tens of pairs, held-out prompts) this package reports on."""
+    if n <= 0:
+        return math.nan, math.nan
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)

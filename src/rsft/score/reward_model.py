@@ -77,6 +77,28 @@ def padding_efficiency(
     return sum(lengths) / padded if padded else 1.0
 
 
+def encode_pairs(tokenizer: Any, prompts: Sequence[PromptValue], completions: Sequence[str],
+                 max_length: int) -> list[list[int]]:
+    """Token ids of each (prompt, completion) as a reward model reads it: the tokenizer's chat template
+    (plain concatenation without one), truncated on the left to ``max_length``. ``rsft rm-train``
+    trains on exactly these ids, so a trained RM is scored the way it learned."""
+    tok = tokenizer
+    if tok.chat_template:
+        texts = []
+        for prompt, completion in zip(prompts, completions, strict=True):
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+            messages.append({"role": "assistant", "content": completion})
+            texts.append(tok.apply_chat_template(messages, tokenize=False))
+        ids = tok(texts, add_special_tokens=False)["input_ids"]  # the template has its own specials
+    else:
+        texts = [
+            (p if isinstance(p, str) else "\n\n".join(str(m["content"]) for m in p)) + c
+            for p, c in zip(prompts, completions, strict=True)
+        ]
+        ids = tok(texts)["input_ids"]
+    return [list(x[-max_length:]) for x in ids]
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
@@ -158,25 +180,7 @@ class RewardModelScorer:
 
     def encode(self, prompts: Sequence[PromptValue], completions: Sequence[str]) -> list[list[int]]:
         """Token ids of each pair as the RM sees it, truncated on the left to ``max_length``."""
-        tok = self.tokenizer
-        if tok.chat_template:
-            texts = []
-            for prompt, completion in zip(prompts, completions, strict=True):
-                messages = (
-                    [{"role": "user", "content": prompt}]
-                    if isinstance(prompt, str)
-                    else [dict(m) for m in prompt]
-                )
-                messages.append({"role": "assistant", "content": completion})
-                texts.append(tok.apply_chat_template(messages, tokenize=False))
-            ids = tok(texts, add_special_tokens=False)["input_ids"]  # the template has its own specials
-        else:
-            texts = [
-                (p if isinstance(p, str) else "\n\n".join(str(m["content"]) for m in p)) + c
-                for p, c in zip(prompts, completions, strict=True)
-            ]
-            ids = tok(texts)["input_ids"]
-        return [list(x[-self.max_length :]) for x in ids]
+        return encode_pairs(self.tokenizer, prompts, completions, self.max_length)
 
     def _forward(self, batch: Sequence[Sequence[int]]) -> list[float]:
         """One padded forward pass (right padding: positions match the unpadded sequences)."""
