@@ -214,6 +214,9 @@ def cmd_run(args: argparse.Namespace) -> None:
 
         _print_json(rounds.run_rounds(config))
         return
+    from rsft.rm import gate_round
+
+    gate_round(config, pipeline.round_dir(config))  # rounds.rm_check applies to a single round too
     result = pipeline.run_round(config, new_version=args.new_version)
     _print_json({"round_dir": str(result.round_dir), "selected": result.export["rows"],
                  "selected_jsonl": result.export["path"]})
@@ -241,6 +244,8 @@ PLUGGED: dict[str, tuple[str, str]] = {
     "report": ("rsft.report", "HTML report of an RSFT run: rewards, kept set, eval with CI, KL, control, losses"),
     "serve": ("rsft.serve", "serve Best-of-N over the OpenAI API (/v1/completions, /v1/chat/completions)"),
     "sweep": ("rsft.sweep", "a grid over N, temperature, keep threshold and epochs from one YAML, with a results table"),
+    "rm-check": ("rsft.rm", "re-validate a reward model on chosen/rejected pairs: accuracy with a CI, agreement with a checker"),
+    "rm-train": ("rsft.rm_train", "train a reward model on chosen/rejected pairs with TRL's RewardTrainer"),
 }
 """Commands whose module declares its own options (``add_arguments``) and body (``main``)."""
 

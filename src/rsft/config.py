@@ -208,6 +208,27 @@ class EvalConfig:
 
 
 @dataclass
+class RmCheckConfig:
+    """Re-validate the reward model at the start of each round (``rsft rm-check`` on fixed pairs) and
+    refuse the round when it ranks too few of them right; the report goes to ``ROUND_DIR/rm_check.json``."""
+
+    pairs: str = ""
+    """Chosen/rejected JSONL (``prompt``, ``chosen``, ``rejected``; text or conversational), held out
+    from whatever the RM was trained on."""
+    model: str | None = None
+    """The reward model to check (``rm:PATH`` or a folder); None: the ``rm:PATH`` of ``scoring.scorer``
+    (or of its ``inner`` scorer)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Options of the reward model scorer (``batch_size``, ``max_length``, ``device``, ``dtype``)."""
+    min_accuracy: float = 0.6
+    """The round is refused when the fraction of pairs with chosen scored above rejected is below
+    this (ties count as wrong)."""
+    use_ci_low: bool = False
+    """Compare the Wilson 95% lower bound instead of the accuracy: on a few dozen pairs, refuses an RM
+    that is only good by luck."""
+
+
+@dataclass
 class RoundsConfig:
     """How rounds follow each other."""
 
@@ -232,6 +253,9 @@ class RoundsConfig:
     its own carried across rounds: round k's control starts from round k-1's control (the base at
     round 0) and trains on one completion it samples itself for as many random prompts of the round
     as RSFT kept (what K rounds of selection added over K rounds of the same training)."""
+    rm_check: RmCheckConfig | None = None
+    """Check the reward model on held-out preference pairs before each round of ``rsft run`` and stop
+    when it falls below ``min_accuracy`` (None: no check)."""
 
 
 @dataclass
