@@ -136,7 +136,7 @@ def write_round(round_dir: Path, rows: list[tuple[str, str, list[str]]], rewards
     artifacts.write_table(round_dir / artifacts.COMPLETIONS, matrix.completion_columns(prompts, comps, 0),
                           matrix.COMPLETIONS_SCHEMA)
     if rewards is not None:
-        flat = [(p.prompt_id, j, r) for p, row in zip(prompts, rewards) for j, r in enumerate(row)]
+        flat = [(p.prompt_id, j, r) for p, row in zip(prompts, rewards, strict=True) for j, r in enumerate(row)]
         artifacts.write_table(round_dir / artifacts.REWARDS, {
             "prompt_id": [f[0] for f in flat], "sample_idx": [f[1] for f in flat], "reward": [f[2] for f in flat],
             "scorer": ["exact"] * len(flat), "details": [None] * len(flat), "failed": [False] * len(flat),

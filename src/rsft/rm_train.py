@@ -49,29 +49,28 @@ class RmTrainConfig:
     """Seed of the new score head and the data order."""
 
 
-def _load_base(base: str) -> tuple[Any, Any]:
-    """The base model as a sequence classifier with one output (a new score head on a causal LM)."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+def _load_tokenizer(base: str) -> tuple[str, Any]:
+    """The base model's path and its tokenizer (with a pad token: batches of pairs are padded)."""
+    from transformers import AutoTokenizer
 
     from rsft.models import resolve_model_path
 
     path = resolve_model_path(base)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     except Exception as e:  # any failure becomes one line for the user
         first = (str(e).strip().splitlines() or [""])[0]
-        raise RsftError(f"--base {base!r}: cannot load as a sequence classifier: {type(e).__name__}: {first}") from e
+        raise RsftError(f"--base {base!r}: cannot load its tokenizer: {type(e).__name__}: {first}") from e
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise RsftError(f"--base {base!r}: the tokenizer has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
-    model.config.get_text_config().pad_token_id = tokenizer.pad_token_id  # the head finds the last token by it
-    return model, tokenizer
+    return path, tokenizer
 
 
-def _build_trainer(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: RmTrainConfig, work: Path) -> Any:
+def _build_trainer(model_path: str, tokenizer: Any, pairs: Sequence[Pair], config: RmTrainConfig, work: Path) -> Any:
+    """TRL's RewardTrainer on pre-tokenized pairs. TRL loads the model itself (float32, one output,
+    a new score head on a causal LM without the warning about it) and sets its pad token id."""
     import datasets
     import torch
     from transformers import PrinterCallback, ProgressCallback
@@ -93,9 +92,10 @@ def _build_trainer(model: Any, tokenizer: Any, pairs: Sequence[Pair], config: Rm
         dataloader_num_workers=0,
     )
     try:
-        trainer = RewardTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer)
-    except ValueError as e:
-        raise RsftError(f"cannot set up reward model training: {e}") from e
+        trainer = RewardTrainer(model=model_path, args=args, train_dataset=data, processing_class=tokenizer)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise RsftError(f"--base {model_path}: cannot train it as a reward model: {type(e).__name__}: {first}") from e
     trainer.remove_callback(ProgressCallback)  # stdout stays for the command's JSON summary
     trainer.remove_callback(PrinterCallback)
     return trainer
@@ -128,11 +128,11 @@ def train_rm(pairs: Sequence[Pair], base: str, out: Path, config: RmTrainConfig 
         raise RsftError(f"rm-train needs the 'train' extra: pip install 'rsft[train]' ({e})") from e
     datasets.disable_progress_bars()
     started = time.time()
-    model, tokenizer = _load_base(base)
+    model_path, tokenizer = _load_tokenizer(base)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        trainer = _build_trainer(model, tokenizer, pairs, config, work)
+        trainer = _build_trainer(model_path, tokenizer, pairs, config, work)
         result = trainer.train()
         staged = work / "model"
         trainer.model.save_pretrained(str(staged))
