@@ -178,7 +178,7 @@ def test_round_rewards_as_verdicts(tmp_path):
 # --- the gate ------------------------------------------------------------------------------------
 
 
-def test_gate_writes_report_refuses_and_reuses(tmp_path, tiny_rm):
+def test_gate_writes_report_refuses_and_reuses(tmp_path, tiny_rm, monkeypatch):
     pairs = write_jsonl(tmp_path / "held.jsonl", sum_pairs(1, 6))
     config = RunConfig()
     assert gate_round(config, tmp_path / "r0") is None  # no rm_check configured: nothing runs
@@ -188,6 +188,11 @@ def test_gate_writes_report_refuses_and_reuses(tmp_path, tiny_rm):
     saved = json.loads((tmp_path / "r0" / "rm_check.json").read_text())
     assert saved["gate"]["passed"] and saved["pairs"]["n"] == 6 and saved["rm"] == f"rm:{tiny_rm}"
     assert rep["key"] == saved["key"]
+    with monkeypatch.context() as m:  # same RM files, pairs and settings: the saved check is reused
+        m.setattr("rsft.rm.load_rm", lambda *a: pytest.fail("the RM was loaded again"))
+        assert gate_round(config, tmp_path / "r0") == saved
+    (tmp_path / "r0" / "rm_check.json").write_text("{not json")
+    assert gate_round(config, tmp_path / "r0")["key"] == saved["key"]  # an unreadable file: checked again
     config.rounds.rm_check = RmCheckConfig(pairs=str(pairs), min_accuracy=1.01, model=str(tiny_rm))
     with pytest.raises(RmGateError, match=r"r1: refused: reward model .* below rounds.rm_check.min_accuracy 101.0%"):
         gate_round(config, tmp_path / "r1")

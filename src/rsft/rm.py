@@ -385,8 +385,11 @@ def gate_round(config: RunConfig, round_dir: Path) -> dict[str, Any] | None:
     key = artifacts.config_hash({"rm_check": dataclasses.asdict(c), "rm": spec, "files": _model_fingerprint(spec),
                                  "pairs": artifacts.file_sha256(c.pairs) if Path(c.pairs).is_file() else None})
     path = Path(round_dir) / RM_CHECK
-    rep = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    if rep.get("key") != key:
+    try:
+        rep = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, or not ours to trust: check again
+        rep = {}
+    if not isinstance(rep, dict) or rep.get("key") != key:
         pairs = read_pairs(c.pairs)
         rep = {**check_pairs(load_rm(spec, c.options), pairs), "source": _file_source(c.pairs), "key": key}
         value = rep["pairs"]["ci_low" if c.use_ci_low else "accuracy"]
