@@ -18,6 +18,7 @@ import pytest
 
 from rsft import artifacts, matrix, stages
 from rsft.config import GenerationConfig, SamplingConfig, ScoringConfig, SelectionConfig
+from rsft.stages import shards
 from rsft.types import Completion, Prompt
 
 M, N, SHARD = 23, 3, 4
@@ -53,19 +54,19 @@ def _write_shards(folder: Path, sizes: Sequence[int]) -> list[pa.Table]:
         columns = {"prompt_id": [f"p{i}" for i in range(start, start + size)],
                    "sample_idx": [0] * size, "reward": [i / 3 for i in range(start, start + size)],
                    "scorer": ["x"] * size, "details": [None] * size, "failed": [i % 5 == 0 for i in range(size)]}
-        artifacts.write_table(stages._shard_path(folder, s), columns, matrix.REWARDS_SCHEMA)
-        tables.append(pq.read_table(stages._shard_path(folder, s)))
+        artifacts.write_table(shards.shard_path(folder, s), columns, matrix.REWARDS_SCHEMA)
+        tables.append(pq.read_table(shards.shard_path(folder, s)))
         start += size
     return tables
 
 
 @pytest.mark.parametrize("rows_per_group", [1024 * 1024, 10, 7])
 def test_streamed_output_has_the_bytes_of_one_write_table_of_all_shards(tmp_path, monkeypatch, rows_per_group):
-    monkeypatch.setattr(stages, "_ROW_GROUP_ROWS", rows_per_group)
+    monkeypatch.setattr(shards, "ROW_GROUP_ROWS", rows_per_group)
     tables = _write_shards(tmp_path / "shards", [4, 4, 3, 9, 1, 4])
     seen: list[int] = []
-    stages._finish_shards(tmp_path / "shards", 6, matrix.REWARDS_SCHEMA, tmp_path / "out.parquet",
-                          lambda t: seen.append(t.num_rows))
+    shards.finish_shards(tmp_path / "shards", 6, matrix.REWARDS_SCHEMA, tmp_path / "out.parquet",
+                         lambda t: seen.append(t.num_rows))
     pq.write_table(pa.concat_tables(tables), tmp_path / "expected.parquet", compression="zstd",
                    row_group_size=rows_per_group)
     assert (tmp_path / "out.parquet").read_bytes() == (tmp_path / "expected.parquet").read_bytes()
@@ -73,7 +74,7 @@ def test_streamed_output_has_the_bytes_of_one_write_table_of_all_shards(tmp_path
 
 
 def test_no_shards_give_an_empty_table(tmp_path):
-    stages._finish_shards(tmp_path / "shards", 0, matrix.REWARDS_SCHEMA, tmp_path / "out.parquet", lambda t: None)
+    shards.finish_shards(tmp_path / "shards", 0, matrix.REWARDS_SCHEMA, tmp_path / "out.parquet", lambda t: None)
     assert pq.read_table(tmp_path / "out.parquet").schema == matrix.REWARDS_SCHEMA
 
 
@@ -84,7 +85,7 @@ def test_a_round_never_reads_every_completion_text_at_once(tmp_path, monkeypatch
         raise AssertionError("a stage read all of completions.parquet")
 
     monkeypatch.setattr(matrix, "read_completions", refuse)
-    monkeypatch.setattr(stages, "ROW_GROUP_BYTES", 1)  # a row group per shard: the texts come from many
+    monkeypatch.setattr(shards, "ROW_GROUP_BYTES", 1)  # a row group per shard: the texts come from many
     got = _round(tmp_path / "streamed")
     assert pq.ParquetFile(tmp_path / "streamed" / artifacts.COMPLETIONS).num_row_groups == -(-M // SHARD)
     for name in (artifacts.REWARDS, artifacts.SELECTION):
@@ -99,7 +100,7 @@ def test_a_round_never_reads_every_completion_text_at_once(tmp_path, monkeypatch
 
 
 def test_export_of_preference_pairs_reads_the_right_texts(tmp_path, monkeypatch):
-    monkeypatch.setattr(stages, "ROW_GROUP_BYTES", 1)
+    monkeypatch.setattr(shards, "ROW_GROUP_BYTES", 1)
     _round(tmp_path, strategy="dpo_pairs")
     comps = pq.read_table(tmp_path / artifacts.COMPLETIONS).to_pylist()
     text = {(r["prompt_id"], r["sample_idx"]): r["text"] for r in comps}
@@ -113,7 +114,7 @@ def test_export_of_preference_pairs_reads_the_right_texts(tmp_path, monkeypatch)
 
 
 def test_completion_texts_forward_with_gaps_and_back(tmp_path, monkeypatch):
-    monkeypatch.setattr(stages, "ROW_GROUP_BYTES", 1)
+    monkeypatch.setattr(shards, "ROW_GROUP_BYTES", 1)
     _round(tmp_path)
     path = tmp_path / artifacts.COMPLETIONS
     all_texts = pq.read_table(path).column("text").to_pylist()

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 from rsft.config import key_value
 from rsft.errors import RsftError
 from rsft.generate import Generator, make_generator
-from rsft.score import Scorer, as_scorer
+from rsft.score import Scorer, as_scorer, score_pairs
 from rsft.types import Completion, Prompt, PromptValue, SamplingParams
 
 SELECTORS = ("argmax", "majority", "weighted_majority")
@@ -273,8 +273,6 @@ def select_best(
     equivalence: str | KeyFn = "exact",
 ) -> list[BoNResult]:
     """Score already generated candidates (one row of N per prompt) and pick one per row."""
-    from rsft.stages import score_pairs
-
     check_selector(selector, scorer is not None)
     extract_fn, equivalence = answer_extractor(extract), resolve_equivalence(equivalence)
     metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
@@ -429,7 +427,7 @@ def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
 def read_prompt_lines(stream: TextIO, source: str = "<stdin>") -> list[Prompt]:
     """Prompts from text lines: a JSON object is a prompt row (``prompt`` or ``messages``, other
     fields become metadata); any other non-blank line is a plain-text prompt."""
-    from rsft.prompts import FieldMap, _row_to_prompt, prompt_id
+    from rsft.prompts import FieldMap, prompt_id, row_to_prompt
 
     out = []
     for line_no, line in enumerate(stream, start=1):
@@ -443,7 +441,7 @@ def read_prompt_lines(stream: TextIO, source: str = "<stdin>") -> list[Prompt]:
             except json.JSONDecodeError:
                 row = None
         if isinstance(row, dict):
-            out.append(_row_to_prompt(row, FieldMap(), Path(source), line_no))
+            out.append(row_to_prompt(row, FieldMap(), Path(source), line_no))
         else:
             out.append(Prompt(prompt_id(text), text, {}))
     if not out:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rsft.errors import RsftError
+from rsft.types import SamplingParams
 
 
 @dataclass
@@ -100,6 +101,20 @@ class GenerationConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     shard_size: int = 64
     """Prompts per shard: each shard is written atomically, and a rerun skips finished shards."""
+
+
+def sampling_params(config: GenerationConfig, seed_offset: int = 0) -> SamplingParams:
+    """What a generator is handed for ``config.sampling``, its seed moved by ``seed_offset`` (one per
+    shard); raises ValueError on an invalid setting."""
+    s = config.sampling
+    return SamplingParams(
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        max_new_tokens=s.max_new_tokens,
+        stop=tuple(s.stop),
+        seed=s.seed + seed_offset,
+    )
 
 
 @dataclass

@@ -1,72 +1,42 @@
 """Where a stage's shards are computed: in this process (``local``) or on Ray actor pools (``ray``).
 
-A stage describes its per-shard work as a ``ShardJob``: a picklable object that builds its model
-once (``setup``, once per process or per Ray actor, from a factory rather than a live model) and
-turns one shard's task (plain picklable data made by the driver) into a ``ShardResult`` (the
-shard's columns). The driver writes each result atomically as it arrives, so an interrupted stage
-resumes at the first missing shard and every executor writes the same artifacts.
+A stage hands an executor a ``ShardJob`` (``rsft.shard_job``) and the tasks of its missing shards.
+The driver writes each result atomically as it arrives, so an interrupted stage resumes at the
+first missing shard and every executor writes the same artifacts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rsft.errors import RsftError
+from rsft.shard_job import OnDone, ShardJob, StreamedScoring, Tasks
 
 EXECUTORS = ("local", "ray")
-
-
-@dataclass
-class ShardResult:
-    """What one shard produced: its columns, counters to sum over shards, and progress units."""
-
-    columns: dict[str, list[Any]]
-    stats: dict[str, int] = field(default_factory=dict)
-    units: int = 0
-    """Prompts or pairs done, for the progress bar."""
-
-
-class ShardJob(Protocol):
-    """The per-shard work of one stage; must pickle (cloudpickle) to run on Ray actors."""
-
-    role: str
-    """``generate`` or ``score``: which actor pool runs it."""
-    gpus: float
-    """GPUs one worker wants where the cluster has them (vLLM: its tensor-parallel size)."""
-
-    def setup(self) -> None:
-        """Build the generator or scorer; called once per process (per actor) before ``run``."""
-        ...
-
-    def run(self, task: Any) -> ShardResult:
-        """Compute one shard from its task."""
-        ...
-
-
-class StreamedScoring(Protocol):
-    """A scoring job that can take a generation shard's output directly (for the overlap)."""
-
-    def task_from_generation(self, generation_task: Any, generated: ShardResult) -> Any: ...
-
-
-OnDone = Callable[[int, ShardResult], None]
-Tasks = Sequence[tuple[int, Any]]
 
 
 class Executor(Protocol):
     """Runs a job over shard tasks and calls ``on_done(shard, result)`` on the driver as each finishes."""
 
     name: str
+    in_process: bool
+    """True when jobs run in this process, so they may use the driver's live objects (a loaded
+    model, a scorer): nothing needs to be rebuilt from a factory on a worker."""
 
     def run(self, job: ShardJob, tasks: Tasks, on_done: OnDone) -> None: ...
+
+    def run_stream(self, generate: ShardJob, score: StreamedScoring, tasks: Tasks, on_generated: OnDone,
+                   on_scored: OnDone) -> None:
+        """Generate and score each shard: ``score`` takes the shard's generated output directly.
+        ``on_generated`` of a shard is called before its ``on_scored``, also when scoring fails."""
+        ...
 
 
 class LocalExecutor:
     """Every shard in this process, one after the other; the job is set up only if a shard is missing."""
 
     name = "local"
+    in_process = True
 
     def run(self, job: ShardJob, tasks: Tasks, on_done: OnDone) -> None:
         if not tasks:
@@ -74,6 +44,18 @@ class LocalExecutor:
         job.setup()
         for s, task in tasks:
             on_done(s, job.run(task))
+
+    def run_stream(self, generate: ShardJob, score: StreamedScoring, tasks: Tasks, on_generated: OnDone,
+                   on_scored: OnDone) -> None:
+        """Each shard generated then scored before the next (no overlap here: one process)."""
+        if not tasks:
+            return
+        generate.setup()
+        score.setup()
+        for s, task in tasks:
+            generated = generate.run(task)
+            on_generated(s, generated)
+            on_scored(s, score.run(score.task_from_generation(task, generated)))
 
 
 def make_executor(name: str, ray_config: Any = None) -> Executor:

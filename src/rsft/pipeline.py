@@ -88,8 +88,9 @@ def build_scorer(config: ScoringConfig) -> Scorer:
 
 
 def scorer_factory(config: ScoringConfig, executor: Executor) -> Callable[[], Scorer] | None:
-    """How remote workers build their own scorer (on their own device); None for the local executor."""
-    return None if executor.name == "local" else functools.partial(build_scorer, config)
+    """How remote workers build their own scorer (on their own device); None when the executor's
+    jobs run in this process and can use the driver's scorer."""
+    return None if executor.in_process else functools.partial(build_scorer, config)
 
 
 @dataclass

@@ -48,7 +48,7 @@ def load_prompts(path: str | Path, fields: FieldMap | None = None, split: str | 
     path = Path(path)
     if not path.exists():
         raise RsftError(f"{path}: no such file or folder")
-    prompts = [_row_to_prompt(row, fields, path, line) for line, row in _read_rows(path, split)]
+    prompts = [row_to_prompt(row, fields, path, line) for line, row in _read_rows(path, split)]
     if not prompts:
         raise RsftError(f"{path}: no prompts")
     check_unique(prompts, path)
@@ -115,7 +115,9 @@ def _read_hf_folder(path: Path, split: str | None) -> list[dict[str, Any]]:
     return ds.to_list()
 
 
-def _row_to_prompt(row: Mapping[str, Any], fields: FieldMap, path: Path, line: int) -> Prompt:
+def row_to_prompt(row: Mapping[str, Any], fields: FieldMap, path: Path, line: int) -> Prompt:
+    """One prompt from a row of a prompt file: its text or messages, the other fields as metadata
+    (``path`` and ``line`` name the row in errors)."""
     if row.get(fields.prompt) is not None:
         key = fields.prompt
     elif row.get(fields.messages) is not None:

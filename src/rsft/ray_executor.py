@@ -24,7 +24,7 @@ from typing import Any
 
 from rsft.config import ActorPoolConfig, RayConfig
 from rsft.errors import RsftError
-from rsft.executor import OnDone, ShardJob, Tasks
+from rsft.shard_job import OnDone, ShardJob, StreamedScoring, Tasks
 
 
 def import_ray() -> Any:
@@ -92,6 +92,7 @@ class RayExecutor:
     """Runs shard jobs on Ray actor pools sized by ``RayConfig`` (see ``rsft.config.RayConfig``)."""
 
     name = "ray"
+    in_process = False
 
     def __init__(self, config: RayConfig | None = None) -> None:
         self.config = config or RayConfig()
@@ -116,7 +117,7 @@ class RayExecutor:
             _raise_error(row)
             on_done(int(row["shard"]), pickle.loads(row["result"]))
 
-    def run_stream(self, generate: ShardJob, score: Any, tasks: Tasks, on_generated: OnDone,
+    def run_stream(self, generate: ShardJob, score: StreamedScoring, tasks: Tasks, on_generated: OnDone,
                    on_scored: OnDone) -> None:
         """Generate and score in one pipeline; both callbacks of a shard run when its scores arrive
         (a shard whose scoring failed still has its completions handed over first)."""

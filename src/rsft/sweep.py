@@ -185,7 +185,7 @@ def generate_at(config: RunConfig, temperature: float, n_max: int, prompts: list
     base = gen.generator.model
     executor = make_executor(config.executor, config.ray)
     # locally the policies' loaded base is reused; Ray actors load the model themselves
-    make = ((lambda: policies.generator(base)) if config.executor == "local"
+    make = ((lambda: policies.generator(base)) if executor.in_process
             else functools.partial(pipeline.build_generator, gen, round_dir=folder))
     counts = stages.generate(folder, gen, make, prompts, new_version=new_version, executor=executor)
     stages.score(folder, config.scoring, scorer, shard_size=gen.shard_size, new_version=new_version,

@@ -46,6 +46,19 @@ def _vllm(**options: Any) -> Generator:
 
 BACKENDS: dict[str, Callable[..., Generator]] = {"hf": _hf, "openai": _openai, "vllm": _vllm}
 
+GPUS: dict[str, Callable[[Mapping[str, Any]], float]] = {
+    "hf": lambda options: 0.0 if options.get("device") == "cpu" else 1.0,
+    "vllm": lambda options: float(options.get("tensor_parallel_size", 1)),
+}
+"""GPUs one generator of a backend wants, from its options: vLLM's tensor-parallel size, 1 for hf
+(none on ``device: cpu``); a backend not listed (``openai``: a remote server) wants none."""
+
+
+def generator_gpus(backend: str, options: Mapping[str, Any]) -> float:
+    """GPUs one ``backend`` generator with ``options`` wants where the cluster has them."""
+    wants = GPUS.get(backend)
+    return wants(options) if wants is not None else 0.0
+
 
 def make_generator(backend: str, options: Mapping[str, Any] | None = None) -> Generator:
     """Build a generator from a backend name and its options (e.g. ``model``, ``batch_size``)."""

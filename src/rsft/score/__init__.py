@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from rsft.errors import RsftError
+from rsft.score.pairs import score_pairs as score_pairs
 from rsft.types import PromptValue, Verdict
 
 ScoreValue = float | Verdict
@@ -33,6 +34,14 @@ class Scorer(Protocol):
         completions: Sequence[str],
         metadata: Sequence[Mapping[str, Any]],
     ) -> Sequence[ScoreValue]: ...
+
+
+@runtime_checkable
+class ReportsStats(Protocol):
+    """A scorer that reports counters of its last ``score`` call: a reward model's ``real_tokens``
+    and ``padded_tokens`` (its padding waste), summed over shards into the score stage's stats."""
+
+    last_stats: Mapping[str, Any]
 
 
 class CallableScorer:
@@ -89,6 +98,24 @@ def builtin_names() -> list[str]:
     from rsft.score import builtin
 
     return sorted(builtin.REGISTRY)
+
+
+GPU_SCORERS: dict[str, float] = {"rm": 1.0, "prm": 1.0}
+"""GPUs one built-in scorer wants where the cluster has them (a reward model, a process reward
+model); the others use CPUs."""
+
+
+def scorer_gpus(spec: Any) -> float:
+    """GPUs a scorer built from ``spec`` wants: a spec string (``rm:PATH`` -> 1), or a mapping or list
+    of specs (a ``gate``'s ``inner``, a ``sum``'s terms) -> the most any of them wants."""
+    if isinstance(spec, str):
+        head, sep, _ = spec.partition(":")
+        return GPU_SCORERS.get(head, 0.0) if sep else 0.0
+    if isinstance(spec, Mapping):
+        return max((scorer_gpus(part) for item in spec.items() for part in item), default=0.0)
+    if isinstance(spec, list | tuple):
+        return max((scorer_gpus(part) for part in spec), default=0.0)
+    return 0.0
 
 
 def as_scorer(obj: Any, options: Mapping[str, Any] | None = None) -> Scorer:

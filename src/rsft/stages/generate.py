@@ -1,0 +1,145 @@
+"""The generate stage: ``config.n`` completions per prompt into ``completions.parquet``.
+
+``prompts.parquet`` holds the round's prompts; generation runs in shards of ``shard_size`` prompts
+(``rsft.stages.shards``), shard ``s`` sampling with seed offset ``1009 * s``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from rsft import artifacts, matrix
+from rsft.config import GenerationConfig, sampling_params
+from rsft.errors import RsftError
+from rsft.executor import Executor, LocalExecutor
+from rsft.generate import Generator, generator_gpus
+from rsft.progress import progress
+from rsft.shard_job import ShardResult
+from rsft.stages.shards import finish_shards, run_shards, shard_dir
+from rsft.types import Prompt, SamplingParams
+
+
+def generate(
+    round_dir: Path,
+    config: GenerationConfig,
+    make_generator: Callable[[], Generator],
+    prompts: Sequence[Prompt] | None = None,
+    new_version: bool = False,
+    executor: Executor | None = None,
+) -> dict[str, Any]:
+    """Sample ``config.n`` completions per prompt into ``completions.parquet``.
+
+    ``prompts`` (when given) are written to ``prompts.parquet`` first; otherwise the round's
+    existing prompts are used. The generator is only built when a shard is actually missing, by
+    ``executor`` (default: this process; ``ray``: once per actor, so ``make_generator`` must pickle).
+    """
+    plan = plan_generation(round_dir, config, prompts, new_version)
+    if isinstance(plan, dict):
+        return plan
+    job = GenerationShards(make_generator, config.n, gpus=generation_gpus(config))
+    with progress(len(plan.prompts), "generate", unit="prompt") as bar:
+        made = run_shards(plan.shard_dir, plan.count, job, plan.task, matrix.COMPLETIONS_SCHEMA,
+                          executor or LocalExecutor(), lambda r: bar.update(r.units))
+    return finish_generation(round_dir, plan, made)
+
+
+@dataclass
+class GenerationPlan:
+    """What a generate stage that has work to do will write, and where its shards go."""
+
+    config: GenerationConfig
+    prompts: list[Prompt]
+    stage_config: dict[str, Any]
+    shard_dir: Path
+    digest: str
+    count: int
+    started: float
+
+    def task(self, s: int) -> tuple[list[Prompt], SamplingParams]:
+        """Shard ``s``: its prompts and sampling settings (seed offset 1009 * s)."""
+        size = max(1, self.config.shard_size)
+        return self.prompts[s * size : (s + 1) * size], sampling_params(self.config, seed_offset=1009 * s)
+
+
+def plan_generation(
+    round_dir: Path, config: GenerationConfig, prompts: Sequence[Prompt] | None, new_version: bool
+) -> GenerationPlan | dict[str, Any]:
+    """Check the config, write the prompts; the finished stage's counts when it is current, else the plan."""
+    started = time.time()
+    try:
+        sampling_params(config)
+    except ValueError as e:
+        raise RsftError(f"generation.sampling: {e}") from None
+    if config.n < 1:
+        raise RsftError(f"generation.n: must be >= 1, got {config.n}")
+    if prompts is not None and not matrix.same_prompts(round_dir / artifacts.PROMPTS, prompts):
+        artifacts.guard_outputs(round_dir, "generate", None, new_version, why="the prompts changed")
+        matrix.write_prompts(round_dir / artifacts.PROMPTS, prompts)
+    prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
+    stage_config = {"generation": asdict(config), "prompt_ids": [p.prompt_id for p in prompts]}
+    done = artifacts.stage_is_current(round_dir, "generate", stage_config["generation"], [artifacts.PROMPTS],
+                                      [artifacts.COMPLETIONS])
+    if done:
+        return {**done["counts"], "shards_generated": 0, "reused": True}
+    artifacts.guard_outputs(round_dir, "generate", stage_config["generation"], new_version)
+    folder, digest = shard_dir(round_dir, "completions", stage_config)
+    count = math.ceil(len(prompts) / max(1, config.shard_size))
+    return GenerationPlan(config, list(prompts), stage_config, folder, digest, count, started)
+
+
+def finish_generation(round_dir: Path, plan: GenerationPlan, made: int) -> dict[str, Any]:
+    """Write ``completions.parquet`` from the plan's shards and record the stage; returns its counts."""
+    total = {"completions": 0, "tokens": 0}
+
+    def count(table: pa.Table) -> None:
+        total["completions"] += table.num_rows
+        total["tokens"] += int(np.nansum(np.array(table.column("n_tokens").to_pylist(), dtype=float)))
+
+    finish_shards(plan.shard_dir, plan.count, matrix.COMPLETIONS_SCHEMA, round_dir / artifacts.COMPLETIONS, count)
+    counts = {"prompts": len(plan.prompts), "n": plan.config.n, "completions": total["completions"],
+              "shards_generated": made, "tokens": total["tokens"]}
+    artifacts.record_stage(round_dir, "generate", config=plan.stage_config["generation"], inputs=[artifacts.PROMPTS],
+                           outputs=[artifacts.COMPLETIONS], started=plan.started, counts=counts,
+                           extra={"shard_key": plan.digest})
+    return counts
+
+
+@dataclass
+class GenerationShards:
+    """Generation's per-shard work: ``n`` completions for each prompt of a chunk."""
+
+    make_generator: Callable[[], Generator]
+    n: int
+    gpus: float = 0.0
+    role: str = "generate"
+    _generator: Generator | None = field(default=None, repr=False)
+
+    def setup(self) -> None:
+        self._generator = self.make_generator()
+
+    def run(self, task: tuple[list[Prompt], SamplingParams]) -> ShardResult:
+        chunk, sampling = task
+        assert self._generator is not None, "setup() first"
+        rows = self._generator.generate([p.prompt for p in chunk], self.n, sampling)
+        _check_rows(rows, len(chunk), self.n, self._generator.name)
+        return ShardResult(matrix.completion_columns(chunk, rows, sampling.seed), units=len(chunk))
+
+
+def generation_gpus(config: GenerationConfig) -> float:
+    """GPUs one generator wants where the cluster has them: the most any of its backends asks for
+    (``rsft.generate.generator_gpus``: vLLM's tensor-parallel size, 1 for hf)."""
+    return max((generator_gpus(g.backend, g.options) for g in config.mix or [config.generator]), default=0.0)
+
+
+def _check_rows(rows: Sequence[Sequence[Any]], m: int, n: int, name: str) -> None:
+    if len(rows) != m or any(len(r) != n for r in rows):
+        got = sorted({len(r) for r in rows})
+        raise RsftError(f"generator {name!r} returned {len(rows)} rows of {got} completions; expected {m} of {n}")
