@@ -252,6 +252,21 @@ def test_registry_and_edge_cases(server: FakeServer) -> None:
     assert _parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
 
 
+
+def test_extra_body_fields_are_sent_and_rsft_fields_win(server: FakeServer) -> None:
+    """A server's own sampling settings (llama.cpp's min_p, repeat_penalty) ride along in every request."""
+    from rsft.config import key_value
+
+    server.cfg.max_choices = 1  # the top-up requests carry them too
+    key, extra = key_value("extra_body={min_p: 0.0, repeat_penalty: 1.0, temperature: 9, n: 7}")
+    gen = make_generator("openai", {"model": "fake-model", "base_url": server.base_url, key: extra})
+    rows = gen.generate(["a"], 2, SamplingParams(temperature=0.5, seed=4))
+    assert texts(rows) == [["a s4 c0", "a s5 c0"]]
+    assert [(b["min_p"], b["repeat_penalty"], b["temperature"], b["n"], b["seed"]) for b in server.stats.bodies] == [
+        (0.0, 1.0, 0.5, 2, 4), (0.0, 1.0, 0.5, 1, 5)]
+    with pytest.raises(RsftError, match="extra_body"):
+        OpenAIGenerator(model="m", extra_body=["min_p"])  # type: ignore[arg-type]
+
 # --- a misbehaving server: survived while it recovers, a clear error when it does not -----------
 
 

@@ -60,6 +60,9 @@ class OpenAIGenerator:
         max_n_per_request: Split ``n`` into requests of at most this many choices.
         journal: JSONL file where each response received is kept (appended, fsynced) and from
             which a rerun takes the responses it already has instead of asking again.
+        extra_body: Further fields sent in every request body, for a server's own sampling settings
+            (llama.cpp samples with ``min_p=0.05`` and ``repeat_penalty=1.1`` unless told otherwise;
+            vLLM takes ``min_p``, ``repetition_penalty``, ...). Fields rsft sets itself win.
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class OpenAIGenerator:
         max_n_per_request: int | None = None,
         journal: str | os.PathLike[str] | None = None,
         api_key: str | None = None,
+        extra_body: Mapping[str, Any] | None = None,
     ) -> None:
         if concurrency < 1:
             raise RsftError(f"openai backend: concurrency must be >= 1, got {concurrency}")
@@ -84,6 +88,8 @@ class OpenAIGenerator:
             raise RsftError(f"openai backend: max_retries must be >= 0, got {max_retries}")
         if max_n_per_request is not None and max_n_per_request < 1:
             raise RsftError(f"openai backend: max_n_per_request must be >= 1, got {max_n_per_request}")
+        if extra_body is not None and not isinstance(extra_body, Mapping):
+            raise RsftError(f"openai backend: extra_body must be a mapping of fields, got {extra_body!r}")
         self.model = model
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
@@ -96,6 +102,7 @@ class OpenAIGenerator:
         self._api_key = api_key or os.environ.get(api_key_env) or None
         self._rng = random.Random()
         self.journal = Journal(Path(journal)) if journal else None
+        self.extra_body = dict(extra_body or {})
 
     def generate(
         self, prompts: Sequence[PromptValue], n: int, sampling: SamplingParams
@@ -187,6 +194,7 @@ class OpenAIGenerator:
     def _request(self, prompt: PromptValue, sampling: SamplingParams) -> tuple[str, dict[str, Any]]:
         """The URL and JSON body (without ``n`` and ``seed``) for one prompt."""
         body: dict[str, Any] = {
+            **self.extra_body,
             "model": self.model,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,
