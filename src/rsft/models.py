@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rsft import artifacts
 from rsft.errors import RsftError
 
 EMBEDDED_DEFAULT = "gemma3-270m"
@@ -280,7 +281,7 @@ def embedded_origin(spec: str, depth: int = 0) -> EmbeddedModel | None:
     checkpoint so runs in the same dtype as the base it is compared with."""
     if spec in EMBEDDED:
         return EMBEDDED[spec]
-    info = Path(spec) / "rsft_train.json"
+    info = Path(spec) / artifacts.TRAIN_INFO
     if depth > 32 or not info.is_file():
         return None
     try:

@@ -27,11 +27,6 @@ from rsft import artifacts, matrix
 from rsft.errors import RsftError
 
 DASH = "—"
-EVAL = "eval.json"
-TRAIN_LOG = "train_log.jsonl"
-ROUNDS = "rounds.json"
-CONTROL = "control"
-BASELINE = "baseline"
 COLUMNS = ["round", "kept", "reward all/kept", "eval (CI)", "control eval", "KL", "promoted"]
 _ROUND = re.compile(r"round-(\d+)")
 
@@ -91,10 +86,11 @@ def load_run(run_dir: Path) -> RunData:
         (int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := _ROUND.fullmatch(p.name))
     )
     config = run_dir / artifacts.CONFIG
-    if not round_dirs and not config.exists() and not (run_dir / BASELINE).is_dir():
+    if not round_dirs and not config.exists() and not (run_dir / artifacts.BASELINE).is_dir():
         if _ROUND.fullmatch(run_dir.name) or (run_dir / artifacts.PROMPTS).exists():
             raise RsftError(f"{run_dir} is a round folder; give its run folder ({run_dir.parent})")
-        raise RsftError(f"{run_dir}: not a run folder (no {artifacts.CONFIG}, {BASELINE}/ or round-XXX/)")
+        raise RsftError(f"{run_dir}: not a run folder "
+                        f"(no {artifacts.CONFIG}, {artifacts.BASELINE}/ or round-XXX/)")
     problems: list[str] = []
     config_text = None
     if config.exists():
@@ -105,9 +101,9 @@ def load_run(run_dir: Path) -> RunData:
     return RunData(
         run_dir=run_dir,
         config_text=config_text,
-        baseline=_read_json(run_dir / BASELINE / EVAL, problems),
+        baseline=_read_json(run_dir / artifacts.BASELINE / artifacts.EVAL, problems),
         rounds=[load_round(p, k) for k, p in round_dirs],
-        rounds_json=_read_json(run_dir / ROUNDS, problems),
+        rounds_json=_read_json(run_dir / artifacts.ROUNDS, problems),
         problems=problems,
     )
 
@@ -115,11 +111,12 @@ def load_run(run_dir: Path) -> RunData:
 def load_round(path: Path, index: int) -> RoundData:
     """Read one round folder; unreadable files are noted in ``problems``, never raised."""
     rd = RoundData(name=path.name, index=index)
-    rd.eval = _read_json(path / EVAL, rd.problems)
+    rd.eval = _read_json(path / artifacts.EVAL, rd.problems)
     control = (rd.eval or {}).get("control")
-    rd.control = control if isinstance(control, dict) else _read_json(path / CONTROL / EVAL, rd.problems)
-    rd.loss = _read_loss(path / TRAIN_LOG, rd.problems)
-    rd.control_loss = _read_loss(path / CONTROL / TRAIN_LOG, rd.problems)
+    control_eval = path / artifacts.CONTROL / artifacts.EVAL
+    rd.control = control if isinstance(control, dict) else _read_json(control_eval, rd.problems)
+    rd.loss = _read_loss(path / artifacts.TRAIN_LOG, rd.problems)
+    rd.control_loss = _read_loss(path / artifacts.CONTROL / artifacts.TRAIN_LOG, rd.problems)
     try:
         _read_tables(path, rd)
     except RsftError as e:
@@ -543,7 +540,7 @@ def _sweep_section(run: RunData) -> str:
     """The ``rsft sweep`` results table, when the run folder has a ``sweep.json``."""
     from rsft import sweep
 
-    summary = _read_json(run.run_dir / sweep.SWEEP_JSON, run.problems)
+    summary = _read_json(run.run_dir / artifacts.SWEEP_JSON, run.problems)
     if summary is None:
         return ""
     header, rows = sweep.table(summary)

@@ -38,10 +38,6 @@ from rsft.generate import Generator
 from rsft.rm import gate_round
 from rsft.types import Prompt
 
-EVAL = "eval.json"
-ROUNDS = "rounds.json"
-
-
 # --- prompt refresh ------------------------------------------------------------------------------
 
 
@@ -166,17 +162,18 @@ def evaluate(config: RunConfig, policies: Policies, model: str, base: str, out: 
     Called only when ``eval.json`` is missing or stale, so the derived eval folders are redone from
     scratch: a retrained checkpoint at the same path must never reuse the old one's samples.
     """
-    for derived in ("eval", "kl"):
+    for derived in (artifacts.EVAL_SAMPLES, artifacts.KL_SAMPLES):
         shutil.rmtree(out / derived, ignore_errors=True)
     e = config.eval
     gen = GenerationConfig(n=e.n, sampling=e.sampling, shard_size=config.generation.shard_size,
                            generator=GeneratorConfig(config.generation.generator.backend, model))
-    stages.generate(out / "eval", gen, lambda: policies.generator(model), prompts)
+    samples = out / artifacts.EVAL_SAMPLES
+    stages.generate(samples, gen, lambda: policies.generator(model), prompts)
     scoring = ScoringConfig(scorer=e.scorer, options=e.options, on_error="fail")
-    stages.score(out / "eval", scoring, pipeline.build_scorer(scoring), shard_size=gen.shard_size)
-    R, _ = matrix.read_rewards(out / "eval" / artifacts.REWARDS, [p.prompt_id for p in prompts])
+    stages.score(samples, scoring, pipeline.build_scorer(scoring), shard_size=gen.shard_size)
+    R, _ = matrix.read_rewards(samples / artifacts.REWARDS, [p.prompt_id for p in prompts])
     if np.isnan(R).any():
-        raise RsftError(f"{out / 'eval'}: the eval scorer failed on {int(np.isnan(R).sum())} pairs; "
+        raise RsftError(f"{samples}: the eval scorer failed on {int(np.isnan(R).sum())} pairs; "
                         "an eval that cannot score is never a reason to promote")
     return {"metric": metric_with_ci(R, e.pass_threshold), "kl": kl_from_base(config, policies, model, base, prompts, out)}
 
@@ -192,8 +189,8 @@ def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, p
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=e.kl_max_new_tokens, seed=1)
     gen = GenerationConfig(n=e.kl_samples, sampling=sampling, shard_size=config.generation.shard_size,
                            generator=GeneratorConfig(config.generation.generator.backend, model))
-    stages.generate(out / "kl", gen, lambda: policies.generator(model), prompts)
-    comps = matrix.read_completions(out / "kl" / artifacts.COMPLETIONS, prompts)
+    stages.generate(out / artifacts.KL_SAMPLES, gen, lambda: policies.generator(model), prompts)
+    comps = matrix.read_completions(out / artifacts.KL_SAMPLES / artifacts.COMPLETIONS, prompts)
     render = getattr(policies.generator(model), "render", None)
     if render is None and any(p.is_chat for p in prompts):
         raise RsftError("eval: KL on chat prompts needs the hf backend (its chat template renders the prompt)")
@@ -212,9 +209,10 @@ def train_arm(arm_dir: Path, config: RunConfig, start: str) -> str:
     """Fine-tune ``start`` on ``arm_dir/selected.jsonl`` unless an intact checkpoint exists; returns it."""
     from rsft.train import train
 
-    checkpoint = arm_dir / "checkpoint"
+    checkpoint = arm_dir / artifacts.CHECKPOINT
     key = {"base_model": start, **dataclasses.asdict(config.train)}
-    if not artifacts.stage_is_current(arm_dir, "train", key, [artifacts.SELECTED], ["checkpoint/rsft_train.json"]):
+    info = f"{artifacts.CHECKPOINT}/{artifacts.TRAIN_INFO}"
+    if not artifacts.stage_is_current(arm_dir, "train", key, [artifacts.SELECTED], [info]):
         train(arm_dir, config.train, base_model=start)
     return str(checkpoint)
 
@@ -228,7 +226,7 @@ def write_control_set(round_dir: Path, count: int, seed: int) -> int:
     from rsft.export import sft_row
 
     rows = [sft_row(prompts[i], comps.texts[i][rng.randrange(comps.shape[1])]) for i in rows_idx]
-    return artifacts.write_jsonl(round_dir / "control" / artifacts.SELECTED, rows)
+    return artifacts.write_jsonl(round_dir / artifacts.CONTROL / artifacts.SELECTED, rows)
 
 
 def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: bool = False) -> dict[str, Any]:
@@ -244,8 +242,8 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
         policies.add(base, generator)
     pool = pipeline.load_prompt_set(config.prompts)
     eval_prompts = held_out(pipeline.load_prompt_set(config.eval.prompts), pool)
-    baseline = _eval_file(run_dir / "baseline", {"round": -1, "checkpoint": base}, config, policies, base,
-                          eval_prompts)
+    baseline = _eval_file(run_dir / artifacts.BASELINE, {"round": -1, "checkpoint": base}, config, policies,
+                          base, eval_prompts)
     best, current, history = baseline["metric"]["value"], base, []
     control_policy = base  # control_mode "chain": the control's own policy
     if config.rounds.control and config.rounds.control_mode not in ("round", "chain"):
@@ -281,7 +279,7 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
                   reason=f"{ev['metric']['name']} {value:.3f} {'>' if promoted else '<='} best {best:.3f} "
                          f"+ margin {config.eval.margin:.3f}")
         ev["warnings"] = over_optimisation([*history, ev])
-        artifacts.write_json(rd / EVAL, ev)
+        artifacts.write_json(rd / artifacts.EVAL, ev)
         history.append(ev)
         if promoted:
             best, current = value, checkpoint
@@ -291,7 +289,7 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
     summary = {"base": base, "current": current, "best": best, "baseline": baseline,
                "rounds": [{key: h.get(key) for key in ("round", "checkpoint", "promoted", "reason", "kept", "metric",
                                                        "kl", "control")} for h in history]}
-    artifacts.write_json(run_dir / ROUNDS, summary)
+    artifacts.write_json(run_dir / artifacts.ROUNDS, summary)
     return summary
 
 
@@ -312,9 +310,10 @@ def _control(config: RunConfig, policies: Policies, rd: Path, kept: int, start: 
     else:
         write_control_set(rd, kept, seed=seed)
     policies.release()
-    checkpoint = train_arm(rd / "control", config, start)
-    ev = _eval_file(rd / "control", {"round": k, "checkpoint": checkpoint, "kept": kept, "started_from": start,
-                                     "mode": "chain" if sample_own else "round"}, config, policies, base, eval_prompts)
+    checkpoint = train_arm(rd / artifacts.CONTROL, config, start)
+    info = {"round": k, "checkpoint": checkpoint, "kept": kept, "started_from": start,
+            "mode": "chain" if sample_own else "round"}
+    ev = _eval_file(rd / artifacts.CONTROL, info, config, policies, base, eval_prompts)
     return {key: ev.get(key) for key in ("metric", "kl", "kept", "checkpoint", "started_from", "mode")}
 
 
@@ -328,7 +327,7 @@ def write_own_control_set(rd: Path, config: RunConfig, policies: Policies, polic
     g = config.generation
     gen = GenerationConfig(n=1, sampling=dataclasses.replace(g.sampling, seed=g.sampling.seed + seed),
                            shard_size=g.shard_size, generator=GeneratorConfig(g.generator.backend, policy))
-    out = rd / "control"
+    out = rd / artifacts.CONTROL
     stages.generate(out, gen, lambda: policies.generator(policy), picked)
     comps = matrix.read_completions(out / artifacts.COMPLETIONS, picked)
     from rsft.export import sft_row
@@ -342,11 +341,11 @@ def _eval_file(folder: Path, info: dict[str, Any], config: RunConfig, policies: 
     computed with the same eval config for the same checkpoint."""
     identity = {"eval": dataclasses.asdict(config.eval), "checkpoint": info["checkpoint"],
                 "prompts": [p.prompt_id for p in prompts]}  # the held-out set shrinks when the pool grows
-    meta = Path(info["checkpoint"]) / "rsft_train.json"
+    meta = Path(info["checkpoint"]) / artifacts.TRAIN_INFO
     if meta.exists():
         identity["trained"] = artifacts.file_sha256(meta)
     key = artifacts.config_hash(identity)
-    path = folder / EVAL
+    path = folder / artifacts.EVAL
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
         if old.get("eval_key") == key:

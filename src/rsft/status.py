@@ -15,8 +15,8 @@ STAGES: list[tuple[str, str, str | None]] = [
     ("score", artifacts.REWARDS, "rewards"),
     ("select", artifacts.SELECTION, None),
     ("export", artifacts.SELECTED, None),
-    ("train", "checkpoint/rsft_train.json", None),
-    ("eval", "eval.json", None),
+    ("train", f"{artifacts.CHECKPOINT}/{artifacts.TRAIN_INFO}", None),
+    ("eval", artifacts.EVAL, None),
 ]
 """(stage, the file that proves it finished, the shard folder prefix of a stage that works in shards)."""
 
@@ -56,7 +56,7 @@ def run_status(path: Path) -> dict[str, dict[str, str]]:
     if (path / artifacts.MANIFEST).exists() or (path / artifacts.PROMPTS).exists():
         return {path.name: round_status(path)}
     rounds = sorted(p for p in path.glob("round-*") if p.is_dir())
-    extra = [p for p in (path / "baseline", path / "greedy") if p.is_dir()]
+    extra = [p for p in (path / artifacts.BASELINE, path / "greedy") if p.is_dir()]
     if not rounds and not extra:
         raise RsftError(f"{path}: not a run folder (no round-XXX folders)")
     return {p.name: round_status(p) for p in [*extra, *rounds]}

@@ -56,10 +56,7 @@ from rsft.generate import Generator
 from rsft.types import Prompt
 
 SWEEP = "sweep"
-SWEEP_JSON = "sweep.json"
-SWEEP_MD = "sweep.md"
 TRAIN = "train"
-TIMING = "timing.json"
 COLUMNS = ["", "temperature", "n", "threshold", "epochs", "kept", "reward kept", "pass rate", "{metric} [95% CI]",
            "KL ± stderr", "train loss first → last", "wall s"]
 
@@ -234,15 +231,15 @@ def train_and_eval(config: RunConfig, epochs: float, text: str, digest: str, pol
         artifacts.write_text(folder / artifacts.SELECTED, text)
     cfg = dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))
     checkpoint = rounds.train_arm(folder, cfg, base)
-    before = _mtime(folder / rounds.EVAL)
+    before = _mtime(folder / artifacts.EVAL)
     started = time.time()
     ev = rounds._eval_file(folder, {"checkpoint": checkpoint, "epochs": epochs}, cfg, policies, base, eval_prompts)
-    timing = _read_json(folder / TIMING)
-    if _mtime(folder / rounds.EVAL) != before:  # the eval ran now: record how long it took
+    timing = _read_json(folder / artifacts.TIMING)
+    if _mtime(folder / artifacts.EVAL) != before:  # the eval ran now: record how long it took
         timing = {"eval_s": round(time.time() - started, 3)}
-        artifacts.write_json(folder / TIMING, timing)
-    info = _read_json(Path(checkpoint) / "rsft_train.json")
-    log = folder / "train_log.jsonl"
+        artifacts.write_json(folder / artifacts.TIMING, timing)
+    info = _read_json(Path(checkpoint) / artifacts.TRAIN_INFO)
+    log = folder / artifacts.TRAIN_LOG
     losses = [row["loss"] for _, row in artifacts.read_jsonl(log) if "loss" in row] if log.exists() else []
     train_s, eval_s = info.get("wall_s"), timing.get("eval_s")
     return {"dir": str(folder), "checkpoint": checkpoint, "metric": ev.get("metric"), "kl": ev.get("kl"),
@@ -288,8 +285,8 @@ def run_sweep(config: RunConfig, generator: Generator | None = None, quiet: bool
     for t in grid.temperature:
         say(f"sweep: generation at temperature {label(t)} ({len(prompts)} prompts x {grid.n_max})")
         generations.append(generate_at(config, t, grid.n_max, prompts, policies, scorer, new_version))
-    baseline = rounds._eval_file(run_dir / "baseline", {"round": -1, "checkpoint": base}, config, policies, base,
-                                 eval_prompts)
+    baseline = rounds._eval_file(run_dir / artifacts.BASELINE, {"round": -1, "checkpoint": base}, config,
+                                 policies, base, eval_prompts)
     say(f"sweep: base {rounds._fmt(baseline)}")
     cells = []
     trained: dict[tuple[str, float], dict[str, Any]] = {}
@@ -300,8 +297,8 @@ def run_sweep(config: RunConfig, generator: Generator | None = None, quiet: bool
                "generations": generations, "trainings": len(trained),
                "baseline": {"metric": baseline.get("metric"), "kl": baseline.get("kl")},
                "cells": cells, "best": best_cell(cells)}
-    artifacts.write_json(run_dir / SWEEP_JSON, summary)
-    artifacts.write_text(run_dir / SWEEP_MD, format_markdown(summary))
+    artifacts.write_json(run_dir / artifacts.SWEEP_JSON, summary)
+    artifacts.write_text(run_dir / artifacts.SWEEP_MD, format_markdown(summary))
     return summary
 
 
@@ -426,4 +423,4 @@ def main(args: argparse.Namespace) -> None:
         return
     summary = run_sweep(config, new_version=args.new_version)
     print(format_markdown(summary))
-    print(f"sweep: {config.run_dir / SWEEP_JSON}, {config.run_dir / SWEEP_MD}")
+    print(f"sweep: {config.run_dir / artifacts.SWEEP_JSON}, {config.run_dir / artifacts.SWEEP_MD}")

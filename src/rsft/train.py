@@ -39,9 +39,6 @@ from rsft import artifacts
 from rsft.config import TrainConfig
 from rsft.errors import RsftError
 
-CHECKPOINT = "checkpoint"
-TRAIN_LOG = "train_log.jsonl"
-TRAIN_INFO = "rsft_train.json"
 ADAPTER = "adapter"
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 _REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
@@ -122,7 +119,7 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
     """
     started = time.time()
     round_dir = Path(round_dir)
-    out_dir = Path(out_dir) if out_dir is not None else round_dir / CHECKPOINT
+    out_dir = Path(out_dir) if out_dir is not None else round_dir / artifacts.CHECKPOINT
     data_path = round_dir / artifacts.SELECTED
     rows, data_format = read_selected(data_path)
     data = {"path": str(data_path), "sha256": artifacts.file_sha256(data_path), "rows": len(rows),
@@ -152,16 +149,16 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
             bf16 = use_bf16(config, base_model, cuda)
             trainer = _build_trainer(model, tokenizer, datasets.Dataset.from_list(rows), config, work, cuda, bf16)
-            log = _attach_logger(trainer, work / TRAIN_LOG)
+            log = _attach_logger(trainer, work / artifacts.TRAIN_LOG)
             train_started = time.time()
             result = trainer.train()
         train_s = time.time() - train_started
-        staged = work / CHECKPOINT
+        staged = work / artifacts.CHECKPOINT
         _save(trainer.model, tokenizer, staged, config)
         info = _train_info(base_model, model_path, data, config, trainer, result, log.records, cuda, bf16)
         info["train_s"], info["wall_s"] = round(train_s, 3), round(time.time() - started, 3)
-        artifacts.write_json(staged / TRAIN_INFO, info)
-        os.replace(work / TRAIN_LOG, round_dir / TRAIN_LOG)
+        artifacts.write_json(staged / artifacts.TRAIN_INFO, info)
+        os.replace(work / artifacts.TRAIN_LOG, round_dir / artifacts.TRAIN_LOG)
         if (work / "trainer" / "runs").is_dir():
             _swap_in(work / "trainer" / "runs", round_dir / "tensorboard")
         _swap_in(staged, out_dir)
@@ -170,7 +167,7 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
     _record_manifest(round_dir, out_dir, base_model, config, info, started)
     return {"checkpoint": str(out_dir), "rows": info["rows"], "steps": info["steps"],
             "final_loss": info["final_loss"], "tail_loss": info["tail_loss"], "train_s": info["train_s"],
-            "wall_s": info["wall_s"], "log": str(round_dir / TRAIN_LOG)}
+            "wall_s": info["wall_s"], "log": str(round_dir / artifacts.TRAIN_LOG)}
 
 
 def _train_info(base_model: str, model_path: str, data: dict[str, Any], config: TrainConfig, trainer: Any,
@@ -394,12 +391,12 @@ def _record_manifest(round_dir: Path, out_dir: Path, base_model: str, config: Tr
                      info: dict[str, Any], started: float) -> None:
     """Add the ``train`` entry to the round's manifest (when the checkpoint lives in the round)."""
     try:
-        info_name = str((out_dir / TRAIN_INFO).relative_to(round_dir))
+        info_name = str((out_dir / artifacts.TRAIN_INFO).relative_to(round_dir))
     except ValueError:
         return
     artifacts.record_stage(round_dir, "train", config={"base_model": base_model, **dataclasses.asdict(config)},
-                           inputs=[artifacts.SELECTED], outputs=[TRAIN_LOG, info_name], started=started,
-                           counts={"rows": info["rows"], "steps": info["steps"]},
+                           inputs=[artifacts.SELECTED], outputs=[artifacts.TRAIN_LOG, info_name],
+                           started=started, counts={"rows": info["rows"], "steps": info["steps"]},
                            extra={"final_loss": info["final_loss"], "tail_loss": info["tail_loss"]})
 
 
