@@ -145,7 +145,8 @@ def rsft_round(config: RunConfig, args: argparse.Namespace) -> dict:
         rows.append(("random control", r["control"]["metric"], r["control"].get("kl")))
     print(f"\n{'held-out (' + str(base['metric']['n']) + ' prompts)':24}{'accuracy':>9}  {'95% CI':>15}  "
           f"{'KL from base':>14}  {'train loss first -> last':>24}")
-    arm_dirs = {"RSFT round 1": config.run_dir / "round-000", "random control": config.run_dir / "round-000" / "control"}
+    arm_dirs = {"RSFT round 1": config.run_dir / "round-000",
+                "random control": config.run_dir / "round-000" / artifacts.CONTROL}
     losses = {name: train_summary(folder) for name, folder in arm_dirs.items()}
     for name, m, kl in rows:
         kl_text = f"{kl['mean']:.3f} ± {kl['stderr']:.3f}" if kl else "-"
@@ -169,8 +170,8 @@ def rsft_round(config: RunConfig, args: argparse.Namespace) -> dict:
 def train_summary(arm_dir: Path) -> dict | None:
     """First and last logged training loss of an arm, with its step and row counts, training wall time
     and peak RSS (from ``rsft_train.json``); None before the arm has trained."""
-    log = arm_dir / "train_log.jsonl"
-    info = arm_dir / "checkpoint" / "rsft_train.json"
+    log = arm_dir / artifacts.TRAIN_LOG
+    info = arm_dir / artifacts.CHECKPOINT / artifacts.TRAIN_INFO
     if not log.exists() or not info.exists():
         return None
     records = [record for _, record in artifacts.read_jsonl(log)]

@@ -208,15 +208,16 @@ def rsft_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
 def rsft_table(config: RunConfig, result: dict[str, Any]) -> dict[str, Any]:
     """Per policy: held-out accuracy with CI, KL from base, and its answer-shuffle accuracy."""
     run_dir = config.run_dir
-    rows = [{"policy": "base", "folder": str(run_dir / "baseline"), **_arm(result["baseline"])}]
+    rows = [{"policy": "base", "folder": str(run_dir / artifacts.BASELINE), **_arm(result["baseline"])}]
     for r in result["rounds"]:
         k = r["round"]
         rd = pipeline.round_dir(config, k)
         rows.append({"policy": f"RSFT round {k + 1}", "folder": str(rd), "promoted": r["promoted"],
                      "kept": r["kept"], **_arm(r)})
-        rows.append({"policy": f"control round {k + 1}", "folder": str(rd / "control"), **_arm(r["control"])})
+        rows.append({"policy": f"control round {k + 1}", "folder": str(rd / artifacts.CONTROL),
+                     **_arm(r["control"])})
     for row in rows:
-        row["shuffled"] = answer_shuffle_accuracy(Path(row["folder"]) / "eval")
+        row["shuffled"] = answer_shuffle_accuracy(Path(row["folder"]) / artifacts.EVAL_SAMPLES)
         row["train"] = train_summary(Path(row["folder"]))
     return {"rows": rows, "current": result["current"]}
 
