@@ -38,8 +38,8 @@ from rsft.models import EMBEDDED_DEFAULT
 
 DEMO_TASK = TaskConfig(name="count_bits", size=32, seed=1, shot_seed=2, shots=5, options={"max_n": 127})
 DEMO_SAMPLING = SamplingConfig(temperature=0.7, top_k=50, max_new_tokens=12, stop=["\n"], seed=0)
-DEMO_TRAIN = TrainConfig(lora=True, lora_r=16, lora_alpha=32, learning_rate=2e-4, epochs=2, batch_size=8,
-                         max_length=512, logging_steps=1)
+DEMO_TRAIN = TrainConfig(lora=True, lora_r=16, lora_alpha=32, learning_rate=2e-4, epochs=2, batch_size=2,
+                         grad_accum=4, max_length=512, logging_steps=1)
 
 
 def demo_config(out: str, prompts: int, n: int) -> RunConfig:

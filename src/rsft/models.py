@@ -301,6 +301,25 @@ def _pick_dtype(dtype: str, device: str, spec: str = "") -> Any:
     return getattr(torch, dtype)
 
 
+def release_memory() -> None:
+    """Free what dropped models left behind: collect reference cycles (a finished Trainer holds its
+    model, optimizer and data in cycles that wait for the next automatic collection), empty the CUDA
+    cache, and hand glibc's free heap pages back to the OS (``malloc_trim``): a model's many
+    mid-sized tensors live on the heap, and without the trim the next model loads on top of them."""
+    import ctypes
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
+
+
 def load_causal_lm(spec: str, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` for ``spec``, ready for batched generation.
 

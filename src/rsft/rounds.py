@@ -13,7 +13,6 @@ Every step writes its files into the round folder and is skipped on a rerun when
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import math
 import random
@@ -95,11 +94,12 @@ class Policies:
         return self._generator
 
     def release(self) -> None:
-        """Drop the held generator (and its model) so the memory can be reused."""
-        if self._generator is None:
-            return
+        """Drop the held generator (and its model) so the memory can be reused; also frees what a
+        finished training left behind, so call it before loading the next model."""
+        from rsft.models import release_memory
+
         self._model, self._generator = None, None
-        gc.collect()
+        release_memory()
 
     def lm(self, model: str) -> tuple[Any, Any]:
         """(model, tokenizer) of a checkpoint, for log-probabilities (shared with the hf generator)."""
