@@ -278,27 +278,52 @@ def select_best(
     metadata = list(metadata) if metadata is not None else [{} for _ in prompts]
     if len(metadata) != len(prompts):
         raise RsftError(f"metadata has {len(metadata)} entries for {len(prompts)} prompts")
-    scores: list[list[float]] | None = None
-    if scorer is not None:
-        flat = [(i, j) for i, row in enumerate(rows) for j in range(len(row))]
-        values, _, _ = score_pairs(
-            scorer,
-            [prompts[i] for i, _ in flat],
-            [rows[i][j].text for i, j in flat],
-            [metadata[i] for i, _ in flat],
-            on_error="fail",
-            labels=[f"prompt {i} sample {j}" for i, j in flat],
-        )
-        it = iter(values)
-        scores = [[next(it) for _ in row] for row in rows]
-    out = []
-    for i, (prompt, row) in enumerate(zip(prompts, rows, strict=True)):
-        texts = [c.text for c in row]
-        row_scores = scores[i] if scores is not None else None
-        index, score = choose(selector, texts, row_scores, extract_fn, equivalence)
-        candidates = list(zip(texts, row_scores if row_scores is not None else [None] * len(row), strict=True))
-        out.append(BoNResult(prompt, texts[index], score, index, candidates, selector, list(row)))
-    return out
+    scores = score_rows(prompts, rows, scorer, metadata) if scorer is not None else None
+    return [pick(prompt, row, scores[i] if scores is not None else None, selector, extract_fn, equivalence)
+            for i, (prompt, row) in enumerate(zip(prompts, rows, strict=True))]
+
+
+def score_rows(
+    prompts: Sequence[PromptValue],
+    rows: Sequence[Sequence[Completion]],
+    scorer: Scorer,
+    metadata: Sequence[Mapping[str, Any]],
+    *,
+    indices: Sequence[int] | None = None,
+    first_sample: int = 0,
+) -> list[list[float]]:
+    """Every candidate's reward, row by row, in one scorer batch (a failure names its pair).
+
+    ``indices`` (each row's prompt number) and ``first_sample`` (the first candidate's sample
+    index) only label errors, for callers that score a slice of the prompts or of the samples.
+    """
+    flat = [(i, j) for i, row in enumerate(rows) for j in range(len(row))]
+    number = indices if indices is not None else range(len(rows))
+    values, _, _ = score_pairs(
+        scorer,
+        [prompts[i] for i, _ in flat],
+        [rows[i][j].text for i, j in flat],
+        [metadata[i] for i, _ in flat],
+        on_error="fail",
+        labels=[f"prompt {number[i]} sample {first_sample + j}" for i, j in flat],
+    )
+    it = iter(values)
+    return [[next(it) for _ in row] for row in rows]
+
+
+def pick(
+    prompt: PromptValue,
+    row: Sequence[Completion],
+    scores: Sequence[float] | None,
+    selector: str,
+    extract: Extract = first_line,
+    equivalence: str | KeyFn = "exact",
+) -> BoNResult:
+    """The ``BoNResult`` of one prompt's candidates (``choose`` on their texts and rewards)."""
+    texts = [c.text for c in row]
+    index, score = choose(selector, texts, scores, extract, equivalence)
+    candidates = list(zip(texts, scores if scores is not None else [None] * len(row), strict=True))
+    return BoNResult(prompt, texts[index], score, index, candidates, selector, list(row))
 
 
 def best_of_n(

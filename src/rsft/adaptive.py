@@ -1,0 +1,313 @@
+"""Adaptive Best-of-N (adaptive self-consistency): sample in growing batches, stop once answers agree.
+
+A fixed N spends as much on a prompt whose first four samples all say ``42`` as on one whose
+samples disagree. Here each prompt gets at most ``budget`` samples, drawn in batches: ``min_n``
+first, then the samples so far grow by ``growth`` (4, 8, 16, ... capped at the budget). After each
+batch a prompt whose answers already agree stops and leaves the later batches, which run over the
+prompts still open (one ``generate`` call per batch). Answers are grouped exactly as the voting
+selectors of ``rsft.bon`` group them (the same ``extract`` and ``equivalence``); with
+``weighted_majority`` each vote weighs its reward (negative and NaN rewards count 0 here). The
+selector then picks among the samples drawn, as ``rsft.bon.best_of_n`` would.
+
+Two stopping rules (``AdaptivePolicy.rule``):
+
+- ``share`` (default): the leading answer group holds at least ``supermajority`` of all the votes
+  so far (abstaining samples count in the total). ``supermajority`` above 1 never stops early.
+- ``beta``: the rule of Adaptive-Consistency (Aggarwal et al. 2023, "Let's Sample Step by Step"):
+  with ``v1`` and ``v2`` the votes of the leading and the runner-up group, stop once
+  ``P(p1 > p2) = P(X > 1/2)``, ``X ~ Beta(v1 + 1, v2 + 1)``, reaches ``confidence`` (0.95).
+
+Seeds: the batch holding samples ``k .. k+m-1`` of each open prompt is asked for with
+``sampling.seed + k``. The whole run is deterministic, and the first batch is exactly a
+non-adaptive run of ``min_n``. Where a generator seeds sample ``j`` with ``seed + j`` (the
+``openai`` backend with ``max_n_per_request=1``, as against llama.cpp), the samples are the first
+ones of a non-adaptive run with the same seed. The ``hf`` backend draws a batch from one random
+stream, so its later batches differ from a full run's samples ``k..`` (still deterministic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rsft.bon import (
+    BoNResult,
+    Extract,
+    KeyFn,
+    answer_extractor,
+    answer_groups,
+    check_selector,
+    pick,
+    resolve_equivalence,
+    score_rows,
+)
+from rsft.errors import RsftError
+from rsft.generate import Generator
+from rsft.score import Scorer, as_scorer
+from rsft.types import Completion, Prompt, PromptValue, SamplingParams
+
+STOP_RULES = ("share", "beta")
+"""Stopping rules accepted by ``AdaptivePolicy.rule``."""
+
+
+@dataclass(frozen=True)
+class AdaptivePolicy:
+    """How many samples a prompt gets: batches that grow until its answers agree or the budget is spent."""
+
+    budget: int
+    """Samples per prompt at most (the N of a non-adaptive run)."""
+    min_n: int = 4
+    """Samples in the first batch (capped at the budget); no prompt stops with fewer."""
+    supermajority: float = 0.6
+    """share rule: stop once the leading answer group holds at least this fraction of the votes (above 1: never early)."""
+    growth: float = 2.0
+    """Each later batch grows a prompt's samples to ceil(growth x samples so far), at least one more, up to the budget."""
+    rule: str = "share"
+    """Stopping rule: share (supermajority of the votes) or beta (P(leader beats runner-up) >= confidence)."""
+    confidence: float = 0.95
+    """beta rule: posterior probability that the leading answer beats the runner-up needed to stop."""
+
+    def __post_init__(self) -> None:
+        for name in ("budget", "min_n"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise RsftError(f"adaptive {name} must be a positive integer, got {value!r}")
+        if not self.supermajority > 0:  # also NaN
+            raise RsftError(f"adaptive supermajority must be > 0, got {self.supermajority!r}")
+        if not (self.growth >= 1 and math.isfinite(self.growth)):
+            raise RsftError(f"adaptive growth must be a finite number >= 1, got {self.growth!r}")
+        if self.rule not in STOP_RULES:
+            raise RsftError(f"adaptive rule {self.rule!r} is unknown; choose {' or '.join(STOP_RULES)}")
+        if not 0 < self.confidence < 1:
+            raise RsftError(f"adaptive confidence must be in (0, 1), got {self.confidence!r}")
+
+    def schedule(self) -> list[int]:
+        """Samples per prompt after each batch, e.g. ``[4, 8, 16]`` for budget 16, min_n 4, growth 2."""
+        totals = [min(self.min_n, self.budget)]
+        while totals[-1] < self.budget:
+            totals.append(min(self.budget, max(totals[-1] + 1, math.ceil(totals[-1] * self.growth))))
+        return totals
+
+
+# --- the stopping rule ------------------------------------------------------------------------------
+
+
+def vote_totals(
+    answers: Sequence[str | None],
+    weights: Sequence[float] | None = None,
+    equivalence: str | KeyFn = "exact",
+) -> tuple[float, float, float]:
+    """(leading group's votes, runner-up group's votes, all samples' votes) for the stopping rule.
+
+    A vote weighs 1, or its weight clipped at 0 (NaN counts 0): a share needs non-negative votes.
+    Abstaining samples (answer None) add to the total only. Groups are ``rsft.bon.answer_groups``.
+    """
+    clipped = [1.0] * len(answers) if weights is None else [
+        0.0 if math.isnan(w) else max(0.0, float(w)) for w in weights]
+    totals: dict[int, float] = {}
+    for group, w in zip(answer_groups(answers, equivalence), clipped, strict=True):
+        if group is not None:
+            totals[group] = totals.get(group, 0.0) + w
+    top = sorted(totals.values(), reverse=True)[:2] + [0.0, 0.0]
+    return top[0], top[1], sum(clipped)
+
+
+def leader_probability(lead: float, runner_up: float) -> float:
+    """``P(X > 1/2)`` for ``X ~ Beta(lead + 1, runner_up + 1)``: how sure the leader is the more likely answer.
+
+    Adaptive-Consistency's posterior (a uniform prior over the two groups' shares); exact for any
+    non-negative real votes through the regularized incomplete beta function.
+    """
+    return 1.0 - _betainc(lead + 1.0, runner_up + 1.0, 0.5)
+
+
+def should_stop(
+    policy: AdaptivePolicy,
+    answers: Sequence[str | None],
+    weights: Sequence[float] | None = None,
+    equivalence: str | KeyFn = "exact",
+) -> bool:
+    """Whether a prompt with these answers so far has agreed enough to stop sampling (see the module docstring)."""
+    if len(answers) < min(policy.min_n, policy.budget):
+        return False
+    lead, runner_up, total = vote_totals(answers, weights, equivalence)
+    if policy.rule == "beta":
+        return lead > 0 and leader_probability(lead, runner_up) >= policy.confidence
+    return total > 0 and lead / total >= policy.supermajority
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function ``I_x(a, b)`` (continued fraction, Numerical Recipes 6.4)."""
+    if x <= 0.0 or x >= 1.0:
+        return 0.0 if x <= 0.0 else 1.0
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _beta_fraction(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _beta_fraction(b, a, 1.0 - x) / b
+
+
+def _beta_fraction(a: float, b: float, x: float) -> float:
+    """The continued fraction of ``I_x(a, b)``, evaluated by the modified Lentz method."""
+    tiny = 1e-300
+
+    def guard(v: float) -> float:
+        return v if abs(v) > tiny else tiny
+
+    c, d = 1.0, 1.0 / guard(1.0 - (a + b) * x / (a + 1.0))
+    h = d
+    for m in range(1, 1000):
+        even = m * (b - m) * x / ((a + 2 * m - 1.0) * (a + 2 * m))
+        d, c = 1.0 / guard(1.0 + even * d), guard(1.0 + even / c)
+        h *= d * c
+        odd = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1.0))
+        d, c = 1.0 / guard(1.0 + odd * d), guard(1.0 + odd / c)
+        h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+# --- the library function -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdaptiveResult:
+    """The pick of each prompt, and what adaptive sampling spent."""
+
+    results: list[BoNResult]
+    """One per prompt; ``len(result.candidates)`` is the samples that prompt used."""
+    budget: int
+    """Samples per prompt at most."""
+    batches: int
+    """``generate`` calls made."""
+
+    @property
+    def samples(self) -> list[int]:
+        """Samples used by each prompt."""
+        return [len(r.candidates) for r in self.results]
+
+    @property
+    def used(self) -> int:
+        return sum(self.samples)
+
+    @property
+    def saved(self) -> int:
+        """Samples a non-adaptive run with N = budget would have drawn beyond these."""
+        return self.budget * len(self.results) - self.used
+
+    def summary(self) -> dict[str, Any]:
+        """Samples used against the budget, as a JSON-ready dict."""
+        full = self.budget * len(self.results)
+        return {"prompts": len(self.results), "budget": self.budget, "samples": self.used, "saved": self.saved,
+                "saved_fraction": round(self.saved / full, 4) if full else 0.0, "batches": self.batches,
+                "stopped_early": sum(k < self.budget for k in self.samples)}
+
+
+def adaptive_best_of_n(
+    prompts: Sequence[PromptValue | Prompt],
+    policy: AdaptivePolicy | int,
+    generator: Generator,
+    scorer: Any = None,
+    selector: str = "majority",
+    sampling: SamplingParams | None = None,
+    metadata: Sequence[Mapping[str, Any]] | None = None,
+    extract: Extract | str | None = None,
+    equivalence: str | KeyFn = "exact",
+) -> AdaptiveResult:
+    """``rsft.bon.best_of_n`` with adaptive N: each prompt samples until its answers agree or ``policy.budget``.
+
+    Args:
+        prompts, scorer, sampling, metadata, extract, equivalence: as for ``best_of_n``.
+        policy: an ``AdaptivePolicy``, or a budget (then the policy's defaults).
+        generator: any ``Generator``; called once per batch with the prompts still open.
+        selector: ``majority`` (default), ``weighted_majority`` (votes weigh rewards in the stopping
+            rule too) or ``argmax`` (stops on agreement of the answers, picks the highest reward).
+
+    Raises:
+        RsftError: a bad policy, selector or option; a generator returning the wrong number of
+            completions; a scorer failure.
+    """
+    policy = AdaptivePolicy(budget=policy) if isinstance(policy, int) else policy
+    scorer_obj: Scorer | None = as_scorer(scorer) if scorer is not None else None
+    check_selector(selector, scorer_obj is not None)
+    extract_fn, equivalence = answer_extractor(extract), resolve_equivalence(equivalence)  # fail before sampling
+    values = [p.prompt if isinstance(p, Prompt) else p for p in prompts]
+    meta = list(metadata) if metadata is not None else [p.metadata if isinstance(p, Prompt) else {} for p in prompts]
+    if len(meta) != len(values):
+        raise RsftError(f"metadata has {len(meta)} entries for {len(values)} prompts")
+    sampling = sampling or SamplingParams()
+    rows: list[list[Completion]] = [[] for _ in values]
+    answers: list[list[str | None]] = [[] for _ in values]
+    scores: list[list[float]] | None = [[] for _ in values] if scorer_obj is not None else None
+    open_, drawn, batches = list(range(len(values))), 0, 0
+    for total in policy.schedule():
+        if not open_:
+            break
+        batch = _draw(generator, [values[i] for i in open_], total - drawn,
+                      dataclasses.replace(sampling, seed=sampling.seed + drawn))
+        if scores is not None and scorer_obj is not None:
+            new = score_rows([values[i] for i in open_], batch, scorer_obj, [meta[i] for i in open_],
+                             indices=open_, first_sample=drawn)
+            for i, row_scores in zip(open_, new, strict=True):
+                scores[i].extend(row_scores)
+        for i, row in zip(open_, batch, strict=True):
+            rows[i].extend(row)
+            answers[i].extend(extract_fn(c.text) for c in row)
+        drawn, batches = total, batches + 1
+        weighted = scores if selector == "weighted_majority" else None
+        open_ = [i for i in open_ if not should_stop(policy, answers[i], weighted[i] if weighted else None,
+                                                     equivalence)]
+    results = [pick(values[i], rows[i], scores[i] if scores is not None else None, selector, extract_fn, equivalence)
+               for i in range(len(values))]
+    return AdaptiveResult(results, policy.budget, batches)
+
+
+def _draw(generator: Generator, prompts: list[PromptValue], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+    """One batch: ``n`` completions for each open prompt, checked."""
+    rows = generator.generate(prompts, n, sampling)
+    if len(rows) != len(prompts) or any(len(r) != n for r in rows):
+        got = sorted({len(r) for r in rows})
+        raise RsftError(f"generator {generator.name!r} returned {len(rows)} rows of {got} completions; "
+                        f"expected {len(prompts)} of {n}")
+    return rows
+
+
+# --- command-line options (``rsft bon --adaptive``, ``rsft serve``) -----------------------------------
+
+
+def add_adaptive_arguments(parser: argparse.ArgumentParser, budget_flag: bool = True) -> None:
+    """--min-n/--supermajority/--growth/--stop-rule/--confidence (and --adaptive/--budget for ``rsft bon``)."""
+    from rsft.config import field_docs
+
+    doc = field_docs(AdaptivePolicy)
+    g = parser.add_argument_group("adaptive N (sample in growing batches until the answers agree)")
+    if budget_flag:
+        g.add_argument("--adaptive", action="store_true",
+                       help="sample in growing batches and stop each prompt once its answers agree; "
+                            "-n (or --budget) is then the most samples per prompt")
+        g.add_argument("--budget", type=int, help=doc["budget"] + " (default: -n)")
+    g.add_argument("--min-n", type=int, help=doc["min_n"] + " (default: 4)")
+    g.add_argument("--supermajority", type=float, help=doc["supermajority"] + " (default: 0.6)")
+    g.add_argument("--growth", type=float, help=doc["growth"] + " (default: 2)")
+    g.add_argument("--stop-rule", choices=STOP_RULES, help=doc["rule"] + " (default: share)")
+    g.add_argument("--confidence", type=float, help=doc["confidence"] + " (default: 0.95)")
+
+
+_POLICY_FLAGS = {"min_n": "min_n", "supermajority": "supermajority", "growth": "growth", "stop_rule": "rule",
+                 "confidence": "confidence"}
+
+
+def policy_from_args(args: argparse.Namespace, budget: int) -> AdaptivePolicy:
+    """The policy named by ``add_adaptive_arguments`` flags (unset flags keep the defaults)."""
+    given = {field: getattr(args, flag) for flag, field in _POLICY_FLAGS.items() if getattr(args, flag, None) is not None}
+    return AdaptivePolicy(budget=budget, **given)
+
+
+def given_policy_flags(args: argparse.Namespace) -> list[str]:
+    """The adaptive flags set on the command line (``rsft bon`` refuses them without --adaptive)."""
+    flags = ["budget", *_POLICY_FLAGS]
+    return [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f, None) is not None]
