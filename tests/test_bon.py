@@ -366,3 +366,44 @@ def test_rsft_bon_answer_and_equivalence_flags(monkeypatch, capsys, tmp_path):
     assert set(line) == {"prompt_id", "prompt", "completion", "score", "index", "selector", "candidates"}
     with pytest.raises(RsftError, match="unknown answer extractor"):
         run("--answer", "second_line")
+
+
+# --- rsft bon --adaptive --------------------------------------------------------------------------
+
+
+def test_rsft_bon_adaptive_reports_samples_used_and_saved(monkeypatch, capsys):
+    from test_adaptive import SCRIPT, ScriptedGenerator
+
+    gen = ScriptedGenerator(SCRIPT)
+    monkeypatch.setattr(bon, "generator_from_args", lambda args: gen)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("easy\nsplit\nlate\n"))
+    bon.main(parse(["--adaptive", "--budget", "8", "--min-n", "2", "--supermajority", "0.6", "--seed", "0"]))
+    out = capsys.readouterr()
+    lines = [json.loads(line) for line in out.out.splitlines()]
+    assert [(line["completion"], line["samples"], len(line["candidates"])) for line in lines] == [
+        ("7", 2, 2), ("1", 8, 8), ("5", 8, 8)]
+    assert set(lines[0]) == {"prompt_id", "prompt", "completion", "score", "index", "selector", "candidates", "samples"}
+    assert "adaptive N: 18 of 24 samples (6 saved, 25%; 1 of 3 prompts stopped early) in 3 batches" in out.err
+    assert [n for _, n, _ in gen.calls] == [2, 2, 4]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("easy\n"))
+    bon.main(parse(["--adaptive", "-n", "4", "--stop-rule", "beta"]))  # -n is the budget; 4 sevens: 31/32
+    assert json.loads(capsys.readouterr().out)["samples"] == 4
+
+
+def test_rsft_bon_adaptive_flag_errors(tiny_lm):
+    with pytest.raises(RsftError, match="--budget, --min-n need --adaptive"):
+        bon.main(parse(["--budget", "8", "--min-n", "2", "--model", str(tiny_lm)]))
+    with pytest.raises(RsftError, match="adaptive min_n must be a positive integer"):
+        bon.main(parse(["--adaptive", "--min-n", "0", "--model", str(tiny_lm)]))
+    with pytest.raises(SystemExit):
+        parse(["--adaptive", "--stop-rule", "sprt"])
+
+
+def test_rsft_bon_adaptive_on_the_tiny_model(tiny_lm, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.StringIO("The quick brown fox\nWhat is 7 - 4?\n"))
+    bon.main(parse(["--model", str(tiny_lm), "--adaptive", "-n", "8", "--min-n", "2", "--max-new-tokens", "3",
+                    "--temperature", "0"]))
+    out = capsys.readouterr()
+    lines = [json.loads(line) for line in out.out.splitlines()]
+    assert [line["samples"] for line in lines] == [2, 2] and all(line["score"] in (0.0, 1.0) for line in lines)
+    assert "4 of 16 samples (12 saved, 75%" in out.err

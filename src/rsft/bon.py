@@ -26,13 +26,16 @@ import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from rsft.config import key_value
 from rsft.errors import RsftError
 from rsft.generate import Generator, make_generator
 from rsft.score import Scorer, as_scorer, score_pairs
 from rsft.types import Completion, Prompt, PromptValue, SamplingParams
+
+if TYPE_CHECKING:
+    from rsft.adaptive import AdaptivePolicy
 
 SELECTORS = ("argmax", "majority", "weighted_majority")
 """Selector names accepted by ``best_of_n``."""
@@ -433,6 +436,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--equivalence", default="exact",
                    help="answers that vote together: exact (same text), math (math-verify equivalent) or "
                         "pkg.module:name, a function mapping an answer to a hashable key (default: exact)")
+    from rsft.adaptive import add_adaptive_arguments
+
+    add_adaptive_arguments(parser)
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
@@ -487,6 +493,18 @@ def result_row(prompt: Prompt, result: BoNResult) -> dict[str, Any]:
     }
 
 
+def _adaptive_policy(args: argparse.Namespace) -> AdaptivePolicy | None:
+    """``--adaptive``'s policy (budget: --budget, else -n); None without it (other adaptive flags refused)."""
+    from rsft.adaptive import given_policy_flags, policy_from_args
+
+    if not getattr(args, "adaptive", False):
+        given = given_policy_flags(args)
+        if given:
+            raise RsftError(f"{', '.join(given)} need --adaptive")
+        return None
+    return policy_from_args(args, args.budget if args.budget is not None else args.n)
+
+
 def json_number(value: float | None) -> float | None:
     """JSON has no NaN or infinity: those become null."""
     return value if value is not None and math.isfinite(value) else None
@@ -502,12 +520,24 @@ def main(args: argparse.Namespace) -> None:
     scorer, selector = scorer_from_args(args)
     extract = answer_extractor(getattr(args, "answer", None))
     equivalence = resolve_equivalence(getattr(args, "equivalence", None) or "exact")
+    policy = _adaptive_policy(args)
     source = getattr(args, "prompts", None)
     prompts = read_prompt_lines(sys.stdin) if source in (None, "-") else load_prompts(source)
     generator = generator_from_args(args)
-    results = best_of_n(prompts, args.n, generator, scorer, selector, sampling, extract=extract,
-                        equivalence=equivalence)
-    rows = [result_row(p, r) for p, r in zip(prompts, results, strict=True)]
+    if policy is None:
+        results = best_of_n(prompts, args.n, generator, scorer, selector, sampling, extract=extract,
+                            equivalence=equivalence)
+        rows = [result_row(p, r) for p, r in zip(prompts, results, strict=True)]
+    else:
+        from rsft.adaptive import adaptive_best_of_n
+
+        run = adaptive_best_of_n(prompts, policy, generator, scorer, selector, sampling, extract=extract,
+                                 equivalence=equivalence)
+        rows = [{**result_row(p, r), "samples": k} for p, r, k in zip(prompts, run.results, run.samples, strict=True)]
+        s = run.summary()
+        print(f"rsft: adaptive N: {s['samples']} of {s['prompts'] * s['budget']} samples ({s['saved']} saved, "
+              f"{s['saved_fraction']:.0%}; {s['stopped_early']} of {s['prompts']} prompts stopped early) "
+              f"in {s['batches']} batches", file=sys.stderr)
     if args.output:
         from rsft.artifacts import write_jsonl
 
