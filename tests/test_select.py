@@ -460,9 +460,6 @@ class _ListGenerator:
         return [[Completion(f"{p} {j}", 1, "stop") for j in range(n)] for p in prompts]
 
 
-@pytest.mark.xfail(strict=True, raises=RsftError,
-                   reason="stages.select_completions does not pass SelectionConfig.beta/seed to select.select yet "
-                          "(the stages module is being split): remove this marker once it does")
 def test_rso_through_the_select_stage(tmp_path):
     from rsft import stages
     from rsft.config import GenerationConfig, ScoringConfig, SelectionConfig

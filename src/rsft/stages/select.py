@@ -40,7 +40,7 @@ def select_completions(round_dir: Path, config: SelectionConfig) -> dict[str, An
         kept_rows = len(set(cols["prompt_id"]))
     else:
         picked = selectors.select(R, config.strategy, k=config.k, threshold=config.threshold, texts=texts,
-                                  dedup=config.dedup)
+                                  dedup=config.dedup, beta=config.beta, seed=config.seed)
         for rank, (i, j) in enumerate(picked.pairs):
             add(i, j, rank, "keep", rank)
         kept_rows = len(prompts) - picked.n_rows_without_pick
