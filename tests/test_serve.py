@@ -478,3 +478,102 @@ def test_handler_chat_with_the_tiny_model(tiny_generator):
                                              "content": ext["candidates"][ext["chosen_index"]]["text"]}
     assert ext["scores"] == [float(len(c["text"])) for c in ext["candidates"]]
     assert body["usage"]["prompt_tokens"] > 0 and body["usage"]["completion_tokens"] <= 12
+
+
+# --- adaptive N (the budget extension) and equivalence-aware voting --------------------------------
+
+
+def test_budget_request_stops_early_and_reports_samples_saved():
+    from test_adaptive import SCRIPT, ScriptedGenerator
+
+    from rsft.adaptive import AdaptivePolicy
+
+    gen = ScriptedGenerator(SCRIPT)
+    app = create_app(gen, None, "majority", max_n=8, adaptive=AdaptivePolicy(8, min_n=2))
+    with Running(app) as server:
+        client = server.client()
+
+        def ask(prompt: str, **extra: Any) -> dict[str, Any]:
+            r = client.completions.create(model="m", prompt=prompt, seed=0, extra_body=extra)
+            ext = rsft_field(r)
+            assert r.choices[0].text == ext["candidates"][ext["chosen_index"]]["text"]
+            assert r.usage.completion_tokens == ext["n"]  # one token per scripted candidate
+            return ext
+
+        easy = ask("easy", budget=8)
+        assert easy["adaptive"] == {"budget": 8, "samples": 2, "saved": 6} and easy["n"] == 2
+        assert ask("late", budget=8)["adaptive"] == {"budget": 8, "samples": 8, "saved": 0}
+        assert gen.calls[-3:] == [(["late"], 2, 0), (["late"], 2, 2), (["late"], 4, 4)]
+        assert ask("late", budget=8, supermajority=0.5)["adaptive"]["samples"] == 2  # "1", "2": 1/2
+        assert ask("easy", budget=6, min_n=4)["adaptive"] == {"budget": 6, "samples": 4, "saved": 2}
+        assert "adaptive" not in ask("easy", n=3)
+        calls = len(gen.calls)
+        for body, message in [({"budget": 9}, "max_n=8"), ({"n": 2, "min_n": 2}, "min_n: only with budget"),
+                              ({"budget": 4, "supermajority": 0}, "supermajority"),
+                              ({"budget": 4, "min_n": 0}, "min_n")]:
+            r = server.post("/v1/completions", {"prompt": "easy", **body})
+            assert r.status_code == 422 and message in r.json()["error"]["message"], r.text
+        assert len(gen.calls) == calls
+
+
+def test_tiny_model_budget_request(tiny_generator):
+    app = create_app(tiny_generator, None, "majority", max_tokens=4)
+    with Running(app) as server:
+        client = server.client()
+        greedy = client.completions.create(model="tiny", prompt="The quick brown", max_tokens=4, temperature=0,
+                                           extra_body={"budget": 16})
+        ext = rsft_field(greedy)
+        assert ext["adaptive"] == {"budget": 16, "samples": 4, "saved": 12}  # 4 identical: the default min_n
+        assert len({c["text"] for c in ext["candidates"]}) == 1
+        full = client.completions.create(model="tiny", prompt="The quick brown", max_tokens=4, seed=3,
+                                         extra_body={"budget": 6, "supermajority": 1.5})
+        ext = rsft_field(full)
+        assert ext["adaptive"] == {"budget": 6, "samples": 6, "saved": 0} and len(ext["candidates"]) == 6
+        assert 6 <= full.usage.completion_tokens <= 24
+        again = client.completions.create(model="tiny", prompt="The quick brown", max_tokens=4, seed=3,
+                                          extra_body={"budget": 6, "supermajority": 1.5})
+        assert rsft_field(again)["candidates"] == ext["candidates"]  # seeded: the same batches
+
+
+def test_the_server_votes_with_its_equivalence():
+    from test_bon import ListGenerator
+
+    from rsft.bon import answer_extractor
+
+    texts = ["\\boxed{3}", "\\boxed{1/2}", "\\boxed{0.5}"]
+    for equivalence, index in [("exact", 0), ("math", 1)]:
+        service = BoNService(ListGenerator(texts), None, "majority", batch_window_ms=0,
+                             extract=answer_extractor("boxed"), equivalence=equivalence)
+        handlers = Handlers(service, max_n=8)
+
+        async def main(h: Handlers = handlers, s: BoNService = service) -> Any:
+            try:
+                return await h.completions({"prompt": "q", "n": 3})
+            finally:
+                await s.close()
+
+        assert asyncio.run(main())["rsft"]["chosen_index"] == index
+
+
+def test_python_m_rsft_serve_voting_and_adaptive_flags(tmp_path):
+    """`rsft serve --selector majority --equivalence KEY_FN --min-n 2` in front of the fake OpenAI server."""
+    (tmp_path / "serve_keys.py").write_text("def first_word(answer):\n    return answer.split()[0]\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    with FakeServer() as upstream:
+        cmd = [sys.executable, "-m", "rsft.serve", "--backend", "openai", "--model", "fake-model",
+               "--option", f"base_url={upstream.base_url}", "--selector", "majority", "--port", str(port),
+               "--max-n", "8", "--equivalence", "serve_keys:first_word", "--min-n", "2", "--supermajority", "0.9"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            _wait_for_health(proc, url)
+            r = httpx.post(url + "/v1/completions", json={"prompt": "hi", "budget": 8, "seed": 5}).json()
+            assert r["rsft"]["adaptive"] == {"budget": 8, "samples": 2, "saved": 6}  # every "hi s5 c<j>" votes "hi"
+            assert r["rsft"]["score"] == 1.0 and upstream.stats.bodies[-1]["n"] == 2
+            assert upstream.stats.bodies[-1]["seed"] == 5
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=20)

@@ -429,6 +429,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-new-tokens", type=int, default=64, help="tokens per completion at most (default: 64)")
     g.add_argument("--stop", action="append", help="stop string (repeatable); '\\n' means newline")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    add_voting_arguments(parser)
+    from rsft.adaptive import add_adaptive_arguments
+
+    add_adaptive_arguments(parser)
+
+
+def add_voting_arguments(parser: argparse.ArgumentParser) -> None:
+    """--answer and --equivalence (``rsft bon`` and ``rsft serve``)."""
     g = parser.add_argument_group("voting (majority, weighted_majority)")
     g.add_argument("--answer", default="first_line",
                    help="the answer a completion votes for: first_line, boxed (the last \\boxed{...}) or "
@@ -436,9 +444,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--equivalence", default="exact",
                    help="answers that vote together: exact (same text), math (math-verify equivalent) or "
                         "pkg.module:name, a function mapping an answer to a hashable key (default: exact)")
-    from rsft.adaptive import add_adaptive_arguments
-
-    add_adaptive_arguments(parser)
 
 
 def sampling_from_args(args: argparse.Namespace) -> SamplingParams:

@@ -5,6 +5,12 @@
 The answer holds the best candidate as the one ordinary ``choices[0]`` and an extension field
 ``rsft`` with every candidate, its score and the chosen index.
 
+Adaptive N: a request with the extension field ``budget`` (wins over ``n`` and ``best_of``) samples
+in growing batches of at most ``budget`` candidates and stops once their answers agree
+(``rsft.adaptive``; the server's ``--min-n``/``--supermajority``/... settings, which the request
+may override with ``min_n`` and ``supermajority``); its ``rsft.adaptive`` field reports the budget,
+the samples used and the samples saved.
+
 Requests are batched dynamically: they wait in a bounded queue; one worker takes what arrived
 within ``batch_window_ms`` (at most ``max_batch_prompts``), groups requests with the same N and
 sampling settings, and calls ``generator.generate`` once per group in a worker thread (generation

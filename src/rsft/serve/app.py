@@ -12,7 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from rsft.bon import Extract, check_selector
+from rsft.adaptive import AdaptivePolicy
+from rsft.bon import Extract, KeyFn, answer_extractor, check_selector, resolve_equivalence
 from rsft.generate import Generator
 from rsft.score import as_scorer
 from rsft.serve.batcher import BoNService
@@ -41,7 +42,9 @@ def create_app(
     batch_window_ms: float = 10,
     max_batch_prompts: int = 32,
     request_timeout: float = 120.0,
-    extract: Extract | None = None,
+    extract: Extract | str | None = None,
+    equivalence: str | KeyFn = "exact",
+    adaptive: AdaptivePolicy | None = None,
 ) -> "FastAPI":
     """Build the Best-of-N server.
 
@@ -58,13 +61,19 @@ def create_app(
         batch_window_ms: how long the worker waits for more requests before generating.
         max_batch_prompts: requests (prompts) per batch at most.
         request_timeout: seconds a request may wait for its answer (504 after).
-        extract: the answer a completion votes for (majority selectors); default first line.
+        extract: the answer a completion votes for (majority selectors): ``first_line`` (also None),
+            ``boxed``, ``pkg.module:name`` or a callable.
+        equivalence: which answers vote together (majority selectors): ``exact``, ``math`` or a key
+            function (see ``rsft.bon.answer_groups``).
+        adaptive: settings of requests that send ``budget`` (adaptive N; each request's budget, and
+            its ``min_n``/``supermajority`` when given, replace these); None: ``AdaptivePolicy``'s defaults.
     """
     from fastapi import FastAPI, Request
 
     scorer_obj = as_scorer(scorer) if scorer is not None else None
     service = BoNService(generator, scorer_obj, selector, max_queue=max_queue, batch_window_ms=batch_window_ms,
-                         max_batch_prompts=max_batch_prompts, extract=extract)
+                         max_batch_prompts=max_batch_prompts, extract=answer_extractor(extract),
+                         equivalence=resolve_equivalence(equivalence), adaptive=adaptive)
     check_selector(selector, scorer_obj is not None)
     handlers = Handlers(service, model_name=model_name, api_key=api_key, max_n=max_n, max_tokens=max_tokens,
                         request_timeout=request_timeout)

@@ -2,7 +2,9 @@
 
 One worker takes what arrived within ``batch_window_ms`` (at most ``max_batch_prompts``), groups
 requests with the same N and sampling settings, and calls ``generator.generate`` once per group in a
-worker thread (generation blocks), then scores and selects.
+worker thread (generation blocks), then scores and selects. Adaptive requests (a ``budget``) with the
+same policy form a group too, sampled by ``rsft.adaptive.adaptive_best_of_n``: one ``generate``
+call per batch over the group's prompts still open.
 """
 
 import asyncio
@@ -13,7 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from rsft.bon import BoNResult, Extract, select_best
+from rsft.adaptive import AdaptivePolicy, adaptive_best_of_n
+from rsft.bon import BoNResult, Extract, KeyFn, select_best
 from rsft.errors import RsftError
 from rsft.generate import Generator
 from rsft.score import Scorer
@@ -34,12 +37,14 @@ class Job:
     """Resolves to (result, batch size, prompt tokens)."""
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
     """Scorer fields sent by the client (the ``metadata`` extension), e.g. a gold answer."""
+    adaptive: AdaptivePolicy | None = None
+    """Adaptive N (the ``budget`` extension): sample in growing batches up to ``n``; None: exactly ``n``."""
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """Requests with equal keys share one ``generate`` call."""
+        """Requests with equal keys share one ``generate`` call (adaptive: one adaptive run)."""
         seed = self.sampling.seed if self.seeded else None
-        return self.n, dataclasses.replace(self.sampling, seed=0), seed
+        return self.n, dataclasses.replace(self.sampling, seed=0), seed, self.adaptive
 
 
 class BoNService:
@@ -55,11 +60,16 @@ class BoNService:
         batch_window_ms: float = 10,
         max_batch_prompts: int = 32,
         extract: Extract | None = None,
+        equivalence: str | KeyFn = "exact",
+        adaptive: AdaptivePolicy | None = None,
     ) -> None:
         self.generator = generator
         self.scorer = scorer
         self.selector = selector
         self.extract = extract
+        self.equivalence = equivalence
+        self.adaptive = adaptive
+        """Settings of adaptive requests (each request's ``budget`` replaces its budget); None: the defaults."""
         self.max_queue = max_queue
         self.batch_window = max(0.0, batch_window_ms / 1000)
         self.max_batch_prompts = max(1, max_batch_prompts)
@@ -154,13 +164,20 @@ class BoNService:
         sampling = first.sampling if first.seeded else dataclasses.replace(
             first.sampling, seed=random.randrange(2**31))
         prompts = [j.prompt for j in group]
-        self.batches += 1
-        rows = self.generator.generate(prompts, first.n, sampling)
-        if len(rows) != len(prompts) or any(len(r) != first.n for r in rows):
-            raise RsftError(f"generator {self.generator.name!r} returned {len(rows)} rows for {len(prompts)} prompts "
-                            f"(expected {first.n} completions each)")
-        results = select_best(prompts, rows, self.scorer, self.selector, metadata=[j.metadata for j in group],
-                              extract=self.extract)
+        metadata = [j.metadata for j in group]
+        if first.adaptive is not None:
+            run = adaptive_best_of_n(prompts, first.adaptive, self.generator, self.scorer, self.selector, sampling,
+                                     metadata, self.extract, self.equivalence)
+            self.batches += run.batches
+            results = run.results
+        else:
+            self.batches += 1
+            rows = self.generator.generate(prompts, first.n, sampling)
+            if len(rows) != len(prompts) or any(len(r) != first.n for r in rows):
+                raise RsftError(f"generator {self.generator.name!r} returned {len(rows)} rows for {len(prompts)} "
+                                f"prompts (expected {first.n} completions each)")
+            results = select_best(prompts, rows, self.scorer, self.selector, metadata=metadata,
+                                  extract=self.extract, equivalence=self.equivalence)
         return [(r, len(group), self._prompt_tokens(p)) for r, p in zip(results, prompts, strict=True)]
 
     def _prompt_tokens(self, prompt: PromptValue) -> int:

@@ -5,7 +5,15 @@ import logging
 import os
 import sys
 
-from rsft.bon import add_model_arguments, generator_from_args, scorer_from_args
+from rsft.adaptive import add_adaptive_arguments, policy_from_args
+from rsft.bon import (
+    add_model_arguments,
+    add_voting_arguments,
+    answer_extractor,
+    generator_from_args,
+    resolve_equivalence,
+    scorer_from_args,
+)
 from rsft.errors import RsftError
 from rsft.generate import Generator
 from rsft.serve.app import LOG, create_app
@@ -30,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-batch-prompts", type=int, default=32, help="requests per batch at most (default: 32)")
     g.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413 (default: 1000000)")
     g.add_argument("--request-timeout", type=float, default=120.0, help="seconds before 504 (default: 120)")
+    add_voting_arguments(parser)
+    add_adaptive_arguments(parser, budget_flag=False)  # requests send their budget
 
 
 def main(args: argparse.Namespace) -> None:
@@ -46,14 +56,17 @@ def main(args: argparse.Namespace) -> None:
     for flag in ("max_n", "max_tokens", "max_queue", "max_batch_prompts", "max_body_bytes"):
         if getattr(args, flag) < 1:
             raise RsftError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    _log_to_stderr()
     scorer, selector = scorer_from_args(args)
+    extract, equivalence = answer_extractor(args.answer), resolve_equivalence(args.equivalence)
+    adaptive = policy_from_args(args, budget=args.max_n)
+    _log_to_stderr()
     generator = generator_from_args(args)
     _plain_chat_template_if_missing(generator)
     app = create_app(generator, scorer, selector, model_name=args.model_name or args.model, api_key=api_key,
                      max_n=args.max_n, max_tokens=args.max_tokens, max_body_bytes=args.max_body_bytes,
                      max_queue=args.max_queue, batch_window_ms=args.batch_window_ms,
-                     max_batch_prompts=args.max_batch_prompts, request_timeout=args.request_timeout)
+                     max_batch_prompts=args.max_batch_prompts, request_timeout=args.request_timeout,
+                     extract=extract, equivalence=equivalence, adaptive=adaptive)
     print(f"rsft: serving {args.model} ({selector}, N <= {args.max_n}) on http://{args.host}:{args.port}/v1"
           f"{' (auth on)' if api_key else ''}", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

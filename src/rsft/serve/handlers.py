@@ -6,10 +6,12 @@ calls these and writes the responses.
 """
 
 import asyncio
+import dataclasses
 import hmac
 import time
 from typing import Any
 
+from rsft.adaptive import AdaptivePolicy
 from rsft.errors import RsftError
 from rsft.serve.batcher import BoNService, Job
 from rsft.serve.schemas import HTTPError, completion_response, message_text, parse_request, request_models
@@ -81,9 +83,11 @@ class Handlers:
         if req.stream:
             raise HTTPError(422, "stream=true is not supported: Best-of-N picks after all candidates finish",
                             code="unsupported")
-        n = req.best_of if req.best_of is not None else (req.n or 1)
+        n = req.budget if req.budget is not None else req.best_of if req.best_of is not None else (req.n or 1)
         if n > self.max_n:
-            raise HTTPError(422, f"N={n} (n or best_of) exceeds this server's max_n={self.max_n}", code="n_too_large")
+            raise HTTPError(422, f"N={n} (n, best_of or budget) exceeds this server's max_n={self.max_n}",
+                            code="n_too_large")
+        adaptive = self.adaptive_policy(req, n)
         tokens = limit if limit is not None else self.max_tokens
         if tokens > self.max_tokens:
             raise HTTPError(422, f"max_tokens={tokens} exceeds this server's limit of {self.max_tokens}",
@@ -101,7 +105,20 @@ class Handlers:
         except ValueError as e:
             raise HTTPError(422, str(e)) from None
         future = asyncio.get_running_loop().create_future()
-        return Job(prompt, n, sampling, req.seed is not None, future, dict(req.metadata or {}))
+        return Job(prompt, n, sampling, req.seed is not None, future, dict(req.metadata or {}), adaptive)
+
+    def adaptive_policy(self, req: Any, n: int) -> AdaptivePolicy | None:
+        """The policy of a request with ``budget`` (the server's settings, the request's overrides); else None."""
+        overrides = {k: v for k in ("min_n", "supermajority") if (v := getattr(req, k)) is not None}
+        if req.budget is None:
+            if overrides:
+                raise HTTPError(422, f"{' and '.join(overrides)}: only with budget (adaptive N)")
+            return None
+        try:
+            base = self.service.adaptive or AdaptivePolicy(budget=n)
+            return dataclasses.replace(base, budget=n, **overrides)
+        except RsftError as e:
+            raise HTTPError(422, str(e)) from None
 
     async def _answer(self, job: Job, chat: bool, log: dict[str, Any] | None) -> dict[str, Any]:
         """Queue ``job``, wait for its result and turn it, or its failure, into a response or an ``HTTPError``."""
@@ -123,4 +140,5 @@ class Handlers:
         except Exception as e:  # noqa: BLE001 - a generator or scorer bug: report, keep serving
             raise HTTPError(500, f"{type(e).__name__}: {e}", "server_error") from None
         log["batch_size"] = batch_size
-        return completion_response(result, chat, self.model_name, prompt_tokens)
+        budget = job.adaptive.budget if job.adaptive is not None else None
+        return completion_response(result, chat, self.model_name, prompt_tokens, budget)

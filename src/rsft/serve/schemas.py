@@ -38,6 +38,12 @@ def request_models() -> tuple[type, type]:
         stream: bool | None = False
         metadata: dict[str, Any] | None = Field(
             None, description="rsft extension: fields for the scorer, e.g. the gold 'answer' a checker needs")
+        budget: int | None = Field(
+            None, ge=1, description="rsft extension: adaptive N, at most this many candidates, sampled in growing "
+                                    "batches until the answers agree (wins over n and best_of)")
+        min_n: int | None = Field(None, ge=1, description="rsft extension, with budget: the first batch's size")
+        supermajority: float | None = Field(
+            None, gt=0, description="rsft extension, with budget: stop once the leading answer holds this share")
 
     class CompletionRequest(_Request):
         prompt: str | list[str] = Field(..., description="one prompt (a list must hold exactly one)")
@@ -93,8 +99,12 @@ def message_text(content: Any) -> str:
     return "".join(part.text for part in content)
 
 
-def completion_response(result: BoNResult, chat: bool, model_name: str, prompt_tokens: int) -> dict[str, Any]:
-    """The OpenAI body: the chosen candidate as ``choices[0]``, every candidate under ``rsft``."""
+def completion_response(result: BoNResult, chat: bool, model_name: str, prompt_tokens: int,
+                        budget: int | None = None) -> dict[str, Any]:
+    """The OpenAI body: the chosen candidate as ``choices[0]``, every candidate under ``rsft``.
+
+    An adaptive request (``budget``) also gets ``rsft.adaptive``: the budget, the samples used, the saved.
+    """
     completion_tokens = sum(c.n_tokens or 0 for c in result.completions)
     choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": result.finish_reason}
     if chat:
@@ -102,7 +112,7 @@ def completion_response(result: BoNResult, chat: bool, model_name: str, prompt_t
     else:
         choice["text"] = result.chosen
     scores = [json_number(s) for _, s in result.candidates]
-    return {
+    body: dict[str, Any] = {
         "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex}",
         "object": "chat.completion" if chat else "text_completion",
         "created": int(time.time()),
@@ -119,3 +129,7 @@ def completion_response(result: BoNResult, chat: bool, model_name: str, prompt_t
             "chosen_index": result.index,
         },
     }
+    if budget is not None:
+        samples = len(result.candidates)
+        body["rsft"]["adaptive"] = {"budget": budget, "samples": samples, "saved": budget - samples}
+    return body
