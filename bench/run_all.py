@@ -29,6 +29,7 @@ SCRIPTS = [
     ("bon_curve.py", []),
     ("pipeline_overhead.py", []),
     ("sandbox_throughput.py", []),
+    ("llamacpp_vs_hf.py", []),  # skipped (one line) without llama-cpp-python
 ]
 TIMEOUT_S = 900
 
