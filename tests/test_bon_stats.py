@@ -11,7 +11,8 @@ import struct
 import numpy as np
 import pytest
 
-from rsft import artifacts, bon_report, matrix, stats
+from rsft import artifacts, matrix, stats
+from rsft.cli import stats as stats_cli
 from rsft.errors import RsftError
 from rsft.stats import (
     bon_curve,
@@ -306,7 +307,7 @@ def write_round(round_dir, R):
 
 def stats_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    bon_report.add_arguments(parser)
+    stats_cli.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -320,7 +321,7 @@ def run_dir(tmp_path):
 
 
 def test_stats_table_for_the_latest_scored_round(run_dir, capsys):
-    bon_report.main(stats_args(str(run_dir)))
+    stats_cli.main(stats_args(str(run_dir)))
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert lines[0] == f"{run_dir / 'round-001'}: 2 prompts x 4 samples, 1 NaN"
@@ -334,7 +335,7 @@ def test_stats_table_for_the_latest_scored_round(run_dir, capsys):
 
 def test_stats_json_round_option_and_plot(run_dir, tmp_path, capsys):
     png = tmp_path / "plots" / "bon.png"
-    bon_report.main(stats_args(str(run_dir), "--round", "0", "--json", "--plot", str(png), "--threshold", "1"))
+    stats_cli.main(stats_args(str(run_dir), "--round", "0", "--json", "--plot", str(png), "--threshold", "1"))
     rep = json.loads(capsys.readouterr().out)
     assert rep["round_dir"] == str(run_dir / "round-000") and (rep["M"], rep["N"], rep["nan_count"]) == (2, 4, 0)
     assert [r["n"] for r in rep["curve"]] == [1, 2, 4]
@@ -348,7 +349,7 @@ def test_stats_json_round_option_and_plot(run_dir, tmp_path, capsys):
 
 
 def test_stats_on_a_round_folder(run_dir, capsys):
-    bon_report.main(stats_args(str(run_dir / "round-000")))
+    stats_cli.main(stats_args(str(run_dir / "round-000")))
     assert capsys.readouterr().out.startswith(f"{run_dir / 'round-000'}: 2 prompts x 4 samples, 0 NaN")
 
 
@@ -365,10 +366,10 @@ def test_stats_on_a_round_folder(run_dir, capsys):
 )
 def test_stats_errors(run_dir, argv, match):
     with pytest.raises(RsftError, match=match):
-        bon_report.main(stats_args(*(a.format(run=run_dir) for a in argv)))
+        stats_cli.main(stats_args(*(a.format(run=run_dir) for a in argv)))
 
 
 def test_stats_run_without_scored_rounds(tmp_path):
     (tmp_path / "round-000").mkdir()
     with pytest.raises(RsftError, match="no round with rewards.parquet"):
-        bon_report.main(stats_args(str(tmp_path)))
+        stats_cli.main(stats_args(str(tmp_path)))

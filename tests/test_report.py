@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from rsft import artifacts, matrix, report
+from rsft.cli import report as report_cli
 from rsft.errors import RsftError
 from rsft.types import Prompt
 
@@ -136,11 +137,11 @@ class Page(HTMLParser):
 def run_report(run: Path, output: Path | None = None, no_terminal: bool = False) -> tuple[Page, str]:
     """Run ``rsft report`` through its own argument parser; the parsed page and what it printed."""
     parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
+    report_cli.add_arguments(parser)
     argv = [str(run)] + (["--output", str(output)] if output else []) + (["--no-terminal"] if no_terminal else [])
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        report.main(parser.parse_args(argv))
+        report_cli.main(parser.parse_args(argv))
     return Page((output or run / "report.html").read_text(encoding="utf-8")), printed.getvalue()
 
 

@@ -437,13 +437,14 @@ def test_rso_errors_are_one_line():
 
 
 def test_rso_in_the_config_and_the_select_flags():
-    from rsft.cli import _config_from, build_parser
+    from rsft.cli import build_parser
+    from rsft.cli.options import config_from
     from rsft.config import SelectionConfig, field_docs, from_dict
 
     args = build_parser().parse_args(["select", "round", "--strategy", "rso", "--beta", "0.25", "-k", "2"])
-    sel = _config_from(args).selection
+    sel = config_from(args).selection
     assert (sel.strategy, sel.beta, sel.k, sel.seed) == ("rso", 0.25, 2, 0)
-    assert _config_from(build_parser().parse_args(["select", "round"])).selection.beta == 0.5
+    assert config_from(build_parser().parse_args(["select", "round"])).selection.beta == 0.5
     sel = from_dict(SelectionConfig, {"strategy": "rso", "beta": 1, "seed": 3}, "config.yaml: selection")
     assert (sel.beta, sel.seed) == (1.0, 3) and isinstance(sel.beta, float)
     with pytest.raises(RsftError, match="seed: expected int"):

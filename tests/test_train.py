@@ -15,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from rsft import train as train_mod
-from rsft.config import from_dict
+from rsft.cli import stages as stages_cli
+from rsft.cli.options import apply_flags
+from rsft.config import RunConfig, from_dict
 from rsft.errors import RsftError
 from rsft.logprobs import sequence_logprobs
-from rsft.train import TrainConfig, add_arguments, config_from_args, train
+from rsft.train import TrainConfig, train
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -199,27 +201,27 @@ def test_config_from_yaml_mapping_and_flags():
         from_dict(TrainConfig, {"epoch": 2}, "train")
 
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    stages_cli.add_train_arguments(parser)
     args = parser.parse_args(["runs/x/round-000", "--no-lora", "--lr", "3e-5", "--batch-size", "2"])
-    assert args.round_dir == Path("runs/x/round-000") and args.model is None
-    assert config_from_args(args, config) == TrainConfig(lora=False, learning_rate=3e-5, epochs=3.0,
-                                                         batch_size=2, lora_target_modules=["q_proj", "v_proj"])
-    assert config_from_args(parser.parse_args(["r"])) == TrainConfig()
+    applied = apply_flags(args, RunConfig(train=config))
+    assert args.round_dir == Path("runs/x/round-000")
+    assert applied.generation.generator.model == RunConfig().generation.generator.model  # no --model given
+    assert applied.train == TrainConfig(lora=False, learning_rate=3e-5, epochs=3.0,
+                                        batch_size=2, lora_target_modules=["q_proj", "v_proj"])
+    assert apply_flags(parser.parse_args(["r"]), RunConfig()).train == TrainConfig()
     assert "LoRA rank" in parser.format_help()
-
-    without = argparse.ArgumentParser()
-    add_arguments(without, round_dir=False)
-    assert without.parse_args(["--merge", "--report-to", "tensorboard"]).merge is True
+    given = parser.parse_args(["r", "--merge", "--report-to", "tensorboard"])
+    assert apply_flags(given, RunConfig(train=TrainConfig(merge=False))).train.merge is True
 
 
 def test_cli_main_trains_and_a_failed_retrain_keeps_the_checkpoint(tiny_lm, tmp_path, capsys, monkeypatch):
     round_dir = _round(tmp_path, TEXT_ROWS)
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    stages_cli.add_train_arguments(parser)
     args = parser.parse_args([str(round_dir), "--model", str(tiny_lm), "--no-lora", "--epochs", "1",
                               "--batch-size", "4", "--grad-accum", "2", "--lr", "1e-3", "--max-length", "64",
                               "--seed", "3"])
-    train_mod.main(args)
+    stages_cli.cmd_train(args)
     summary = json.loads(capsys.readouterr().out)  # stdout is the JSON summary and nothing else
     assert summary["steps"] == 1 and summary["rows"] == 8  # 8 rows / (4 x 2 accumulated)
     info = json.loads((round_dir / "checkpoint" / "rsft_train.json").read_text())
@@ -230,7 +232,7 @@ def test_cli_main_trains_and_a_failed_retrain_keeps_the_checkpoint(tiny_lm, tmp_
 
     monkeypatch.setattr(train_mod, "_save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        train_mod.main(parser.parse_args([str(round_dir), "--model", str(tiny_lm), "--max-steps", "1"]))
+        stages_cli.cmd_train(parser.parse_args([str(round_dir), "--model", str(tiny_lm), "--max-steps", "1"]))
     assert json.loads((round_dir / "checkpoint" / "rsft_train.json").read_text()) == info
     assert set(p.name for p in round_dir.iterdir()) == {"selected.jsonl", "checkpoint", "train_log.jsonl",
                                                          "manifest.json"}

@@ -7,8 +7,6 @@ samples, pass@n and the KL from the base policy, all estimated from the round's 
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -19,17 +17,6 @@ from rsft import artifacts, matrix, stats
 from rsft.errors import RsftError
 
 _ROUND = re.compile(r"round-(\d+)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", type=Path, metavar="RUN_OR_ROUND_DIR",
-                        help="a round folder (runs/x/round-000), or a run folder: its latest scored round")
-    parser.add_argument("--round", type=int, metavar="K", dest="round_index",
-                        help="with a run folder: use round-K instead of the latest scored one")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="a reward >= this counts as a pass for pass@n (default 0.5, for 0/1 checkers)")
-    parser.add_argument("--plot", type=Path, metavar="PATH.png", help="also draw the curve into this PNG file")
-    parser.add_argument("--json", action="store_true", help="print the curve as JSON instead of a table")
 
 
 def find_round(path: Path, round_index: int | None = None) -> Path:
@@ -120,16 +107,3 @@ def plot(rep: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"Best-of-n: {rep['round_dir']} ({rep['M']} prompts x {rep['N']} samples)")
     with artifacts.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
-
-
-def main(args: argparse.Namespace) -> None:
-    rep = report(find_round(args.path, args.round_index), args.threshold)
-    if args.plot is not None:
-        plot(rep, args.plot)
-        rep["plot"] = str(args.plot)
-    if args.json:
-        print(json.dumps(rep, indent=2))
-    else:
-        print(format_report(rep))
-        if args.plot is not None:
-            print(f"plot: {args.plot}")

@@ -20,6 +20,16 @@ from typing import Any
 from rsft.errors import RsftError
 from rsft.types import SamplingParams
 
+MIXED_PRECISION = ("auto", "bf16", "no")
+"""Values of ``train.mixed_precision``."""
+REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
+"""Values of ``train.report_to``."""
+
+
+def choices(*values: str) -> dict[str, tuple[str, ...]]:
+    """Field metadata naming a string field's valid values: the CLI offers exactly these."""
+    return {"choices": values}
+
 
 @dataclass
 class TaskConfig:
@@ -66,7 +76,7 @@ class GeneratorConfig:
     """One generator: a backend, its model and options."""
 
     backend: str = "hf"
-    """``hf``, ``openai`` or ``vllm``."""
+    """Generation backend: ``hf``, ``openai`` or ``vllm``."""
     model: str = "gemma3-270m"
     """Model path, hub id (offline), served model name (openai), or ``gemma3-270m``."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -80,12 +90,18 @@ class SamplingConfig:
     """Sampling settings; ``temperature: 0`` is greedy."""
 
     temperature: float = 1.0
+    """Sampling temperature (0: greedy)."""
     top_p: float = 1.0
+    """Nucleus sampling mass."""
     top_k: int = 50
-    """0 disables; a top-k pre-filter keeps top-p from sorting the whole vocabulary."""
+    """0 disables; a top-k pre-filter keeps top-p from sorting the whole vocabulary. (A bare
+    ``SamplingParams()`` in library code filters nothing: 50 is the default of configs and the CLI.)"""
     max_new_tokens: int = 64
+    """Tokens to generate at most per completion."""
     stop: list[str] = field(default_factory=list)
+    """Stop strings; on the command line the flag repeats and ``\\n`` means a newline."""
     seed: int = 0
+    """Sampling seed (each shard samples with its own seed derived from it)."""
 
 
 @dataclass
@@ -126,7 +142,7 @@ class ScoringConfig:
     or a mapping such as ``{gate: math, inner: "rm:PATH"}``."""
     options: dict[str, Any] = field(default_factory=dict)
     """Scorer options (e.g. ``batch_size`` for ``rm``)."""
-    on_error: str = "fail"
+    on_error: str = field(default="fail", metadata=choices("fail", "record"))
     """``fail``: a scorer exception stops the stage; ``record``: the pair gets NaN and is counted."""
     pass_threshold: float = 0.5
     """Reward at or above which a completion counts as passing, for the statistics."""
@@ -136,11 +152,13 @@ class ScoringConfig:
 class SelectionConfig:
     """Which completions to keep."""
 
-    strategy: str = "best"
+    strategy: str = field(default="best", metadata=choices("best", "top_k", "threshold", "k_per_prompt", "rso",
+                                                           "dpo_pairs"))
     """``best`` (one per prompt), ``top_k`` (overall), ``threshold`` (best if >= threshold),
     ``k_per_prompt``, ``rso`` (statistical rejection sampling at ``beta``), or ``dpo_pairs`` (best vs
     worst for DPO)."""
     k: int | None = None
+    """How many to keep: ``top_k`` overall; ``k_per_prompt`` and ``rso`` per prompt."""
     threshold: float | None = None
     """Minimum reward (``threshold``, ``k_per_prompt``) or minimum margin (``dpo_pairs``)."""
     dedup: bool = False
@@ -183,13 +201,13 @@ class TrainConfig:
     """Tokens per row at most (prompt + completion); longer rows are truncated at the end."""
     activation_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory (slower), on GPU and CPU alike."""
-    mixed_precision: str = "auto"
+    mixed_precision: str = field(default="auto", metadata=choices(*MIXED_PRECISION))
     """``bf16`` autocast, ``no`` (float32 maths), or ``auto``: bf16 on a CUDA GPU that supports it, and on
     a CPU with native bf16 for models whose ``dtype: auto`` is bf16 there (the embedded Qwen). The
     weights stay float32 either way."""
     logging_steps: int = 1
     """Optimizer steps between lines of ``train_log.jsonl``."""
-    report_to: str = "none"
+    report_to: str = field(default="none", metadata=choices(*REPORT_TO))
     """Experiment tracker for TRL: ``none``, ``tensorboard`` (logs to ``ROUND_DIR/tensorboard/``),
     ``wandb`` or ``mlflow``."""
     seed: int = 0

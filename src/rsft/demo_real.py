@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.time()
         from rsft import report
 
-        report.main(argparse.Namespace(run_dir=config.run_dir, output=None, no_terminal=True))
+        print(f"report: {report.write_report(config.run_dir)[1]}")
         timings["report"] = _done("report", t0)
     timings["total"] = round(time.time() - started, 1)
     summary["peak_rss_mb"] = peak_rss_mb() or 0.0

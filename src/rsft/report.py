@@ -10,7 +10,6 @@ round still running) shows as "—".
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
@@ -29,13 +28,6 @@ from rsft.errors import RsftError
 DASH = "—"
 COLUMNS = ["round", "kept", "reward all/kept", "eval (CI)", "control eval", "KL", "promoted"]
 _ROUND = re.compile(r"round-(\d+)")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="the run folder, e.g. runs/x")
-    parser.add_argument("--output", type=Path, metavar="PATH.html",
-                        help="where to write the page (default RUN_DIR/report.html)")
-    parser.add_argument("--no-terminal", action="store_true", help="do not print the table")
 
 
 # --- reading the run folder ----------------------------------------------------------------------
@@ -579,10 +571,9 @@ def render_html(run: RunData) -> str:
     return "\n".join(parts) + "\n"
 
 
-def main(args: argparse.Namespace) -> None:
-    run = load_run(args.run_dir)
-    output = args.output if args.output is not None else run.run_dir / "report.html"
+def write_report(run_dir: Path, output: Path | None = None) -> tuple[RunData, Path]:
+    """Read ``run_dir`` and write its page to ``output`` (default ``RUN_DIR/report.html``), atomically."""
+    run = load_run(run_dir)
+    output = output if output is not None else run.run_dir / "report.html"
     artifacts.write_text(output, render_html(run))
-    if not args.no_terminal:
-        print(format_table(run))
-    print(f"report: {output}")
+    return run, output

@@ -22,7 +22,6 @@ the round when the RM's accuracy is below ``min_accuracy``; the report goes to `
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -303,13 +302,14 @@ def _all_pairs(scores: Mapping[int, np.ndarray], v: RoundVerdicts) -> dict[str, 
 # --- the report as text --------------------------------------------------------------------------
 
 
-def _pct(x: float | None) -> str:
+def percent(x: float | None) -> str:
+    """``x`` as a percentage with one decimal, or ``-`` when there is none."""
     return "-" if x is None else f"{x:.1%}"
 
 
 def _accuracy_line(label: str, a: Mapping[str, Any], what: str) -> str:
-    ci = f"[{_pct(a['ci_low'])}, {_pct(a['ci_high'])}]" if a["n"] else ""
-    line = f"{label:14}{_pct(a['accuracy']):>7}  {ci:18} {a['wins']} right, {a['losses']} wrong, {a['ties']} ties {what}"
+    ci = f"[{percent(a['ci_low'])}, {percent(a['ci_high'])}]" if a["n"] else ""
+    line = f"{label:14}{percent(a['accuracy']):>7}  {ci:18} {a['wins']} right, {a['losses']} wrong, {a['ties']} ties {what}"
     return line + (f"; {a['unscored']} unscored" if a["unscored"] else "")
 
 
@@ -327,7 +327,7 @@ def format_report(rep: Mapping[str, Any]) -> str:
     elif src:
         lines.append(f"{'pairs':14}{src.get('path')}")
     lines.append(_accuracy_line("accuracy", a, f"of {a['n']} pairs (95% Wilson CI)"))
-    lines.append(f"{'ties as half':14}{_pct(a['accuracy_ties_half']):>7}")
+    lines.append(f"{'ties as half':14}{percent(a['accuracy_ties_half']):>7}")
     margin = a["mean_margin"]
     lines.append(f"{'mean margin':14}{'-' if margin is None else f'{margin:.4g}':>7}  (chosen - rejected)")
     if "checker" in rep:
@@ -337,14 +337,14 @@ def format_report(rep: Mapping[str, Any]) -> str:
         lines.append(_accuracy_line("agreement", c["agreement"], f"of {c['decided']} decided pairs"))
     if "all_pairs" in rep and rep["all_pairs"]["prompts"]:
         p = rep["all_pairs"]
-        lines.append(f"{'all pairs':14}{_pct(p['accuracy']):>7}  mean over {p['prompts']} prompts of every "
+        lines.append(f"{'all pairs':14}{percent(p['accuracy']):>7}  mean over {p['prompts']} prompts of every "
                      "(pass, fail) combination (ties half)")
-        lines.append(f"{'best-of-N':14}{_pct(p['top1_pass_rate']):>7}  the RM's top-1 passes "
-                     f"(a random pick: {_pct(p['random_pass_rate'])})")
+        lines.append(f"{'best-of-N':14}{percent(p['top1_pass_rate']):>7}  the RM's top-1 passes "
+                     f"(a random pick: {percent(p['random_pass_rate'])})")
     if "gate" in rep:
         g = rep["gate"]
-        lines.append(f"{'gate':14}{'passed' if g['passed'] else 'REFUSED'}: {g['metric']} {_pct(g['value'])} "
-                     f"vs min_accuracy {_pct(g['min_accuracy'])}")
+        lines.append(f"{'gate':14}{'passed' if g['passed'] else 'REFUSED'}: {g['metric']} {percent(g['value'])} "
+                     f"vs min_accuracy {percent(g['min_accuracy'])}")
     return "\n".join(lines)
 
 
@@ -391,89 +391,18 @@ def gate_round(config: RunConfig, round_dir: Path) -> dict[str, Any] | None:
         rep = {}
     if not isinstance(rep, dict) or rep.get("key") != key:
         pairs = read_pairs(c.pairs)
-        rep = {**check_pairs(load_rm(spec, c.options), pairs), "source": _file_source(c.pairs), "key": key}
+        rep = {**check_pairs(load_rm(spec, c.options), pairs), "source": file_source(c.pairs), "key": key}
         value = rep["pairs"]["ci_low" if c.use_ci_low else "accuracy"]
         rep["gate"] = {"metric": "ci_low" if c.use_ci_low else "accuracy", "value": value,
                        "min_accuracy": c.min_accuracy, "passed": value is not None and value >= c.min_accuracy}
         artifacts.write_json(path, rep)
     g = rep["gate"]
     if not g["passed"]:
-        raise RmGateError(f"{round_dir}: refused: reward model {spec} has {g['metric']} {_pct(g['value'])} on "
-                          f"{c.pairs}, below rounds.rm_check.min_accuracy {_pct(c.min_accuracy)} (see {path})")
+        raise RmGateError(f"{round_dir}: refused: reward model {spec} has {g['metric']} {percent(g['value'])} on "
+                          f"{c.pairs}, below rounds.rm_check.min_accuracy {percent(c.min_accuracy)} (see {path})")
     return rep
 
 
-def _file_source(path: str | Path) -> dict[str, Any]:
+def file_source(path: str | Path) -> dict[str, Any]:
+    """The ``source`` entry of a report on a pairs file: its path and content hash."""
     return {"kind": "file", "path": str(path), "sha256": artifacts.file_sha256(path)}
-
-
-# --- CLI -----------------------------------------------------------------------------------------
-
-
-def add_pair_source_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--pairs FILE`` or ``--from-round DIR`` with ``--checker SPEC`` (shared by rm-check and rm-train)."""
-    from rsft.config import key_value
-
-    g = parser.add_argument_group("pairs")
-    src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--pairs", type=Path, metavar="FILE",
-                     help="chosen/rejected JSONL: prompt, chosen, rejected (text or conversational)")
-    src.add_argument("--from-round", type=Path, metavar="ROUND_DIR",
-                     help="build pairs from a scored round: a passing vs a failing completion of the same prompt")
-    g.add_argument("--checker", metavar="SPEC", help="the checker whose verdicts label the pairs (math, task, "
-                   "code, exact, pkg.mod:fn...); with --pairs: also report the RM's agreement with it")
-    g.add_argument("--checker-option", type=key_value, action="append", metavar="KEY=VALUE", help="checker option")
-    g.add_argument("--round-rewards", action="store_true",
-                   help="--from-round: use the round's rewards.parquet as the verdicts instead of running --checker")
-    g.add_argument("--pass-threshold", type=float, default=1.0,
-                   help="a checker score at or above this passes (default 1.0: reasoning-gym gives partial credit)")
-    g.add_argument("--pairs-per-prompt", type=int, default=1,
-                   help="--from-round: random (pass, fail) pairs per prompt, 0 for every combination (default 1: "
-                        "independent pairs, so the CI holds)")
-    g.add_argument("--pair-seed", type=int, default=0, help="--from-round: seed of the pair sampling")
-
-
-def round_source(args: argparse.Namespace) -> RoundVerdicts:
-    """The verdicts ``--from-round`` asks for, after checking the flags agree."""
-    if args.round_rewards and args.checker:
-        raise RsftError("give either --checker or --round-rewards with --from-round, not both")
-    if not args.round_rewards and not args.checker:
-        raise RsftError("--from-round needs --checker SPEC (or --round-rewards to reuse the round's rewards)")
-    return round_verdicts(args.from_round, None if args.round_rewards else args.checker,
-                          dict(args.checker_option or []), args.pass_threshold)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rsft.config import key_value
-
-    parser.add_argument("rm", metavar="RM", help="the reward model: rm:PATH or a model folder (or any scorer spec)")
-    add_pair_source_arguments(parser)
-    parser.add_argument("--rm-option", type=key_value, action="append", metavar="KEY=VALUE",
-                        help="reward model option: batch_size, max_length, device, dtype, max_batch_tokens")
-    parser.add_argument("--min-accuracy", type=float,
-                        help="exit with code 1 when the accuracy is below this (after printing the report)")
-    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
-    parser.add_argument("--out", type=Path, metavar="FILE", help="also write the JSON report here")
-
-
-def main(args: argparse.Namespace) -> None:
-    if args.pairs is not None and args.round_rewards:
-        raise RsftError("--round-rewards applies to --from-round, not --pairs")
-    verdicts = round_source(args) if args.from_round is not None else None
-    pairs = read_pairs(args.pairs) if args.pairs is not None else None
-    rm = load_rm(args.rm, dict(args.rm_option or []))
-    if verdicts is not None:
-        rep = check_round(rm, verdicts, args.pairs_per_prompt, args.pair_seed)
-    else:
-        rep = check_pairs(rm, pairs or [], args.checker, dict(args.checker_option or []), args.pass_threshold)
-        rep["source"] = _file_source(args.pairs)
-    if args.min_accuracy is not None:
-        value = rep["pairs"]["accuracy"]
-        rep["gate"] = {"metric": "accuracy", "value": value, "min_accuracy": args.min_accuracy,
-                       "passed": value is not None and value >= args.min_accuracy}
-    if args.out is not None:
-        artifacts.write_json(args.out, rep)
-    print(json.dumps(rep, indent=2) if args.json else format_report(rep))
-    if "gate" in rep and not rep["gate"]["passed"]:
-        raise RmGateError(f"reward model accuracy {_pct(rep['pairs']['accuracy'])} is below --min-accuracy "
-                          f"{_pct(args.min_accuracy)}")

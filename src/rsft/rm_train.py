@@ -10,9 +10,7 @@ and renamed into place; ``rsft_rm_train.json`` in it says what made it.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -24,7 +22,7 @@ from typing import Any
 
 from rsft import artifacts
 from rsft.errors import RsftError
-from rsft.rm import Pair, add_pair_source_arguments, read_pairs, round_source, sample_pairs
+from rsft.rm import Pair
 
 TRAIN_INFO = "rsft_rm_train.json"
 
@@ -158,36 +156,3 @@ def _info(base: str, pairs: Sequence[Pair], config: RmTrainConfig, trainer: Any,
 
 
 # --- CLI -----------------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from rsft.config import field_docs
-
-    add_pair_source_arguments(parser)
-    parser.add_argument("--base", required=True, metavar="MODEL",
-                        help="model to start from: a folder, a cached hub id or gemma3-270m (gets a new score head)")
-    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="where the reward model goes")
-    docs = field_docs(RmTrainConfig)
-    g = parser.add_argument_group("training")
-    for f in dataclasses.fields(RmTrainConfig):
-        kind = float if f.name in ("epochs", "learning_rate", "center_rewards_coefficient") else int
-        g.add_argument("--" + f.name.replace("_", "-"), type=kind, help=docs.get(f.name))
-
-
-def main(args: argparse.Namespace) -> None:
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(RmTrainConfig)
-             if getattr(args, f.name, None) is not None}
-    config = RmTrainConfig(**given)
-    if args.from_round is not None:
-        verdicts = round_source(args)
-        picks = sample_pairs(verdicts, args.pairs_per_prompt, args.pair_seed)
-        pairs = [Pair(verdicts.prompts[i].prompt, verdicts.texts[i][g], verdicts.texts[i][b],
-                      f"{args.from_round}/{verdicts.prompts[i].prompt_id}:{g}>{b}") for i, g, b in picks]
-        source = {"kind": "round", "round_dir": str(args.from_round), "checker": verdicts.checker,
-                  "pass_threshold": args.pass_threshold, "pairs_per_prompt": args.pairs_per_prompt, "seed": args.pair_seed}
-    else:
-        if args.round_rewards:
-            raise RsftError("--round-rewards applies to --from-round, not --pairs")
-        pairs = read_pairs(args.pairs)
-        source = {"kind": "file", "path": str(args.pairs), "sha256": artifacts.file_sha256(args.pairs)}
-    print(json.dumps(train_rm(pairs, args.base, args.out, config, source), indent=2))

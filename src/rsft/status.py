@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
-from typing import Any
 
 from rsft import artifacts
 from rsft.errors import RsftError
@@ -69,13 +66,3 @@ def format_status(status: dict[str, dict[str, str]]) -> str:
     for round_name, stages in status.items():
         lines.append(f"{round_name:{width}}  " + "  ".join(f"{stages[n]:18}" for n in names))
     return "\n".join(line.rstrip() for line in lines)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run folder (or one round folder)")
-    parser.add_argument("--json", action="store_true", help="print the status as JSON")
-
-
-def main(args: argparse.Namespace) -> None:
-    status: Any = run_status(args.run_dir)
-    print(json.dumps(status, indent=2) if args.json else format_status(status))

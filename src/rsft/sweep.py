@@ -35,7 +35,6 @@ with the best held-out metric; overlapping CIs mean the grid cannot tell those c
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -49,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from rsft import artifacts, matrix, pipeline, report, rounds, select, stages, stats
-from rsft.config import RunConfig, dump_config, load_config
+from rsft.config import RunConfig, dump_config
 from rsft.errors import RsftError
 from rsft.export import sft_row
 from rsft.generate import Generator
@@ -395,32 +394,3 @@ def format_markdown(summary: dict[str, Any]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
     return "\n".join(lines) + "\n\n" + table_note(summary) + "\n"
-
-
-# --- command line --------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, required=True,
-                        help="the YAML of `rsft run` (with train: and eval:) plus a sweep: section")
-    parser.add_argument("--name", help="run folder name (under --out)")
-    parser.add_argument("--out", help="parent folder of runs (default: the config's out)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the plan (generations, selections, trainings, evals) and stop")
-    parser.add_argument("--new-version", action="store_true",
-                        help="the generation or scoring config changed: keep the old outputs under versions/ "
-                             "and redo them")
-
-
-def main(args: argparse.Namespace) -> None:
-    config = load_config(args.config)
-    if args.name is not None:
-        config.name = args.name
-    if args.out is not None:
-        config.out = args.out
-    if args.dry_run:
-        print(format_plan(plan(config)))
-        return
-    summary = run_sweep(config, new_version=args.new_version)
-    print(format_markdown(summary))
-    print(f"sweep: {config.run_dir / artifacts.SWEEP_JSON}, {config.run_dir / artifacts.SWEEP_MD}")

@@ -22,7 +22,6 @@ bf16 for the embedded Qwen). torch, transformers, trl and peft are imported only
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
@@ -36,11 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from rsft import artifacts
-from rsft.config import TrainConfig
+from rsft.config import MIXED_PRECISION, REPORT_TO, TrainConfig
 from rsft.errors import RsftError
 
 ADAPTER = "adapter"
-REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 _REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
 
 
@@ -214,9 +212,6 @@ def _load_base(base_model: str) -> tuple[Any, Any, str]:
             raise RsftError(f"model {base_model!r}: tokenizer has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, path
-
-
-MIXED_PRECISION = ("auto", "bf16", "no")
 
 
 def use_bf16(config: TrainConfig, base_model: str, cuda: bool) -> bool:
@@ -398,66 +393,3 @@ def _record_manifest(round_dir: Path, out_dir: Path, base_model: str, config: Tr
                            inputs=[artifacts.SELECTED], outputs=[artifacts.TRAIN_LOG, info_name],
                            started=started, counts={"rows": info["rows"], "steps": info["steps"]},
                            extra={"final_loss": info["final_loss"], "tail_loss": info["tail_loss"]})
-
-
-# --- command line: `rsft train ROUND_DIR` ---------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser, round_dir: bool = True) -> None:
-    """Add the ``rsft train`` options to ``parser``; flag help is the TrainConfig field's docstring.
-
-    ``round_dir=False`` leaves out the ``ROUND_DIR`` positional, for a CLI that adds it itself.
-    Every option defaults to None, so only flags actually given override a config file.
-    """
-    from rsft.config import field_docs
-
-    docs = field_docs(TrainConfig)
-    if round_dir:
-        parser.add_argument("round_dir", type=Path, metavar="ROUND_DIR",
-                            help="the round folder: reads selected.jsonl, writes checkpoint/")
-    g = parser.add_argument_group("training")
-    g.add_argument("--model", help="starting checkpoint: model folder, cached hub id, or gemma3-270m (default)")
-    bool_flag = argparse.BooleanOptionalAction
-    g.add_argument("--lora", action=bool_flag, default=None, help=docs["lora"])
-    g.add_argument("--lora-r", type=int, help=docs["lora_r"])
-    g.add_argument("--lora-alpha", type=int, help=docs["lora_alpha"])
-    g.add_argument("--merge", action=bool_flag, default=None, help=docs["merge"])
-    g.add_argument("--learning-rate", "--lr", type=float, help=docs["learning_rate"])
-    g.add_argument("--epochs", type=float, help=docs["epochs"])
-    g.add_argument("--max-steps", type=int, help=docs["max_steps"])
-    g.add_argument("--batch-size", type=int, help=docs["batch_size"])
-    g.add_argument("--grad-accum", type=int, help=docs["grad_accum"])
-    g.add_argument("--max-length", type=int, help=docs["max_length"])
-    g.add_argument("--mixed-precision", choices=MIXED_PRECISION, help=docs["mixed_precision"])
-    g.add_argument("--activation-checkpointing", action=bool_flag, default=None, help=docs["activation_checkpointing"])
-    g.add_argument("--report-to", choices=REPORT_TO, help=docs["report_to"])
-    g.add_argument("--seed", type=int, help=docs["seed"])
-
-
-_FLAGS = ("lora", "lora_r", "lora_alpha", "merge", "learning_rate", "epochs", "max_steps", "batch_size",
-          "grad_accum", "max_length", "mixed_precision", "activation_checkpointing", "report_to", "seed")
-
-
-def config_from_args(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
-    """``base`` (default: TrainConfig defaults) with every flag given on the command line applied."""
-    given = {name: getattr(args, name) for name in _FLAGS if getattr(args, name, None) is not None}
-    return dataclasses.replace(base or TrainConfig(), **given)
-
-
-def main(args: argparse.Namespace) -> None:
-    """``rsft train ROUND_DIR``: train on ROUND_DIR/selected.jsonl and print the summary as JSON.
-
-    With ``--config``, the run config's ``train`` section (if it has one) is the base and its
-    generator model the default starting checkpoint; flags override both.
-    """
-    base, model = None, None
-    if getattr(args, "config", None):
-        from rsft.config import load_config
-
-        run_config = load_config(args.config)
-        base = getattr(run_config, "train", None)
-        model = run_config.generation.generator.model
-    from rsft.models import EMBEDDED_DEFAULT
-
-    summary = train(args.round_dir, config_from_args(args, base), args.model or model or EMBEDDED_DEFAULT)
-    print(json.dumps(summary, indent=2))

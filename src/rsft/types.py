@@ -36,7 +36,10 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
-    """0 disables the top-k filter."""
+    """0 disables the top-k filter. The library default filters nothing, so code that builds
+    ``SamplingParams`` itself (``best_of_n`` without settings, the judge scorer, ``rsft serve`` requests
+    without ``top_k``) samples the whole distribution; run configs and the CLI default to
+    ``SamplingConfig.top_k`` (50)."""
     max_new_tokens: int = 64
     stop: tuple[str, ...] = ()
     """Strings that end a completion; the completion is cut before the first one."""
