@@ -15,6 +15,7 @@ import pytest
 
 from rsft import bon
 from rsft.bon import BoNResult, best_of_n, choose, first_line, vote
+from rsft.cli import bon as bon_cli
 from rsft.errors import RsftError
 from rsft.types import Completion, Prompt, PromptValue, SamplingParams
 
@@ -188,7 +189,7 @@ def test_result_is_frozen():
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="rsft bon")
-    bon.add_arguments(parser)
+    bon_cli.add_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -206,7 +207,7 @@ def test_rsft_bon_reads_a_prompt_file_and_writes_jsonl(tiny_lm, tmp_path, scorer
     args = parse(["--prompts", str(tmp_path / "p.jsonl"), "--model", str(tiny_lm), "-n", "3",
                   "--max-new-tokens", "5", "--seed", "1", "--scorer", scorer_module, "--output", str(out),
                   "--option", "batch_size=2"])
-    bon.main(args)
+    bon_cli.main(args)
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [line["prompt"] for line in lines] == [rows[0]["prompt"], rows[1]["messages"]]
     for line in lines:
@@ -221,7 +222,7 @@ def test_rsft_bon_reads_a_prompt_file_and_writes_jsonl(tiny_lm, tmp_path, scorer
 def test_rsft_bon_reads_stdin_and_defaults_to_majority(tiny_lm, monkeypatch, capsys):
     stdin = 'The quick brown fox\n\n{"prompt": "Q: What is 7 - 4?\\nA:", "answer": "3"}\n42\n'
     monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-    bon.main(parse(["--model", str(tiny_lm), "-n", "4", "--max-new-tokens", "4", "--temperature", "0"]))
+    bon_cli.main(parse(["--model", str(tiny_lm), "-n", "4", "--max-new-tokens", "4", "--temperature", "0"]))
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [line["prompt"] for line in lines] == ["The quick brown fox", "Q: What is 7 - 4?\nA:", "42"]
     for line in lines:
@@ -234,14 +235,14 @@ def test_rsft_bon_reads_stdin_and_defaults_to_majority(tiny_lm, monkeypatch, cap
 
 def test_rsft_bon_errors_are_rsft_errors(tiny_lm, tmp_path, monkeypatch):
     with pytest.raises(RsftError, match="needs a scorer"):
-        bon.main(parse(["--prompts", str(tmp_path / "missing.jsonl"), "--selector", "argmax"]))
+        bon_cli.main(parse(["--prompts", str(tmp_path / "missing.jsonl"), "--selector", "argmax"]))
     monkeypatch.setattr(sys, "stdin", io.StringIO("\n \n"))
     with pytest.raises(RsftError, match="no prompts"):
-        bon.main(parse(["--prompts", "-", "--model", str(tiny_lm)]))
+        bon_cli.main(parse(["--prompts", "-", "--model", str(tiny_lm)]))
     with pytest.raises(RsftError, match="top_p"):
-        bon.main(parse(["--top-p", "0"]))
+        bon_cli.main(parse(["--top-p", "0"]))
     with pytest.raises(RsftError, match="no such file"):
-        bon.main(parse(["--prompts", str(tmp_path / "missing.jsonl"), "--model", str(tiny_lm)]))
+        bon_cli.main(parse(["--prompts", str(tmp_path / "missing.jsonl"), "--model", str(tiny_lm)]))
 
 
 # --- answer extraction and equivalence-aware voting -----------------------------------------------
@@ -351,11 +352,11 @@ def test_rsft_bon_answer_and_equivalence_flags(monkeypatch, capsys, tmp_path):
     (tmp_path / "bon_keys.py").write_text("def parity(answer):\n    return answer.strip().isdigit() and int(answer) % 2\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     gen = ListGenerator(["\\boxed{3}", "\\boxed{4}", "\\boxed{6}", "\\boxed{1/2}", "\\boxed{0.5}", "\\boxed{0.50}"])
-    monkeypatch.setattr(bon, "generator_from_args", lambda args: gen)
+    monkeypatch.setattr(bon_cli, "build_generator", lambda config: gen)
 
     def run(*flags: str) -> dict:
         monkeypatch.setattr(sys, "stdin", io.StringIO("q\n"))
-        bon.main(parse(["-n", "6", *flags]))
+        bon_cli.main(parse(["-n", "6", *flags]))
         (line,) = capsys.readouterr().out.splitlines()
         return json.loads(line)
 
@@ -375,9 +376,9 @@ def test_rsft_bon_adaptive_reports_samples_used_and_saved(monkeypatch, capsys):
     from test_adaptive import SCRIPT, ScriptedGenerator
 
     gen = ScriptedGenerator(SCRIPT)
-    monkeypatch.setattr(bon, "generator_from_args", lambda args: gen)
+    monkeypatch.setattr(bon_cli, "build_generator", lambda config: gen)
     monkeypatch.setattr(sys, "stdin", io.StringIO("easy\nsplit\nlate\n"))
-    bon.main(parse(["--adaptive", "--budget", "8", "--min-n", "2", "--supermajority", "0.6", "--seed", "0"]))
+    bon_cli.main(parse(["--adaptive", "--budget", "8", "--min-n", "2", "--supermajority", "0.6", "--seed", "0"]))
     out = capsys.readouterr()
     lines = [json.loads(line) for line in out.out.splitlines()]
     assert [(line["completion"], line["samples"], len(line["candidates"])) for line in lines] == [
@@ -386,22 +387,22 @@ def test_rsft_bon_adaptive_reports_samples_used_and_saved(monkeypatch, capsys):
     assert "adaptive N: 18 of 24 samples (6 saved, 25%; 1 of 3 prompts stopped early) in 3 batches" in out.err
     assert [n for _, n, _ in gen.calls] == [2, 2, 4]
     monkeypatch.setattr(sys, "stdin", io.StringIO("easy\n"))
-    bon.main(parse(["--adaptive", "-n", "4", "--stop-rule", "beta"]))  # -n is the budget; 4 sevens: 31/32
+    bon_cli.main(parse(["--adaptive", "-n", "4", "--stop-rule", "beta"]))  # -n is the budget; 4 sevens: 31/32
     assert json.loads(capsys.readouterr().out)["samples"] == 4
 
 
 def test_rsft_bon_adaptive_flag_errors(tiny_lm):
     with pytest.raises(RsftError, match="--budget, --min-n need --adaptive"):
-        bon.main(parse(["--budget", "8", "--min-n", "2", "--model", str(tiny_lm)]))
+        bon_cli.main(parse(["--budget", "8", "--min-n", "2", "--model", str(tiny_lm)]))
     with pytest.raises(RsftError, match="adaptive min_n must be a positive integer"):
-        bon.main(parse(["--adaptive", "--min-n", "0", "--model", str(tiny_lm)]))
+        bon_cli.main(parse(["--adaptive", "--min-n", "0", "--model", str(tiny_lm)]))
     with pytest.raises(SystemExit):
         parse(["--adaptive", "--stop-rule", "sprt"])
 
 
 def test_rsft_bon_adaptive_on_the_tiny_model(tiny_lm, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdin", io.StringIO("The quick brown fox\nWhat is 7 - 4?\n"))
-    bon.main(parse(["--model", str(tiny_lm), "--adaptive", "-n", "8", "--min-n", "2", "--max-new-tokens", "3",
+    bon_cli.main(parse(["--model", str(tiny_lm), "--adaptive", "-n", "8", "--min-n", "2", "--max-new-tokens", "3",
                     "--temperature", "0"]))
     out = capsys.readouterr()
     lines = [json.loads(line) for line in out.out.splitlines()]

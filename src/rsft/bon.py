@@ -19,23 +19,17 @@ user key function. The answer a completion votes for comes from ``first_line`` (
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
-from rsft.config import key_value
 from rsft.errors import RsftError
-from rsft.generate import Generator, make_generator
+from rsft.generate import Generator
 from rsft.score import Scorer, as_scorer, score_pairs
 from rsft.types import Completion, Prompt, PromptValue, SamplingParams
-
-if TYPE_CHECKING:
-    from rsft.adaptive import AdaptivePolicy
 
 SELECTORS = ("argmax", "majority", "weighted_majority")
 """Selector names accepted by ``best_of_n``."""
@@ -379,87 +373,6 @@ def best_of_n(
     return select_best(values, rows, scorer_obj, selector, metadata, extract, equivalence)
 
 
-# --- command-line options shared by ``rsft bon`` and ``rsft serve`` ---------------------------------
-
-
-def add_model_arguments(p: argparse.ArgumentParser, default_model: str = "gemma3-270m") -> None:
-    """--backend/--model/--option and --scorer/--scorer-option/--selector."""
-    g = p.add_argument_group("model and selection")
-    g.add_argument("--backend", default="hf", help="generation backend: hf, openai or vllm (default: hf)")
-    g.add_argument("--model", default=default_model,
-                   help=f"model path, hub id (offline), served model name, or gemma3-270m (default: {default_model})")
-    g.add_argument("--option", type=key_value, action="append", metavar="KEY=VALUE",
-                   help="backend option (repeatable), e.g. batch_size=8, dtype=bfloat16, chat_template=plain")
-    g.add_argument("--scorer", help="scorer spec: math, exact, regex:PAT, task, rm:PATH or pkg.module:name "
-                                    "(default: none, which means --selector majority)")
-    g.add_argument("--scorer-option", type=key_value, action="append", metavar="KEY=VALUE",
-                   help="scorer option (repeatable), e.g. batch_size=16")
-    g.add_argument("--selector", choices=SELECTORS,
-                   help="argmax (highest reward), majority (self-consistency vote over the first line) or "
-                        "weighted_majority (reward-weighted vote); default: argmax with a scorer, else majority")
-
-
-def scorer_from_args(args: argparse.Namespace) -> tuple[Scorer | None, str]:
-    """The scorer (or None) and the selector named by ``add_model_arguments`` flags, checked together."""
-    selector = args.selector or ("argmax" if args.scorer else "majority")
-    check_selector(selector, bool(args.scorer))
-    scorer = as_scorer(args.scorer, dict(args.scorer_option or [])) if args.scorer else None
-    return scorer, selector
-
-
-def generator_from_args(args: argparse.Namespace) -> Generator:
-    """The generator named by ``--backend``, ``--model`` and ``--option``."""
-    return make_generator(args.backend, {"model": args.model, **dict(args.option or [])})
-
-
-# --- ``rsft bon`` ----------------------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags of ``rsft bon``."""
-    parser.add_argument("--prompts", help="prompt file (.jsonl, .parquet, .csv); '-' or absent: stdin, one JSON "
-                                          "object or one plain-text prompt per line")
-    parser.add_argument("--output", help="JSONL output file (default: stdout)")
-    add_model_arguments(parser)
-    g = parser.add_argument_group("sampling")
-    g.add_argument("-n", type=int, default=8, help="candidates per prompt (default: 8)")
-    g.add_argument("--temperature", type=float, default=1.0, help="sampling temperature, 0 for greedy (default: 1.0)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: 1.0)")
-    g.add_argument("--top-k", type=int, default=50, help="top-k filter, 0 disables (default: 50)")
-    g.add_argument("--max-new-tokens", type=int, default=64, help="tokens per completion at most (default: 64)")
-    g.add_argument("--stop", action="append", help="stop string (repeatable); '\\n' means newline")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
-    add_voting_arguments(parser)
-    from rsft.adaptive import add_adaptive_arguments
-
-    add_adaptive_arguments(parser)
-
-
-def add_voting_arguments(parser: argparse.ArgumentParser) -> None:
-    """--answer and --equivalence (``rsft bon`` and ``rsft serve``)."""
-    g = parser.add_argument_group("voting (majority, weighted_majority)")
-    g.add_argument("--answer", default="first_line",
-                   help="the answer a completion votes for: first_line, boxed (the last \\boxed{...}) or "
-                        "pkg.module:name, a function of the completion text (default: first_line)")
-    g.add_argument("--equivalence", default="exact",
-                   help="answers that vote together: exact (same text), math (math-verify equivalent) or "
-                        "pkg.module:name, a function mapping an answer to a hashable key (default: exact)")
-
-
-def sampling_from_args(args: argparse.Namespace) -> SamplingParams:
-    try:
-        return SamplingParams(
-            temperature=args.temperature,
-            top_p=args.top_p,
-            top_k=args.top_k,
-            max_new_tokens=args.max_new_tokens,
-            stop=tuple(s.encode().decode("unicode_escape") for s in args.stop or []),
-            seed=args.seed,
-        )
-    except ValueError as e:
-        raise RsftError(str(e)) from None
-
-
 def read_prompt_lines(stream: TextIO, source: str = "<stdin>") -> list[Prompt]:
     """Prompts from text lines: a JSON object is a prompt row (``prompt`` or ``messages``, other
     fields become metadata); any other non-blank line is a plain-text prompt."""
@@ -498,57 +411,6 @@ def result_row(prompt: Prompt, result: BoNResult) -> dict[str, Any]:
     }
 
 
-def _adaptive_policy(args: argparse.Namespace) -> AdaptivePolicy | None:
-    """``--adaptive``'s policy (budget: --budget, else -n); None without it (other adaptive flags refused)."""
-    from rsft.adaptive import given_policy_flags, policy_from_args
-
-    if not getattr(args, "adaptive", False):
-        given = given_policy_flags(args)
-        if given:
-            raise RsftError(f"{', '.join(given)} need --adaptive")
-        return None
-    return policy_from_args(args, args.budget if args.budget is not None else args.n)
-
-
 def json_number(value: float | None) -> float | None:
     """JSON has no NaN or infinity: those become null."""
     return value if value is not None and math.isfinite(value) else None
-
-
-def main(args: argparse.Namespace) -> None:
-    """``rsft bon``: Best-of-N over a prompt file (or stdin), one JSON line per prompt."""
-    from rsft.prompts import load_prompts
-
-    sampling = sampling_from_args(args)
-    if args.n < 1:
-        raise RsftError(f"-n must be >= 1, got {args.n}")
-    scorer, selector = scorer_from_args(args)
-    extract = answer_extractor(getattr(args, "answer", None))
-    equivalence = resolve_equivalence(getattr(args, "equivalence", None) or "exact")
-    policy = _adaptive_policy(args)
-    source = getattr(args, "prompts", None)
-    prompts = read_prompt_lines(sys.stdin) if source in (None, "-") else load_prompts(source)
-    generator = generator_from_args(args)
-    if policy is None:
-        results = best_of_n(prompts, args.n, generator, scorer, selector, sampling, extract=extract,
-                            equivalence=equivalence)
-        rows = [result_row(p, r) for p, r in zip(prompts, results, strict=True)]
-    else:
-        from rsft.adaptive import adaptive_best_of_n
-
-        run = adaptive_best_of_n(prompts, policy, generator, scorer, selector, sampling, extract=extract,
-                                 equivalence=equivalence)
-        rows = [{**result_row(p, r), "samples": k} for p, r, k in zip(prompts, run.results, run.samples, strict=True)]
-        s = run.summary()
-        print(f"rsft: adaptive N: {s['samples']} of {s['prompts'] * s['budget']} samples ({s['saved']} saved, "
-              f"{s['saved_fraction']:.0%}; {s['stopped_early']} of {s['prompts']} prompts stopped early) "
-              f"in {s['batches']} batches", file=sys.stderr)
-    if args.output:
-        from rsft.artifacts import write_jsonl
-
-        write_jsonl(args.output, rows)
-        print(f"rsft: wrote {len(rows)} rows to {args.output}", file=sys.stderr)
-    else:
-        for row in rows:
-            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
-        sys.stdout.flush()

@@ -94,14 +94,14 @@ class SamplingConfig:
     top_p: float = 1.0
     """Nucleus sampling mass."""
     top_k: int = 50
-    """0 disables; a top-k pre-filter keeps top-p from sorting the whole vocabulary. (A bare
-    ``SamplingParams()`` in library code filters nothing: 50 is the default of configs and the CLI.)"""
+    """Top-k filter, 0 disables; it also keeps top-p from sorting the whole vocabulary. (Library code
+    that builds ``SamplingParams`` itself gets 0 unless it asks.)"""
     max_new_tokens: int = 64
     """Tokens to generate at most per completion."""
     stop: list[str] = field(default_factory=list)
     """Stop strings; on the command line the flag repeats and ``\\n`` means a newline."""
     seed: int = 0
-    """Sampling seed (each shard samples with its own seed derived from it)."""
+    """Sampling seed (a round's shards each derive their own seed from it)."""
 
 
 @dataclass

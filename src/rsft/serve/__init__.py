@@ -21,13 +21,12 @@ fastapi, uvicorn and pydantic are imported only when a server is built (the ``se
 The package: ``schemas`` (request models, the typed ``HTTPError``, the response body), ``batcher``
 (``BoNService``: the queue and the batching worker), ``handlers`` (each endpoint's logic without
 HTTP: a decoded body in, a response dict out or an ``HTTPError``), ``app`` (``create_app``: the
-FastAPI routes and the access log) and ``cli`` (the ``rsft serve`` flags and ``main``).
+FastAPI routes and the access log). The ``rsft serve`` flags and ``main`` are in ``rsft.cli.serve``.
 """
 
 from rsft.serve.app import create_app
 from rsft.serve.batcher import BoNService
-from rsft.serve.cli import add_arguments, main
 from rsft.serve.handlers import Handlers
 from rsft.serve.schemas import ROLES, HTTPError, request_models
 
-__all__ = ["ROLES", "BoNService", "HTTPError", "Handlers", "add_arguments", "create_app", "main", "request_models"]
+__all__ = ["ROLES", "BoNService", "HTTPError", "Handlers", "create_app", "request_models"]

@@ -2,6 +2,6 @@
 
 import sys
 
-from rsft.serve.cli import _cli
+from rsft.cli import main
 
-sys.exit(_cli())
+sys.exit(main(["serve", *sys.argv[1:]]))
