@@ -198,3 +198,22 @@ def test_tiny_model_greedy_stops_at_min_n_and_the_first_batch_is_a_plain_run(tin
     twice = [adaptive_best_of_n(["The quick"], AdaptivePolicy(8, min_n=2, supermajority=1.5), gen, sampling=sampling)
              for _ in range(2)]
     assert twice[0] == twice[1] and twice[0].samples == [8] and twice[0].batches == 3
+
+
+def test_openai_backend_one_sample_per_request_gives_a_full_runs_first_samples():
+    """The real openai generator against the fake server: sample j is requested with seed + j."""
+    from fake_openai_server import FakeServer
+
+    from rsft.generate.openai import OpenAIGenerator
+
+    with FakeServer() as server:
+        gen = OpenAIGenerator(model="m", base_url=server.base_url, max_n_per_request=1)
+        sampling = SamplingParams(seed=11, max_new_tokens=4)
+        never = AdaptivePolicy(6, min_n=2, supermajority=1.5)
+        run = adaptive_best_of_n(["hi", "yo"], never, gen, sampling=sampling)
+        full = best_of_n(["hi", "yo"], 6, gen, sampling=sampling, selector="majority")
+        assert [r.candidates for r in run.results] == [f.candidates for f in full]
+        assert run.results[0].candidates[5] == ("hi s16 c0", None) and run.batches == 3
+        agree = adaptive_best_of_n(["hi"], AdaptivePolicy(6, min_n=2), gen, sampling=sampling,
+                                   equivalence=lambda answer: answer.split()[0])
+        assert agree.samples == [2] and agree.results[0].candidates == full[0].candidates[:2]

@@ -283,8 +283,9 @@ def add_adaptive_arguments(parser: argparse.ArgumentParser, budget_flag: bool = 
     """--min-n/--supermajority/--growth/--stop-rule/--confidence (and --adaptive/--budget for ``rsft bon``)."""
     from rsft.config import field_docs
 
-    doc = field_docs(AdaptivePolicy)
-    g = parser.add_argument_group("adaptive N (sample in growing batches until the answers agree)")
+    doc = {name: text.rstrip(".") for name, text in field_docs(AdaptivePolicy).items()}
+    g = parser.add_argument_group("adaptive N (sample in growing batches until the answers agree)",
+                                  None if budget_flag else "for requests that send the budget extension field")
     if budget_flag:
         g.add_argument("--adaptive", action="store_true",
                        help="sample in growing batches and stop each prompt once its answers agree; "
