@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import difflib
 import inspect
+import textwrap
 import types
 import typing
 from collections.abc import Mapping
@@ -459,7 +460,7 @@ def key_value(text: str) -> tuple[str, Any]:
 def field_docs(cls: type) -> dict[str, str]:
     """Attribute docstrings of a dataclass (the string literal right after each field)."""
     try:
-        tree = ast.parse(inspect.getsource(cls))
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))  # dedent: a class defined in a function
     except (OSError, TypeError):
         return {}
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
