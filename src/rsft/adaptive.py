@@ -27,11 +27,10 @@ stream, so its later batches differ from a full run's samples ``k..`` (still det
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from rsft.bon import (
@@ -45,6 +44,7 @@ from rsft.bon import (
     resolve_equivalence,
     score_rows,
 )
+from rsft.config import choices
 from rsft.errors import RsftError
 from rsft.generate import Generator
 from rsft.score import Scorer, as_scorer
@@ -66,7 +66,7 @@ class AdaptivePolicy:
     """share rule: stop once the leading answer group holds at least this fraction of the votes (above 1: never early)."""
     growth: float = 2.0
     """Each later batch grows a prompt's samples to ceil(growth x samples so far), at least one more, up to the budget."""
-    rule: str = "share"
+    rule: str = field(default="share", metadata=choices(*STOP_RULES))
     """Stopping rule: share (supermajority of the votes) or beta (P(leader beats runner-up) >= confidence)."""
     confidence: float = 0.95
     """beta rule: posterior probability that the leading answer beats the runner-up needed to stop."""
@@ -274,41 +274,3 @@ def _draw(generator: Generator, prompts: list[PromptValue], n: int, sampling: Sa
         raise RsftError(f"generator {generator.name!r} returned {len(rows)} rows of {got} completions; "
                         f"expected {len(prompts)} of {n}")
     return rows
-
-
-# --- command-line options (``rsft bon --adaptive``, ``rsft serve``) -----------------------------------
-
-
-def add_adaptive_arguments(parser: argparse.ArgumentParser, budget_flag: bool = True) -> None:
-    """--min-n/--supermajority/--growth/--stop-rule/--confidence (and --adaptive/--budget for ``rsft bon``)."""
-    from rsft.config import field_docs
-
-    doc = {name: text.rstrip(".") for name, text in field_docs(AdaptivePolicy).items()}
-    g = parser.add_argument_group("adaptive N (sample in growing batches until the answers agree)",
-                                  None if budget_flag else "for requests that send the budget extension field")
-    if budget_flag:
-        g.add_argument("--adaptive", action="store_true",
-                       help="sample in growing batches and stop each prompt once its answers agree; "
-                            "-n (or --budget) is then the most samples per prompt")
-        g.add_argument("--budget", type=int, help=doc["budget"] + " (default: -n)")
-    g.add_argument("--min-n", type=int, help=doc["min_n"] + " (default: 4)")
-    g.add_argument("--supermajority", type=float, help=doc["supermajority"] + " (default: 0.6)")
-    g.add_argument("--growth", type=float, help=doc["growth"] + " (default: 2)")
-    g.add_argument("--stop-rule", choices=STOP_RULES, help=doc["rule"] + " (default: share)")
-    g.add_argument("--confidence", type=float, help=doc["confidence"] + " (default: 0.95)")
-
-
-_POLICY_FLAGS = {"min_n": "min_n", "supermajority": "supermajority", "growth": "growth", "stop_rule": "rule",
-                 "confidence": "confidence"}
-
-
-def policy_from_args(args: argparse.Namespace, budget: int) -> AdaptivePolicy:
-    """The policy named by ``add_adaptive_arguments`` flags (unset flags keep the defaults)."""
-    given = {field: getattr(args, flag) for flag, field in _POLICY_FLAGS.items() if getattr(args, flag, None) is not None}
-    return AdaptivePolicy(budget=budget, **given)
-
-
-def given_policy_flags(args: argparse.Namespace) -> list[str]:
-    """The adaptive flags set on the command line (``rsft bon`` refuses them without --adaptive)."""
-    flags = ["budget", *_POLICY_FLAGS]
-    return [f"--{f.replace('_', '-')}" for f in flags if getattr(args, f, None) is not None]

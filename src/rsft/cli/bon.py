@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from rsft.bon import SELECTORS
-from rsft.cli.options import Command, Section, add_config_flags, apply_flags
+from rsft.cli.options import Command, Section, Spelling, add_config_flags, apply_flags, given_flags
 from rsft.config import GenerationConfig, GeneratorConfig, RunConfig, key_value, sampling_params
 from rsft.errors import RsftError
 
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 MODEL = Section("model", ("generation.generator",), exclude=("generation.generator.n",))
 SAMPLING = Section("sampling", ("generation.n", "generation.sampling"),
                    help={"generation.n": "Candidates per prompt (N)."})
+ADAPTIVE = Section("adaptive N (sample in growing batches until the answers agree)",
+                   ("budget", "min_n", "supermajority", "growth", "rule", "confidence"),
+                   help={"budget": "Samples per prompt at most, the N of a non-adaptive run (default: -n)"})
+"""``AdaptivePolicy``'s fields; ``rsft serve`` leaves out the budget (each request sends its own)."""
 
 
 # --- flags shared with ``rsft serve`` -----------------------------------------------------------------
@@ -54,6 +58,27 @@ def add_voting_arguments(parser: argparse.ArgumentParser) -> None:
                         "pkg.module:name, a function mapping an answer to a hashable key (default: exact)")
 
 
+def add_adaptive_arguments(parser: argparse.ArgumentParser, budget: bool = True) -> None:
+    """The ``AdaptivePolicy`` flags, with ``--adaptive`` and ``--budget`` for ``rsft bon``."""
+    from rsft.adaptive import AdaptivePolicy
+
+    section = ADAPTIVE if budget else Section(ADAPTIVE.title, ADAPTIVE.include, exclude=("budget",),
+                                              description="for requests that send the budget extension field")
+    (group,) = add_config_flags(parser, [section], root=AdaptivePolicy, defaults=AdaptivePolicy(budget=1),
+                                spellings={"rule": Spelling(("--stop-rule",))})
+    if budget:
+        group.add_argument("--adaptive", action="store_true",
+                           help="sample in growing batches and stop each prompt once its answers agree; "
+                                "-n (or --budget) is then the most samples per prompt")
+
+
+def adaptive_policy(args: argparse.Namespace, budget: int) -> AdaptivePolicy:
+    """The ``AdaptivePolicy`` of the flags given, for ``budget`` samples unless ``--budget`` says otherwise."""
+    from rsft.adaptive import AdaptivePolicy
+
+    return apply_flags(args, AdaptivePolicy(budget=budget))
+
+
 def scorer_from_args(args: argparse.Namespace) -> tuple[Scorer | None, str]:
     """The scorer (or None) and the selector named by ``add_selection_arguments`` flags, checked together."""
     from rsft.bon import check_selector
@@ -77,8 +102,6 @@ def build_generator(config: GeneratorConfig) -> Generator:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``rsft bon``."""
-    from rsft.adaptive import add_adaptive_arguments
-
     parser.add_argument("--prompts", help="prompt file (.jsonl, .parquet, .csv); '-' or absent: stdin, one JSON "
                                           "object or one plain-text prompt per line")
     parser.add_argument("--output", help="JSONL output file (default: stdout)")
@@ -91,14 +114,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _adaptive_policy(args: argparse.Namespace, n: int) -> AdaptivePolicy | None:
     """``--adaptive``'s policy (budget: --budget, else -n); None without it (other adaptive flags refused)."""
-    from rsft.adaptive import given_policy_flags, policy_from_args
+    from rsft.adaptive import AdaptivePolicy
 
     if not getattr(args, "adaptive", False):
-        given = given_policy_flags(args)
+        given = given_flags(args, AdaptivePolicy)
         if given:
             raise RsftError(f"{', '.join(given)} need --adaptive")
         return None
-    return policy_from_args(args, args.budget if args.budget is not None else n)
+    return adaptive_policy(args, n)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -90,12 +90,15 @@ class Section:
     exclude: tuple[str, ...] = ()
     help: Mapping[str, str] = field(default_factory=dict)
     """This command's own help for a field, where the field's docstring does not say what the flag does."""
+    description: str | None = None
 
 
 @dataclass(frozen=True)
 class Flag:
-    """A generated flag: the field path it sets and how its values are parsed and applied."""
+    """A generated flag: the field path it sets (in a ``root`` dataclass) and how its values are
+    parsed and applied."""
 
+    root: type
     path: str
     kind: str
     """``value``, ``bool``, ``list`` (the flag repeats) or ``dict`` (repeated ``KEY=VALUE``, merged)."""
@@ -103,7 +106,7 @@ class Flag:
 
     @property
     def dest(self) -> str:
-        return self.path
+        return f"{self.root.__name__}.{self.path}"
 
 
 class Leaf(NamedTuple):
@@ -195,31 +198,38 @@ def _new_section(obj: Any, name: str) -> Any:
 
 def _help(leaf: Leaf, spelling: Spelling, override: str | None, default: Any) -> str:
     text = override if override is not None else spelling.help_prefix + field_docs(leaf.owner).get(leaf.name, "")
-    text = text.replace("``", "")
+    text = text.replace("``", "").rstrip().removesuffix(".")
     if default is not None and default != [] and default != {} and "(default" not in text:
         shown = str(default).lower() if isinstance(default, bool) else default
         text += f" (default: {shown})"
     return text.replace("%", "%%")
 
 
-def add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[Section], root: type = RunConfig) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[Section], root: type = RunConfig, *,
+                     spellings: Mapping[str, Spelling] | None = None,
+                     defaults: Any = None) -> list[argparse._ArgumentGroup]:
     """Add a flag for every field the ``sections`` select from ``root``, each section as an argument
-    group; ``apply_flags`` later writes the given ones into a ``root`` instance. ``SPELLINGS`` applies
-    to ``RunConfig`` fields; other roots' flags are all ``--field-name``."""
+    group (returned, for a command's own flags); ``apply_flags`` later writes the given ones into a
+    ``root`` instance. ``spellings`` defaults to ``SPELLINGS`` for ``RunConfig`` (else every flag is
+    ``--field-name``); ``defaults`` (the help's defaults) to ``root()``."""
     flags = list(parser.get_default(FLAGS) or [])
-    defaults, spellings = root(), SPELLINGS if root is RunConfig else {}
+    defaults = defaults if defaults is not None else root()
+    if spellings is None:
+        spellings = SPELLINGS if root is RunConfig else {}
+    groups = []
     for section in sections:
-        group = parser.add_argument_group(section.title)
+        groups.append(parser.add_argument_group(section.title, section.description))
         for leaf in select(root, section):
             spelling = spellings.get(leaf.path) or Spelling(("--" + leaf.name.replace("_", "-"),))
-            default = _default(defaults, leaf.path)
-            flags.append(_add_flag(group, leaf, spelling, _help(leaf, spelling, section.help.get(leaf.path), default)))
+            help_text = _help(leaf, spelling, section.help.get(leaf.path), _default(defaults, leaf.path))
+            flags.append(_add_flag(groups[-1], root, leaf, spelling, help_text))
     parser.set_defaults(**{FLAGS: flags})
+    return groups
 
 
-def _add_flag(group: argparse._ArgumentGroup, leaf: Leaf, spelling: Spelling, help_text: str) -> Flag:
+def _add_flag(group: argparse._ArgumentGroup, root: type, leaf: Leaf, spelling: Spelling, help_text: str) -> Flag:
     kind, item = _value_type(leaf.hint, leaf.path)
-    flag = Flag(leaf.path, kind, spelling)
+    flag = Flag(root, leaf.path, kind, spelling)
     kwargs: dict[str, Any] = {"dest": flag.dest, "default": None, "help": help_text}
     if kind == "bool":
         kwargs["action"] = argparse.BooleanOptionalAction
@@ -235,40 +245,50 @@ def _add_flag(group: argparse._ArgumentGroup, leaf: Leaf, spelling: Spelling, he
     return flag
 
 
+def _given(args: argparse.Namespace, root: type) -> list[tuple[Flag, Any]]:
+    return [(flag, getattr(args, flag.dest)) for flag in getattr(args, FLAGS, ())
+            if issubclass(root, flag.root) and getattr(args, flag.dest, None) is not None]
+
+
+def given_flags(args: argparse.Namespace, root: type) -> list[str]:
+    """The generated flags of ``root`` given on the command line, as spelled in ``--help``."""
+    return [flag.spelling.names[0] for flag, _ in _given(args, root)]
+
+
 def apply_flags(args: argparse.Namespace, config: Any) -> Any:
-    """Write every generated flag given in ``args`` into ``config`` (in place; also returned).
+    """Write every generated flag of ``config``'s class given in ``args`` into ``config`` and return
+    it (changed in place; a frozen dataclass is replaced, so its ``__post_init__`` checks each value).
 
     First the ``sets`` of every given flag (what it replaces), then the values: a list replaces the
     field's list, ``KEY=VALUE`` pairs update its mapping, anything else replaces the value.
     """
-    given = [(flag, getattr(args, flag.dest)) for flag in getattr(args, FLAGS, ())
-             if getattr(args, flag.dest, None) is not None]
+    given = _given(args, type(config))
     for flag, _ in given:
         for path, value in flag.spelling.sets:
-            _assign(config, path, value, kind="value", create=False)
+            config = _assigned(config, path.split("."), value, kind="value", create=False)
     for flag, value in given:
         for path in (flag.path, *flag.spelling.also):
-            _assign(config, path, value, flag.kind, flag.spelling.creates)
+            config = _assigned(config, path.split("."), value, flag.kind, flag.spelling.creates)
     return config
 
 
-def _assign(config: Any, path: str, value: Any, kind: str, create: bool) -> None:
-    *parents, name = path.split(".")
-    obj = config
-    for part in parents:
-        child = getattr(obj, part)
-        if child is None:
-            if not create:
-                return  # a flag of a section that is off (e.g. --size without a task)
-            child = _new_section(obj, part)
-            setattr(obj, part, child)
-        obj = child
-    if kind == "dict":
-        getattr(obj, name).update(dict(value))
+def _assigned(obj: Any, path: list[str], value: Any, kind: str, create: bool) -> Any:
+    """``obj`` with the field at ``path`` set; a missing optional section on the way is built only
+    with ``create`` (else the flag is ignored: e.g. --size without a task)."""
+    name = path[0]
+    if len(path) > 1:
+        child = getattr(obj, name)
+        if child is None and not create:
+            return obj
+        value = _assigned(child if child is not None else _new_section(obj, name), path[1:], value, kind, create)
+    elif kind == "dict":
+        value = {**getattr(obj, name), **dict(value)}
     elif kind == "list":
-        setattr(obj, name, list(value))
-    else:
-        setattr(obj, name, value)
+        value = list(value)
+    if type(obj).__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        return dataclasses.replace(obj, **{name: value})
+    setattr(obj, name, value)
+    return obj
 
 
 def add_config_argument(parser: argparse.ArgumentParser, **kwargs: Any) -> None:

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from rsft.cli.bon import (
     MODEL,
+    adaptive_policy,
+    add_adaptive_arguments,
     add_selection_arguments,
     add_voting_arguments,
     build_generator,
@@ -29,8 +31,6 @@ if TYPE_CHECKING:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``rsft serve``."""
-    from rsft.adaptive import add_adaptive_arguments
-
     add_config_flags(parser, [MODEL])
     add_selection_arguments(parser)
     g = parser.add_argument_group("server")
@@ -50,12 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-body-bytes", type=int, default=1_000_000, help="larger bodies get 413 (default: 1000000)")
     g.add_argument("--request-timeout", type=float, default=120.0, help="seconds before 504 (default: 120)")
     add_voting_arguments(parser)
-    add_adaptive_arguments(parser, budget_flag=False)  # requests send their budget
+    add_adaptive_arguments(parser, budget=False)  # requests send their budget
 
 
 def main(args: argparse.Namespace) -> None:
     """``rsft serve``: load the model and serve Best-of-N until interrupted."""
-    from rsft.adaptive import policy_from_args
     from rsft.bon import answer_extractor, resolve_equivalence
 
     try:
@@ -75,7 +74,7 @@ def main(args: argparse.Namespace) -> None:
     model = apply_flags(args, RunConfig()).generation.generator
     scorer, selector = scorer_from_args(args)
     extract, equivalence = answer_extractor(args.answer), resolve_equivalence(args.equivalence)
-    adaptive = policy_from_args(args, budget=args.max_n)
+    adaptive = adaptive_policy(args, budget=args.max_n)
     _log_to_stderr()
     generator = build_generator(model)
     _plain_chat_template_if_missing(generator)
