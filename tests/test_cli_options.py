@@ -133,3 +133,13 @@ def test_top_k_defaults():
     """Configs and the CLI filter to the top 50 tokens; a bare SamplingParams (library code) filters nothing."""
     assert SamplingConfig().top_k == 50 and SamplingParams().top_k == 0
     assert parse("bon").generation.sampling.top_k == 50
+
+
+def test_serve_flags_are_checked_by_the_frozen_dataclass():
+    from rsft.config import ServeConfig
+    from rsft.errors import RsftError
+
+    args = build_parser().parse_args(["serve", "--max-n", "4", "--port", "9000"])
+    assert apply_flags(args, ServeConfig()) == ServeConfig(max_n=4, port=9000)
+    with pytest.raises(RsftError, match="serve.max_n: must be >= 1, got 0"):
+        apply_flags(build_parser().parse_args(["serve", "--max-n", "0"]), ServeConfig())

@@ -323,6 +323,40 @@ class RayConfig:
     user scorers import; the working dir is zipped to every node: keep run folders and Ray's temp dir out."""
 
 
+@dataclass(frozen=True)
+class ServeConfig:
+    """``rsft serve``: where it listens and what a request may ask (the model and voting flags are
+    ``rsft bon``'s)."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8000
+    """Port."""
+    model_name: str | None = None
+    """Model id reported to clients (None: ``--model``)."""
+    api_key_env: str | None = None
+    """Require ``Authorization: Bearer <key>`` with the key read from this environment variable (None: no auth)."""
+    max_n: int = 16
+    """Largest N (``n`` or ``best_of``) a request may ask."""
+    max_tokens: int = 256
+    """Largest ``max_tokens`` a request may ask, and the default."""
+    max_queue: int = 64
+    """Requests allowed to wait; more get 503."""
+    batch_window_ms: float = 10.0
+    """How long to gather requests into one batch."""
+    max_batch_prompts: int = 32
+    """Requests per batch at most."""
+    max_body_bytes: int = 1_000_000
+    """Larger bodies get 413."""
+    request_timeout: float = 120.0
+    """Seconds before 504."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_n", "max_tokens", "max_queue", "max_batch_prompts", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise RsftError(f"serve.{name}: must be >= 1, got {getattr(self, name)}")
+
+
 @dataclass
 class SweepConfig:
     """``rsft sweep``: a grid over N, temperature, keep threshold and epochs (a missing list: the base
