@@ -68,6 +68,17 @@ def test_defaults_and_docs():
     assert "one per prompt" in field_docs(SelectionConfig)["strategy"]
 
 
+def test_selection_strategies_declared_once_in_select():
+    from dataclasses import fields
+
+    from rsft import select
+
+    strategy = next(f for f in fields(SelectionConfig) if f.name == "strategy")
+    assert strategy.metadata["choices"] == select.SELECTION_STRATEGIES
+    assert select.SELECTION_STRATEGIES == select.STRATEGIES + ("dpo_pairs",)
+    assert all(callable(getattr(select, name)) for name in select.PAIR_STRATEGIES)
+
+
 @pytest.mark.parametrize("name", ["demo.yaml", "rsft.yaml"])
 def test_shipped_example_configs_load(name):
     from pathlib import Path

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rsft.errors import RsftError
+from rsft.select import SELECTION_STRATEGIES
 from rsft.types import SamplingParams
 
 MIXED_PRECISION = ("auto", "bf16", "no")
@@ -153,8 +154,7 @@ class ScoringConfig:
 class SelectionConfig:
     """Which completions to keep."""
 
-    strategy: str = field(default="best", metadata=choices("best", "top_k", "threshold", "k_per_prompt", "rso",
-                                                           "dpo_pairs"))
+    strategy: str = field(default="best", metadata=choices(*SELECTION_STRATEGIES))
     """``best`` (one per prompt), ``top_k`` (overall), ``threshold`` (best if >= threshold),
     ``k_per_prompt``, ``rso`` (statistical rejection sampling at ``beta``), or ``dpo_pairs`` (best vs
     worst for DPO)."""

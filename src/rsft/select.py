@@ -24,7 +24,13 @@ import numpy.typing as npt
 from rsft.errors import RsftError
 
 STRATEGIES = ("best", "top_k", "threshold", "k_per_prompt", "rso")
-"""Strategy names accepted by ``select``."""
+"""Strategy names accepted by ``select`` (each keeps single completions as ``(i, j)`` pairs)."""
+
+PAIR_STRATEGIES = ("dpo_pairs",)
+"""Strategies that keep (chosen, rejected) pairs of a prompt for DPO (``dpo_pairs``), not run by ``select``."""
+
+SELECTION_STRATEGIES = STRATEGIES + PAIR_STRATEGIES
+"""Every strategy the select stage runs: the choices of ``SelectionConfig.strategy``."""
 
 _BLOCK_ELEMS = 1 << 18
 """Entries per block of rows: small enough to stay in cache, large enough to amortise the loop."""
