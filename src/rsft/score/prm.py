@@ -13,7 +13,7 @@ step; ``prod``: the chance every step is right; ``last``; ``mean``). Step scorer
 
 The model reads the prompt, then each step plus its tag, the pieces joined by ``step_sep``. Each
 piece is tokenized on its own (so every step ends on a token boundary), and pairs are scored in
-length-sorted batches like the reward model's (``rsft.score.reward_model.next_batch``).
+length-sorted batches like the reward model's (``rsft.score.reward_model.run_in_batches``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from rsft.errors import RsftError
-from rsft.score.reward_model import length_order, next_batch
+from rsft.score.reward_model import check_model_options, first_line, right_padded, run_in_batches
 from rsft.types import PromptValue, Verdict
 
 AGGREGATES = ("min", "prod", "last", "mean")
@@ -143,19 +143,12 @@ class ModelStepScorer:
         from transformers import AutoConfig, AutoTokenizer
 
         path = str(path)
-        if not path:
-            raise RsftError("scorer 'prm' needs a model path: 'prm:PATH'")
-        if batch_size < 1 or max_length < 1:
-            raise RsftError(f"prm: batch_size and max_length must be >= 1, got {batch_size} and {max_length}")
-        if max_batch_tokens is not None and max_batch_tokens < 1:
-            raise RsftError(f"prm: max_batch_tokens must be >= 1 (or None), got {max_batch_tokens!r}")
-        if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise RsftError(f"prm: unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
+        check_model_options("prm", path, batch_size, max_length, max_batch_tokens, dtype)
         try:
             config = AutoConfig.from_pretrained(path)
             self.tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, ValueError) as e:
-            raise RsftError(f"prm: cannot load {path}: {_first_line(e)}") from None
+            raise RsftError(f"prm: cannot load {path}: {first_line(e)}") from None
         self.kind = _kind(kind, config, path)
         self.name = f"prm:{path}"
         self.step_tag = step_tag if step_tag is not None else ("" if self.kind == "token" else " ки")
@@ -181,7 +174,7 @@ class ModelStepScorer:
         try:
             return auto.from_pretrained(path, dtype=dtype)
         except (OSError, ValueError) as e:
-            raise RsftError(f"prm: cannot load {path} as a {self.kind} PRM: {_first_line(e)}") from None
+            raise RsftError(f"prm: cannot load {path} as a {self.kind} PRM: {first_line(e)}") from None
 
     def _single_token(self, option: str, text: str) -> int:
         ids = self.tokenizer.encode(text, add_special_tokens=False)
@@ -220,12 +213,7 @@ class ModelStepScorer:
         """One right-padded forward pass; the step scores of each row."""
         import torch
 
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, (ids, _) in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
+        input_ids, attention_mask = right_padded([ids for ids, _ in batch], self.pad_id)
         keep = sorted({p for _, positions in batch for p in positions if p >= 0})
         if not keep:
             return [[math.nan] * len(positions) for _, positions in batch]
@@ -253,32 +241,12 @@ class ModelStepScorer:
         return logits[..., [self.good, self.bad]].softmax(-1)[..., 0]
 
     def score_steps(self, prompts: Sequence[PromptValue], steps: Sequence[Sequence[str]]) -> list[list[float]]:
-        import torch
-
         encoded = [self.encode(p, s) for p, s in zip(prompts, steps, strict=True)]
         lengths = [len(ids) for ids, _ in encoded]
-        order = length_order(lengths, self.sort_by_length)
-        out: list[list[float]] = [[] for _ in encoded]
-        batch_size, max_tokens, pos, padded = self.batch_size, self.max_batch_tokens, 0, 0
-        while pos < len(order):
-            index = next_batch(order, pos, lengths, batch_size, max_tokens)
-            try:
-                values = self._forward([encoded[i] for i in index])
-            except torch.cuda.OutOfMemoryError as e:
-                if len(index) == 1:
-                    raise RsftError(f"prm: CUDA out of memory at batch size 1 ({lengths[index[0]]} tokens)") from e
-                torch.cuda.empty_cache()
-                if max_tokens is None:
-                    batch_size = len(index) // 2
-                else:
-                    max_tokens = max(lengths[i] for i in index) * len(index) // 2
-                continue
-            for i, row in zip(index, values, strict=True):
-                out[i] = row
-            padded += max(lengths[i] for i in index) * len(index)
-            pos += len(index)
-        self.last_stats = {"real_tokens": sum(lengths), "padded_tokens": padded}
-        return out
+        run = run_in_batches("prm", lengths, lambda index: self._forward([encoded[i] for i in index]),
+                             self.batch_size, self.max_batch_tokens, self.sort_by_length)
+        self.last_stats = {"real_tokens": sum(lengths), "padded_tokens": run.padded_tokens}
+        return run.outputs
 
 
 class ProcessRewardScorer:
@@ -361,8 +329,3 @@ def _positive_label(label: int | str | None, config: Any, path: str) -> int:
     if not 0 <= index < n:
         raise RsftError(f"prm: positive_label {index} is out of range for {path} ({n} labels)")
     return index
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__

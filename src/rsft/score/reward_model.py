@@ -16,7 +16,8 @@ data (bench/reward_scoring.py).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rsft.errors import RsftError
@@ -99,9 +100,86 @@ def encode_pairs(tokenizer: Any, prompts: Sequence[PromptValue], completions: Se
     return [list(x[-max_length:]) for x in ids]
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
+    """An exception's first line (its type name when it has no message), for one-line errors."""
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_model_options(who: str, path: str, batch_size: int, max_length: int, max_batch_tokens: int | None,
+                        dtype: str) -> None:
+    """Raise ``RsftError`` naming ``who`` (``rm``, ``prm``) on an option a model scorer cannot use."""
+    import torch
+
+    if not path:
+        raise RsftError(f"scorer {who!r} needs a model path: '{who}:PATH'")
+    if batch_size < 1 or max_length < 1:
+        raise RsftError(f"{who}: batch_size and max_length must be >= 1, got {batch_size} and {max_length}")
+    if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or max_batch_tokens < 1):
+        raise RsftError(f"{who}: max_batch_tokens must be >= 1 (or None), got {max_batch_tokens!r}")
+    if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
+        raise RsftError(f"{who}: unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
+
+
+def right_padded(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[Any, Any]:
+    """``input_ids`` and ``attention_mask`` of a batch, right-padded with ``pad_id`` (positions match
+    the unpadded sequences, so a causal model reads each row as it would alone)."""
+    import torch
+
+    width = max(len(ids) for ids in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ids in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+@dataclass
+class BatchRun:
+    """What ``run_in_batches`` did: one output per input, and the batches it took."""
+
+    outputs: list[Any]
+    batches: int
+    batch_size: int
+    """The row limit it ended with (halved on CUDA out-of-memory)."""
+    max_batch_tokens: int | None
+    """The padded-token limit it ended with (halved instead of the rows when set)."""
+    padded_tokens: int
+
+
+def run_in_batches(who: str, lengths: Sequence[int], forward: Callable[[list[int]], Sequence[Any]],
+                   batch_size: int, max_batch_tokens: int | None, sort_by_length: bool) -> BatchRun:
+    """``forward(indices)`` over length-ordered batches (``next_batch``), one output per index.
+
+    On CUDA out-of-memory the batch is retried smaller: memory grows with rows x longest row, so
+    whichever limits it is halved (the rows, or ``max_batch_tokens`` when set); a single row that
+    does not fit is an ``RsftError`` naming ``who``.
+    """
+    import torch
+
+    order = length_order(lengths, sort_by_length)
+    outputs: list[Any] = [None] * len(lengths)
+    pos = batches = padded = 0
+    while pos < len(order):
+        index = next_batch(order, pos, lengths, batch_size, max_batch_tokens)
+        try:
+            values = forward(index)
+        except torch.cuda.OutOfMemoryError as e:
+            if len(index) == 1:
+                raise RsftError(f"{who}: CUDA out of memory at batch size 1 ({lengths[index[0]]} tokens)") from e
+            torch.cuda.empty_cache()
+            if max_batch_tokens is None:
+                batch_size = len(index) // 2
+            else:
+                max_batch_tokens = max(lengths[i] for i in index) * len(index) // 2
+            continue
+        for i, value in zip(index, values, strict=True):
+            outputs[i] = value
+        batches += 1
+        padded += max(lengths[i] for i in index) * len(index)
+        pos += len(index)
+    return BatchRun(outputs, batches, batch_size, max_batch_tokens, padded)
 
 
 class RewardModelScorer:
@@ -136,20 +214,13 @@ class RewardModelScorer:
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         path = str(path)
-        if not path:
-            raise RsftError("scorer 'rm' needs a model path: 'rm:PATH'")
-        if batch_size < 1 or max_length < 1:
-            raise RsftError(f"rm: batch_size and max_length must be >= 1, got {batch_size} and {max_length}")
-        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or max_batch_tokens < 1):
-            raise RsftError(f"rm: max_batch_tokens must be >= 1 (or None), got {max_batch_tokens!r}")
+        check_model_options("rm", path, batch_size, max_length, max_batch_tokens, dtype)
         self.name = f"rm:{path}"
         self.batch_size = batch_size
         self.max_length = max_length
         self.sort_by_length = sort_by_length
         self.max_batch_tokens = max_batch_tokens
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        if dtype != "auto" and not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise RsftError(f"rm: unknown dtype {dtype!r}; use 'auto', 'float32', 'bfloat16' or 'float16'")
         try:
             config = AutoConfig.from_pretrained(path)
             if config.num_labels != 1:
@@ -161,7 +232,7 @@ class RewardModelScorer:
                 path, dtype=dtype if dtype == "auto" else getattr(torch, dtype)
             )
         except (OSError, ValueError) as e:
-            raise RsftError(f"rm: cannot load a reward model from {path}: {_first_line(e)}") from None
+            raise RsftError(f"rm: cannot load a reward model from {path}: {first_line(e)}") from None
         if self.tokenizer.pad_token is None:
             if self.tokenizer.eos_token is None:
                 raise RsftError(f"rm: the tokenizer of {path} has neither a pad nor an eos token")
@@ -186,12 +257,7 @@ class RewardModelScorer:
         """One padded forward pass (right padding: positions match the unpadded sequences)."""
         import torch
 
-        width = max(len(x) for x in batch)
-        input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, ids in enumerate(batch):
-            input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            attention_mask[row, : len(ids)] = 1
+        input_ids, attention_mask = right_padded(batch, self.pad_id)
         with torch.inference_mode():
             logits = self.model(
                 input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
@@ -204,39 +270,18 @@ class RewardModelScorer:
         completions: Sequence[str],
         metadata: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[float]:
-        import torch
-
         ids = self.encode(prompts, completions)
         lengths = [len(x) for x in ids]
-        order = length_order(lengths, self.sort_by_length)
-        scores: list[float] = [float("nan")] * len(ids)
-        batch_size, max_tokens, pos, batches, padded = self.batch_size, self.max_batch_tokens, 0, 0, 0
-        while pos < len(order):
-            index = next_batch(order, pos, lengths, batch_size, max_tokens)
-            try:
-                values = self._forward([ids[i] for i in index])
-            except torch.cuda.OutOfMemoryError as e:
-                if len(index) == 1:
-                    raise RsftError(f"rm: CUDA out of memory at batch size 1 ({lengths[index[0]]} tokens)") from e
-                torch.cuda.empty_cache()
-                if max_tokens is None:  # memory grows with rows x longest row: halve whichever limits it
-                    batch_size = len(index) // 2
-                else:
-                    max_tokens = max(lengths[i] for i in index) * len(index) // 2
-                continue
-            for i, value in zip(index, values, strict=True):
-                scores[i] = value
-            batches += 1
-            padded += max(lengths[i] for i in index) * len(index)
-            pos += len(index)
+        run = run_in_batches("rm", lengths, lambda index: self._forward([ids[i] for i in index]),
+                             self.batch_size, self.max_batch_tokens, self.sort_by_length)
         real = sum(lengths)
         self.last_stats = {
             "n_pairs": len(ids),
-            "batches": batches,
-            "batch_size": batch_size,
-            "max_batch_tokens": max_tokens,
+            "batches": run.batches,
+            "batch_size": run.batch_size,
+            "max_batch_tokens": run.max_batch_tokens,
             "real_tokens": real,
-            "padded_tokens": padded,
-            "efficiency": real / padded if padded else 1.0,
+            "padded_tokens": run.padded_tokens,
+            "efficiency": real / run.padded_tokens if run.padded_tokens else 1.0,
         }
-        return scores
+        return [float(x) for x in run.outputs]
