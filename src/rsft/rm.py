@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rsft import artifacts
-from rsft.errors import RsftError
+from rsft.errors import RsftError, first_line
 from rsft.stats import wilson_interval
 from rsft.types import Prompt, PromptValue
 
@@ -170,8 +170,7 @@ def _run_checker(round_dir: Path, spec: str, options: Mapping[str, Any] | None, 
     except RsftError:
         raise
     except Exception as e:  # noqa: BLE001 - user checkers may raise anything
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise RsftError(f"{round_dir}: checker {spec!r} failed: {type(e).__name__}: {first}") from e
+        raise RsftError(f"{round_dir}: checker {spec!r} failed: {type(e).__name__}: {first_line(e)}") from e
     return np.array(values, dtype=float).reshape(len(prompts), n), scorer.name
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rsft import artifacts
-from rsft.errors import RsftError
+from rsft.errors import RsftError, one_line
 from rsft.rm import Pair
 
 TRAIN_INFO = "rsft_rm_train.json"
@@ -51,18 +51,14 @@ def _load_tokenizer(base: str) -> tuple[str, Any]:
     """The base model's path and its tokenizer (with a pad token: batches of pairs are padded)."""
     from transformers import AutoTokenizer
 
-    from rsft.models import resolve_model_path
+    from rsft.models import ensure_pad_token, resolve_model_path
 
     path = resolve_model_path(base)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # any failure becomes one line for the user
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise RsftError(f"--base {base!r}: cannot load its tokenizer: {type(e).__name__}: {first}") from e
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise RsftError(f"--base {base!r}: the tokenizer has neither a pad nor an EOS token")
-        tokenizer.pad_token = tokenizer.eos_token
+        raise RsftError(f"--base {base!r}: cannot load its tokenizer: {one_line(e)}") from e
+    ensure_pad_token(tokenizer, f"--base {base!r}")
     return path, tokenizer
 
 
@@ -92,8 +88,7 @@ def _build_trainer(model_path: str, tokenizer: Any, pairs: Sequence[Pair], confi
     try:
         trainer = RewardTrainer(model=model_path, args=args, train_dataset=data, processing_class=tokenizer)
     except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise RsftError(f"--base {model_path}: cannot train it as a reward model: {type(e).__name__}: {first}") from e
+        raise RsftError(f"--base {model_path}: cannot train it as a reward model: {one_line(e)}") from e
     trainer.remove_callback(ProgressCallback)  # stdout stays for the command's JSON summary
     trainer.remove_callback(PrinterCallback)
     return trainer

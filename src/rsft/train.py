@@ -36,7 +36,7 @@ from typing import Any
 
 from rsft import artifacts
 from rsft.config import MIXED_PRECISION, REPORT_TO, TrainConfig
-from rsft.errors import RsftError
+from rsft.errors import RsftError, one_line
 
 ADAPTER = "adapter"
 _REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
@@ -198,19 +198,15 @@ def _load_base(base_model: str) -> tuple[Any, Any, str]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rsft.models import resolve_model_path
+    from rsft.models import ensure_pad_token, resolve_model_path
 
     path = resolve_model_path(base_model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     except Exception as e:  # any failure becomes one line for the user
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise RsftError(f"model {base_model!r}: cannot load: {type(e).__name__}: {first}") from e
-    if tokenizer.pad_token is None:
-        if tokenizer.eos_token is None:
-            raise RsftError(f"model {base_model!r}: tokenizer has neither a pad nor an EOS token")
-        tokenizer.pad_token = tokenizer.eos_token
+        raise RsftError(f"model {base_model!r}: cannot load: {one_line(e)}") from e
+    ensure_pad_token(tokenizer, f"model {base_model!r}")
     return model, tokenizer, path
 
 

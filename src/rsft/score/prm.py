@@ -26,8 +26,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from rsft.errors import RsftError
-from rsft.score.reward_model import check_model_options, first_line, right_padded, run_in_batches
+from rsft.errors import RsftError, first_line
+from rsft.score.reward_model import check_model_options, right_padded, run_in_batches
 from rsft.types import PromptValue, Verdict
 
 AGGREGATES = ("min", "prod", "last", "mean")

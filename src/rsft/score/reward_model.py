@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rsft.errors import RsftError
+from rsft.errors import RsftError, first_line
 from rsft.types import PromptValue
 
 
@@ -98,12 +98,6 @@ def encode_pairs(tokenizer: Any, prompts: Sequence[PromptValue], completions: Se
         ]
         ids = tok(texts)["input_ids"]
     return [list(x[-max_length:]) for x in ids]
-
-
-def first_line(e: BaseException) -> str:
-    """An exception's first line (its type name when it has no message), for one-line errors."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def check_model_options(who: str, path: str, batch_size: int, max_length: int, max_batch_tokens: int | None,
@@ -213,6 +207,8 @@ class RewardModelScorer:
         import torch
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+        from rsft.models import ensure_pad_token
+
         path = str(path)
         check_model_options("rm", path, batch_size, max_length, max_batch_tokens, dtype)
         self.name = f"rm:{path}"
@@ -233,10 +229,7 @@ class RewardModelScorer:
             )
         except (OSError, ValueError) as e:
             raise RsftError(f"rm: cannot load a reward model from {path}: {first_line(e)}") from None
-        if self.tokenizer.pad_token is None:
-            if self.tokenizer.eos_token is None:
-                raise RsftError(f"rm: the tokenizer of {path} has neither a pad nor an eos token")
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        ensure_pad_token(self.tokenizer, f"rm: {path}")
         text_config = model.config.get_text_config()
         if text_config.pad_token_id is None:  # the head finds each row's last token by it
             text_config.pad_token_id = self.tokenizer.pad_token_id
