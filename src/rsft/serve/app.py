@@ -4,7 +4,7 @@ fastapi is imported only when an app is built (the ``server`` extra).
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at runtime, and
-# ``Request`` is imported inside ``create_app``.
+# ``Request`` is imported inside ``_add_routes``.
 import contextlib
 import json
 import logging
@@ -68,7 +68,7 @@ def create_app(
         adaptive: settings of requests that send ``budget`` (adaptive N; each request's budget, and
             its ``min_n``/``supermajority`` when given, replace these); None: ``AdaptivePolicy``'s defaults.
     """
-    from fastapi import FastAPI, Request
+    from fastapi import FastAPI
 
     scorer_obj = as_scorer(scorer) if scorer is not None else None
     service = BoNService(generator, scorer_obj, selector, max_queue=max_queue, batch_window_ms=batch_window_ms,
@@ -87,6 +87,13 @@ def create_app(
     app.state.service = service
     app.state.handlers = handlers
     app.add_middleware(_AccessLog)
+    _add_routes(app, handlers, max_body_bytes)
+    return app
+
+
+def _add_routes(app: "FastAPI", handlers: Handlers, max_body_bytes: int) -> None:
+    """The OpenAI routes (``/v1/completions``, ``/v1/chat/completions``, ``/v1/models``) and ``/health``."""
+    from fastapi import Request
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
@@ -108,8 +115,6 @@ def create_app(
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return handlers.health()
-
-    return app
 
 
 async def _post(request: "Request", handlers: Handlers, handle: Callable[[Any, dict[str, Any]], Awaitable[Any]],
