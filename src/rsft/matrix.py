@@ -9,13 +9,15 @@ Rows are ordered by prompt order, then sample index, so reshaping gives the M×N
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -64,39 +66,111 @@ SELECTION_SCHEMA = pa.schema(
 
 
 def write_prompts(path: Path, prompts: Sequence[Prompt]) -> None:
-    artifacts.write_table(
-        path,
-        {
-            "prompt_id": [p.prompt_id for p in prompts],
-            "prompt": [json.dumps(list(p.prompt)) if p.is_chat else p.prompt for p in prompts],
-            "is_chat": [p.is_chat for p in prompts],
-            "metadata": [json.dumps(dict(p.metadata), ensure_ascii=False, default=str) for p in prompts],
-        },
-        PROMPTS_SCHEMA,
-    )
+    artifacts.write_table(path, prompt_columns(prompts), PROMPTS_SCHEMA)
 
 
-def _prompt_key(p: Prompt) -> tuple[str, str]:
-    return p.prompt_id, json.dumps(dict(p.metadata), ensure_ascii=False, default=str, sort_keys=True)
+def prompt_columns(prompts: Sequence[Prompt]) -> dict[str, list[Any]]:
+    """The ``prompts.parquet`` columns of some prompts."""
+    return {
+        "prompt_id": [p.prompt_id for p in prompts],
+        "prompt": [json.dumps(list(p.prompt)) if p.is_chat else p.prompt for p in prompts],
+        "is_chat": [p.is_chat for p in prompts],
+        "metadata": [json.dumps(dict(p.metadata), ensure_ascii=False, default=str) for p in prompts],
+    }
 
 
-def same_prompts(path: Path, prompts: Sequence[Prompt]) -> bool:
-    """True when ``path`` already holds exactly these prompts (so it need not be rewritten)."""
-    if not path.exists():
+PROMPT_GROUP_ROWS = 4096
+"""Prompts per row group of a ``prompts.parquet`` written from a stream (``write_prompt_file``)."""
+
+
+def write_prompt_file(path: Path, prompts: Iterable[Prompt]) -> None:
+    """Write ``prompts.parquet`` at ``path`` (no atomic rename) as the prompts come, one row group of
+    ``PROMPT_GROUP_ROWS`` at a time; up to that many prompts, the bytes of ``write_prompts``."""
+    chunks = _chunks(prompts, PROMPT_GROUP_ROWS)
+    first = next(chunks, [])
+    if not first:
+        pq.write_table(_prompt_table(first), path, compression="zstd")
+        return
+    with pq.ParquetWriter(path, PROMPTS_SCHEMA, compression="zstd") as writer:
+        for chunk in itertools.chain([first], chunks):
+            writer.write_table(_prompt_table(chunk))
+
+
+def _prompt_table(prompts: Sequence[Prompt]) -> pa.Table:
+    columns = prompt_columns(prompts)
+    return pa.table({k: pa.array(columns[k], PROMPTS_SCHEMA.field(k).type) for k in PROMPTS_SCHEMA.names},
+                    schema=PROMPTS_SCHEMA)
+
+
+def _chunks(items: Iterable[Prompt], size: int) -> Iterator[list[Prompt]]:
+    it = iter(items)
+    while chunk := list(itertools.islice(it, size)):
+        yield chunk
+
+
+def same_prompt_files(old: Path, new: Path) -> bool:
+    """True when ``old`` exists and holds the prompts of ``new``: the same ids, in order, with the same
+    metadata (compared as sorted JSON), so it need not be rewritten. Streams both files."""
+    if not old.exists():
         return False
     try:
-        return [_prompt_key(p) for p in read_prompts(path)] == [_prompt_key(p) for p in prompts]
-    except RsftError:
+        with pq.ParquetFile(old) as a, pq.ParquetFile(new) as b:
+            if a.metadata.num_rows != b.metadata.num_rows:
+                return False
+            for x, y in zip(_rows_of(a), _rows_of(b), strict=True):
+                if x[0] != y[0] or (x[1] != y[1] and _sorted_json(x[1]) != _sorted_json(y[1])):
+                    return False
+    except (pa.ArrowInvalid, OSError, ValueError, KeyError, TypeError):  # JSONDecodeError is a ValueError
         return False
+    return True
+
+
+def _rows_of(file: pq.ParquetFile) -> Iterator[tuple[str, str | None]]:
+    """(prompt_id, metadata) of each row, a batch at a time."""
+    for batch in file.iter_batches(4096, columns=["prompt_id", "metadata"]):
+        yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), strict=True)
+
+
+def _sorted_json(metadata: str | None) -> str:
+    return json.dumps(json.loads(metadata or "{}"), ensure_ascii=False, default=str, sort_keys=True)
 
 
 def read_prompts(path: Path) -> list[Prompt]:
-    table = artifacts.read_table(path, "generate")
-    out = []
-    for row in table.to_pylist():
-        value = json.loads(row["prompt"]) if row["is_chat"] else row["prompt"]
-        out.append(Prompt(row["prompt_id"], value, json.loads(row["metadata"] or "{}")))
-    return out
+    return [_to_prompt(row) for row in artifacts.read_table(path, "generate").to_pylist()]
+
+
+def _to_prompt(row: Mapping[str, Any]) -> Prompt:
+    value = json.loads(row["prompt"]) if row["is_chat"] else row["prompt"]
+    return Prompt(row["prompt_id"], value, json.loads(row["metadata"] or "{}"))
+
+
+def read_prompt_ids(path: Path) -> pa.Array:
+    """The ``prompt_id`` column of ``prompts.parquet`` (Arrow strings: no Python object per prompt)."""
+    if not path.exists():
+        artifacts.read_table(path, "generate")  # raises its "missing (run ...)" error
+    try:
+        with pq.ParquetFile(path) as file:
+            return file.read(columns=["prompt_id"]).column(0).combine_chunks()
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        raise RsftError(f"{path}: not a readable Parquet file: {e}") from e
+
+
+class PromptReader:
+    """Prompts of ``prompts.parquet`` a range at a time, read forward in batches (``RowReader``)."""
+
+    def __init__(self, path: Path, batch_rows: int = 4096) -> None:
+        self.rows_of = RowReader(path, PROMPTS_SCHEMA.names, batch_rows)
+
+    def rows(self, first: int, stop: int) -> list[Prompt]:
+        """Prompts ``first`` .. ``stop - 1``."""
+        return [_to_prompt(row) for row in self.rows_of.take(first, stop).to_pylist()]
+
+    def at(self, rows: npt.ArrayLike) -> dict[int, Prompt]:
+        """The prompts at these row numbers (in any order), reading forward."""
+        return {k: _to_prompt(row) for k, row in self.rows_of.at(rows).items()}
+
+    def close(self) -> None:
+        self.rows_of.close()
 
 
 # --- completions ---------------------------------------------------------------------------------
@@ -154,7 +228,8 @@ class CompletionIndex:
     its texts: a stage reads those a shard at a time (``CompletionTexts``) or only where selected."""
 
     path: Path
-    prompt_ids: list[str]
+    prompt_ids: pa.Array
+    """The prompts' ids (Arrow strings), in row order."""
     n: int
     n_tokens: np.ndarray
     """M×N float array; NaN where the backend did not report a count."""
@@ -164,73 +239,113 @@ class CompletionIndex:
         return len(self.prompt_ids), self.n
 
 
-def read_completion_index(path: Path, prompts: Sequence[Prompt]) -> CompletionIndex:
-    """Check ``path`` forms the M×N matrix over ``prompts`` reading only its small columns; same
-    errors as ``read_completions``."""
-    table = _read_columns(path, "generate", ["prompt_id", "sample_idx", "n_tokens"])
-    ids = [p.prompt_id for p in prompts]
-    n = _check_long_form(table, ids, path)
-    return CompletionIndex(path, ids, n, _token_counts(table).reshape(len(ids), n))
+def read_completion_index(path: Path, prompts: Sequence[Prompt] | pa.Array) -> CompletionIndex:
+    """Check ``path`` forms the M×N matrix over ``prompts`` (or their ids, ``read_prompt_ids``),
+    streaming its small columns; same errors as ``read_completions``."""
+    ids = _ids_of(prompts)
+    n, counts = _scan_matrix(path, "generate", ids, "n_tokens")
+    return CompletionIndex(path, ids, n, counts)
 
 
-class CompletionTexts:
-    """Texts of consecutive prompts' rows, read from ``completions.parquet`` in batches as asked.
+def _ids_of(prompts: Sequence[Prompt] | pa.Array) -> pa.Array:
+    if isinstance(prompts, pa.Array):
+        return prompts
+    return pa.array([p.prompt_id for p in prompts], pa.string())
+
+
+class RowReader:
+    """Rows of some columns of a Parquet file, read forward in batches as asked.
 
     Reading forward (shard after shard, gaps allowed) decodes the file once; asking for an earlier
     row starts over. Only the rows between the last request and the next stay in memory.
     """
 
-    def __init__(self, index: CompletionIndex, batch_rows: int = 4096) -> None:
-        self.index, self.batch_rows = index, max(1, batch_rows)
+    def __init__(self, path: Path, columns: Sequence[str], batch_rows: int = 4096) -> None:
+        self.path, self.columns, self.batch_rows = path, list(columns), max(1, batch_rows)
         self._file: pq.ParquetFile | None = None
         self._batches: Iterator[pa.RecordBatch] = iter(())
-        self._buffer: pa.Array = pa.array([], pa.string())
+        self._buffer: pa.Table | None = None
         self._start = 0  # row of the file at self._buffer[0]
 
-    def rows(self, first: int, stop: int) -> list[list[str]]:
-        """Texts of prompts ``first`` .. ``stop - 1`` (a list of N texts each)."""
-        n = self.index.n
-        texts = self._take(first * n, stop * n)
-        return [texts[i * n : (i + 1) * n] for i in range(stop - first)]
+    def take(self, begin: int, end: int) -> pa.Table:
+        """Rows ``begin`` .. ``end - 1`` (fewer where the file ends)."""
+        self._reach(begin, end)
+        assert self._buffer is not None
+        return self._buffer.slice(0, end - begin)
 
-    def at(self, rows: Sequence[int]) -> dict[int, str]:
-        """Texts at these row numbers of the file (in any order), reading it once."""
-        out: dict[int, str] = {}
-        for row in sorted(set(rows)):
-            out[row] = self._take(row, row + 1)[0]
+    def at(self, rows: npt.ArrayLike) -> dict[int, dict[str, Any]]:
+        """The rows at these row numbers (in any order, repeats allowed), reading forward once."""
+        wanted = np.unique(np.asarray(rows, dtype=np.int64))
+        out: dict[int, dict[str, Any]] = {}
+        k = 0
+        while k < len(wanted):
+            self._reach(int(wanted[k]), int(wanted[k]) + 1)
+            assert self._buffer is not None
+            stop = int(np.searchsorted(wanted, self._start + self._buffer.num_rows))
+            if stop == k:
+                raise RsftError(f"{self.path}: has no row {int(wanted[k])}")
+            picked = self._buffer.take(pa.array(wanted[k:stop] - self._start)).to_pylist()
+            out.update(zip(wanted[k:stop].tolist(), picked, strict=True))
+            k = stop
         return out
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
-        self._file, self._batches = None, iter(())
+        self._file, self._batches, self._buffer = None, iter(()), None
 
-    def _take(self, begin: int, end: int) -> list[Any]:
-        if begin < self._start or self._file is None:
+    def _reach(self, begin: int, end: int) -> None:
+        """Make the buffer start at ``begin`` and hold rows up to ``end`` (or the file's end)."""
+        if self._buffer is None or begin < self._start:
             self._restart()
+        assert self._buffer is not None
         try:
-            while self._start + len(self._buffer) < end:
+            while self._start + self._buffer.num_rows < end:
                 batch = next(self._batches, None)
                 if batch is None:
                     break
-                self._buffer = pa.concat_arrays([self._buffer, batch.column(0)])
-                if self._start + len(self._buffer) <= begin:  # skipped rows: drop them as we go
-                    self._start += len(self._buffer)
-                    self._buffer = self._buffer.slice(len(self._buffer))
+                if self._start + self._buffer.num_rows + batch.num_rows <= begin:  # skipped rows: drop them
+                    self._start += self._buffer.num_rows + batch.num_rows
+                    self._buffer = self._buffer.slice(self._buffer.num_rows)
+                    continue
+                self._buffer = pa.concat_tables([self._buffer, pa.Table.from_batches([batch])])
         except (pa.ArrowInvalid, OSError) as e:
-            raise RsftError(f"{self.index.path}: not a readable Parquet file: {e}") from e
-        self._buffer = self._buffer.slice(begin - self._start)
-        self._start = begin
-        return self._buffer.slice(0, end - begin).to_pylist()
+            raise RsftError(f"{self.path}: not a readable Parquet file: {e}") from e
+        skip = min(max(0, begin - self._start), self._buffer.num_rows)
+        self._buffer = self._buffer.slice(skip)
+        self._start += skip
 
     def _restart(self) -> None:
         self.close()
         try:
-            self._file = pq.ParquetFile(self.index.path)
-            self._batches = self._file.iter_batches(batch_size=self.batch_rows, columns=["text"])
-        except (pa.ArrowInvalid, OSError) as e:
-            raise RsftError(f"{self.index.path}: not a readable Parquet file: {e}") from e
-        self._buffer, self._start = pa.array([], pa.string()), 0
+            self._file = pq.ParquetFile(self.path)
+            self._batches = self._file.iter_batches(batch_size=self.batch_rows, columns=self.columns)
+            self._buffer = self._file.schema_arrow.empty_table().select(self.columns)
+        except (pa.ArrowInvalid, OSError, KeyError) as e:
+            raise RsftError(f"{self.path}: not a readable Parquet file: {e}") from e
+        self._start = 0
+
+
+class CompletionTexts:
+    """Texts of consecutive prompts' rows, read from ``completions.parquet`` in batches as asked
+    (a ``RowReader`` of its ``text`` column)."""
+
+    def __init__(self, index: CompletionIndex, batch_rows: int = 4096) -> None:
+        self.index = index
+        self._rows = RowReader(index.path, ["text"], batch_rows)
+
+    def rows(self, first: int, stop: int) -> list[list[str]]:
+        """Texts of prompts ``first`` .. ``stop - 1`` (a list of N texts each)."""
+        n = self.index.n
+        texts = self._rows.take(first * n, stop * n).column(0).to_pylist()
+        return [texts[i * n : (i + 1) * n] for i in range(stop - first)]
+
+    def at(self, rows: npt.ArrayLike) -> dict[int, str]:
+        """Texts at these row numbers of the file (in any order), reading it once."""
+        return {k: row["text"] for k, row in self._rows.at(rows).items()}
+
+    def close(self) -> None:
+        self._rows.close()
 
 
 def _read_columns(path: Path, stage_hint: str, columns: list[str]) -> pa.Table:
@@ -263,6 +378,37 @@ def _check_long_form(table: pa.Table, prompt_ids: Sequence[str], path: Path) -> 
     return n
 
 
+def _scan_matrix(path: Path, stage_hint: str, prompt_ids: pa.Array, column: str) -> tuple[int, np.ndarray]:
+    """``_check_long_form`` a batch at a time, and ``column`` as the M×N float matrix (NaN where null):
+    the file's ids and texts are never all in memory."""
+    if not path.exists():
+        artifacts.read_table(path, stage_hint)  # raises its "missing (run ...)" error
+    m = len(prompt_ids)
+    try:
+        with pq.ParquetFile(path) as file:
+            rows = file.metadata.num_rows
+            if m == 0 or rows % m:
+                raise RsftError(f"{path}: {rows} rows do not form a matrix over {m} prompts")
+            n = rows // m
+            values = np.empty(rows, dtype=float)
+            start = 0
+            for batch in file.iter_batches(8192, columns=["prompt_id", "sample_idx", column]):
+                at = np.arange(start, start + batch.num_rows)
+                ids, idx = batch.column(0), batch.column(1).to_numpy(zero_copy_only=False)
+                if not ids.equals(prompt_ids.take(pa.array(at // n))) or not np.array_equal(idx, at % n):
+                    raise RsftError(f"{path}: rows do not match prompts.parquet (regenerate this round)")
+                values[start : start + batch.num_rows] = _floats(batch.column(2))
+                start += batch.num_rows
+    except (pa.ArrowInvalid, OSError) as e:
+        raise RsftError(f"{path}: not a readable Parquet file: {e}") from e
+    return n, values.reshape(m, n)
+
+
+def _floats(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A numeric column as floats, NaN where null."""
+    return np.asarray(column.cast(pa.float64()).fill_null(np.nan).to_numpy(), dtype=float)
+
+
 # --- rewards -------------------------------------------------------------------------------------
 
 
@@ -272,3 +418,9 @@ def read_rewards(path: Path, prompt_ids: Sequence[str]) -> tuple[np.ndarray, pa.
     n = _check_long_form(table, prompt_ids, path)
     rewards = table.column("reward").to_numpy(zero_copy_only=False).astype(float)
     return rewards.reshape(len(prompt_ids), n), table
+
+
+def read_reward_matrix(path: Path, prompt_ids: Sequence[str] | pa.Array) -> np.ndarray:
+    """The reward matrix R of ``read_rewards``, streaming only its ids, indices and rewards."""
+    ids = prompt_ids if isinstance(prompt_ids, pa.Array) else pa.array(list(prompt_ids), pa.string())
+    return _scan_matrix(path, "score", ids, "reward")[1]

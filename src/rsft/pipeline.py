@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,7 @@ from rsft.config import GenerationConfig, PromptsConfig, RunConfig, ScoringConfi
 from rsft.errors import RsftError
 from rsft.executor import Executor, make_executor
 from rsft.generate import BACKENDS, Generator, make_generator
-from rsft.prompts import FieldMap, TaskSpec, load_prompts, task_prompts
+from rsft.prompts import FieldMap, TaskSpec, open_prompts, task_prompts
 from rsft.score import Scorer, as_scorer
 from rsft.types import Prompt
 
@@ -31,6 +31,12 @@ def round_dir(config: RunConfig, index: int = 0) -> Path:
 
 def load_prompt_set(config: PromptsConfig) -> list[Prompt]:
     """The prompts of a run: a reasoning-gym task, or a file/folder with a field mapping."""
+    return list(open_prompt_set(config))
+
+
+def open_prompt_set(config: PromptsConfig) -> Iterable[Prompt]:
+    """``load_prompt_set``, with a file's prompts read as they are used (``rsft.prompts.open_prompts``):
+    the config and the file are checked now, each row when it is reached."""
     if config.task is not None and config.path is not None:
         raise RsftError("prompts: give either 'path' or 'task', not both")
     if config.task is not None:
@@ -42,7 +48,7 @@ def load_prompt_set(config: PromptsConfig) -> list[Prompt]:
     if config.path is None:
         raise RsftError("prompts: give a 'path' (JSONL/Parquet/CSV/datasets folder) or a reasoning-gym 'task'")
     fields = FieldMap(prompt=config.prompt_field, messages=config.messages_field, answer=config.answer_field)
-    return load_prompts(config.path, fields, split=config.split)
+    return open_prompts(config.path, fields, split=config.split)
 
 
 def build_generator(config: GenerationConfig, round_dir: Path | None = None) -> Generator:
@@ -108,7 +114,7 @@ def run_round(
     index: int = 0,
     generator: Generator | None = None,
     scorer: Any = None,
-    prompts: list[Prompt] | None = None,
+    prompts: Iterable[Prompt] | None = None,
     quiet: bool = False,
     write_config: bool = True,
     new_version: bool = False,
@@ -123,7 +129,7 @@ def run_round(
         artifacts.write_text(config.run_dir / artifacts.CONFIG, dump_config(config))
     out = round_dir(config, index)
 
-    prompts = prompts if prompts is not None else load_prompt_set(config.prompts)
+    prompts = prompts if prompts is not None else open_prompt_set(config.prompts)  # streamed into prompts.parquet
     if generator is None:
         check_backends(config.generation)
     executor = make_executor(config.executor, config.ray)

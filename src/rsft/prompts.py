@@ -7,11 +7,15 @@ across rounds, files and machines, and artifacts of different stages join on it.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+from array import array
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from rsft import artifacts
 from rsft.errors import RsftError, where
@@ -44,15 +48,42 @@ class FieldMap:
 
 def load_prompts(path: str | Path, fields: FieldMap | None = None, split: str | None = None) -> list[Prompt]:
     """Load prompts from a ``.jsonl``/``.json``, ``.parquet``, ``.csv`` file or a saved ``datasets`` folder."""
+    return list(open_prompts(path, fields, split))
+
+
+def open_prompts(path: str | Path, fields: FieldMap | None = None, split: str | None = None) -> Iterator[Prompt]:
+    """``load_prompts`` one prompt at a time, for sets too large to hold as ``Prompt`` objects.
+
+    A missing file or an unknown file type fails here; a bad row fails when it is reached, and a
+    repeated prompt or an empty file after the last row (the same errors as ``load_prompts``).
+    JSONL and Parquet are read a batch at a time; CSV and ``datasets`` folders are read whole.
+    """
     fields = fields or FieldMap()
     path = Path(path)
     if not path.exists():
         raise RsftError(f"{path}: no such file or folder")
-    prompts = [row_to_prompt(row, fields, path, line) for line, row in _read_rows(path, split)]
-    if not prompts:
-        raise RsftError(f"{path}: no prompts")
-    check_unique(prompts, path)
-    return prompts
+    return _unique_prompts((row_to_prompt(row, fields, path, line) for line, row in _read_rows(path, split)), path)
+
+
+def _unique_prompts(prompts: Iterator[Prompt], source: object) -> Iterator[Prompt]:
+    """Pass the prompts on, keeping 8 bytes of each id; after the last, ``check_unique``'s error for
+    the first repeat, or an error if there were none."""
+    seen = array("Q")
+    for p in prompts:
+        seen.append(int(p.prompt_id, 16))  # prompt_id: 16 hex digits
+        yield p
+    if not seen:
+        raise RsftError(f"{source}: no prompts")
+    ids = np.frombuffer(seen, dtype=np.uint64)
+    order = np.argsort(ids, kind="stable")
+    repeats = order[1:][ids[order][1:] == ids[order][:-1]]
+    if len(repeats):
+        second = int(repeats.min())
+        first = int(np.flatnonzero(ids == ids[second])[0])
+        raise RsftError(
+            f"{source}: rows {first + 1} and {second + 1} hold the same prompt (id {int(ids[second]):016x}); "
+            "remove duplicates or vary them"
+        )
 
 
 def check_unique(prompts: Sequence[Prompt], source: object) -> None:
@@ -67,34 +98,43 @@ def check_unique(prompts: Sequence[Prompt], source: object) -> None:
 
 
 def _read_rows(path: Path, split: str | None) -> Iterator[tuple[int, Mapping[str, Any]]]:
-    """Yield (1-based line or row number, row dict)."""
+    """(1-based line or row number, row dict) of each row; an unknown or unreadable file fails here."""
     if path.is_dir():
-        yield from enumerate(_read_hf_folder(path, split), start=1)
-        return
+        return enumerate(_read_hf_folder(path, split), start=1)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        yield from artifacts.read_jsonl(path)
-    elif suffix in (".parquet", ".csv"):
-        yield from enumerate(_read_table(path, suffix), start=1)
-    else:
-        raise RsftError(f"{path}: unknown prompt file type {suffix!r} (use .jsonl, .parquet, .csv or a datasets folder)")
+        return artifacts.read_jsonl(path)
+    if suffix in (".parquet", ".csv"):
+        return enumerate(_read_table(path, suffix), start=1)
+    raise RsftError(f"{path}: unknown prompt file type {suffix!r} (use .jsonl, .parquet, .csv or a datasets folder)")
 
 
-def _read_table(path: Path, suffix: str) -> list[dict[str, Any]]:
+def _read_table(path: Path, suffix: str) -> Iterator[dict[str, Any]]:
+    """The rows of a Parquet file (read a batch at a time) or a CSV file (read whole)."""
     import pyarrow as pa
 
     try:
         if suffix == ".parquet":
             import pyarrow.parquet as pq
 
-            table = pq.read_table(path)
-        else:
-            import pyarrow.csv as pacsv
+            batches = pq.ParquetFile(path).iter_batches(batch_size=4096)
+            first = next(batches, None)  # a file that is no Parquet fails on open or here
+            return _batch_rows(path, itertools.chain([first] if first is not None else [], batches))
+        import pyarrow.csv as pacsv
 
-            table = pacsv.read_csv(path)
+        return iter(pacsv.read_csv(path).to_pylist())
     except (pa.ArrowInvalid, OSError) as e:
         raise RsftError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
-    return table.to_pylist()
+
+
+def _batch_rows(path: Path, batches: Iterator[Any]) -> Iterator[dict[str, Any]]:
+    import pyarrow as pa
+
+    try:
+        for batch in batches:
+            yield from batch.to_pylist()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise RsftError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
 
 
 def _read_hf_folder(path: Path, split: str | None) -> list[dict[str, Any]]:

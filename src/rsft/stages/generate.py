@@ -1,14 +1,15 @@
 """The generate stage: ``config.n`` completions per prompt into ``completions.parquet``.
 
 ``prompts.parquet`` holds the round's prompts; generation runs in shards of ``shard_size`` prompts
-(``rsft.stages.shards``), shard ``s`` sampling with seed offset ``1009 * s``.
+(``rsft.stages.shards``), shard ``s`` sampling with seed offset ``1009 * s``. Prompts are streamed
+into that file and read back a shard at a time, so memory does not grow with their number.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from rsft.executor import Executor, LocalExecutor
 from rsft.generate import Generator, generator_gpus
 from rsft.progress import progress
 from rsft.shard_job import ShardResult
-from rsft.stages.shards import finish_shards, run_shards, shard_dir
+from rsft.stages.shards import finish_shards, hash_with_ids, run_shards
 from rsft.types import Prompt, SamplingParams
 
 
@@ -31,23 +32,28 @@ def generate(
     round_dir: Path,
     config: GenerationConfig,
     make_generator: Callable[[], Generator],
-    prompts: Sequence[Prompt] | None = None,
+    prompts: Iterable[Prompt] | None = None,
     new_version: bool = False,
     executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Sample ``config.n`` completions per prompt into ``completions.parquet``.
 
-    ``prompts`` (when given) are written to ``prompts.parquet`` first; otherwise the round's
-    existing prompts are used. The generator is only built when a shard is actually missing, by
-    ``executor`` (default: this process; ``ray``: once per actor, so ``make_generator`` must pickle).
+    ``prompts`` (when given: a list, or any iterable such as ``rsft.prompts.open_prompts``) are
+    streamed into ``prompts.parquet`` first; otherwise the round's existing prompts are used. Each
+    shard's prompts are read from that file when its task is made. The generator is only built when
+    a shard is actually missing, by ``executor`` (default: this process; ``ray``: once per actor, so
+    ``make_generator`` must pickle).
     """
     plan = plan_generation(round_dir, config, prompts, new_version)
     if isinstance(plan, dict):
         return plan
     job = GenerationShards(make_generator, config.n, gpus=generation_gpus(config))
-    with progress(len(plan.prompts), "generate", unit="prompt") as bar:
-        made = run_shards(plan.shard_dir, plan.count, job, plan.task, matrix.COMPLETIONS_SCHEMA,
-                          executor or LocalExecutor(), lambda r: bar.update(r.units))
+    try:
+        with progress(plan.m, "generate", unit="prompt") as bar:
+            made = run_shards(plan.shard_dir, plan.count, job, plan.task, matrix.COMPLETIONS_SCHEMA,
+                              executor or LocalExecutor(), lambda r: bar.update(r.units))
+    finally:
+        plan.prompts.close()
     return finish_generation(round_dir, plan, made)
 
 
@@ -56,21 +62,27 @@ class GenerationPlan:
     """What a generate stage that has work to do will write, and where its shards go."""
 
     config: GenerationConfig
-    prompts: list[Prompt]
+    m: int
+    """The number of prompts."""
+    prompts: matrix.PromptReader
+    """``prompts.parquet``, read a shard at a time as tasks are made."""
     stage_config: dict[str, Any]
+    """The ``generation`` config recorded in the manifest."""
     shard_dir: Path
     digest: str
     count: int
     started: float
 
     def task(self, s: int) -> tuple[list[Prompt], SamplingParams]:
-        """Shard ``s``: its prompts and sampling settings (seed offset 1009 * s)."""
+        """Shard ``s``: its prompts (rows ``s * shard_size`` up to the next shard's first) and
+        sampling settings (seed offset 1009 * s)."""
         size = max(1, self.config.shard_size)
-        return self.prompts[s * size : (s + 1) * size], sampling_params(self.config, seed_offset=1009 * s)
+        chunk = self.prompts.rows(s * size, min(self.m, (s + 1) * size))
+        return chunk, sampling_params(self.config, seed_offset=1009 * s)
 
 
 def plan_generation(
-    round_dir: Path, config: GenerationConfig, prompts: Sequence[Prompt] | None, new_version: bool
+    round_dir: Path, config: GenerationConfig, prompts: Iterable[Prompt] | None, new_version: bool
 ) -> GenerationPlan | dict[str, Any]:
     """Check the config, write the prompts; the finished stage's counts when it is current, else the plan."""
     started = time.time()
@@ -80,19 +92,37 @@ def plan_generation(
         raise RsftError(f"generation.sampling: {e}") from None
     if config.n < 1:
         raise RsftError(f"generation.n: must be >= 1, got {config.n}")
-    if prompts is not None and not matrix.same_prompts(round_dir / artifacts.PROMPTS, prompts):
-        artifacts.guard_outputs(round_dir, "generate", None, new_version, why="the prompts changed")
-        matrix.write_prompts(round_dir / artifacts.PROMPTS, prompts)
-    prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
-    stage_config = {"generation": asdict(config), "prompt_ids": [p.prompt_id for p in prompts]}
-    done = artifacts.stage_is_current(round_dir, "generate", stage_config["generation"], [artifacts.PROMPTS],
-                                      [artifacts.COMPLETIONS])
+    path = round_dir / artifacts.PROMPTS
+    if prompts is not None:
+        update_prompts(path, prompts, lambda: artifacts.guard_outputs(round_dir, "generate", None, new_version,
+                                                                      why="the prompts changed"))
+    ids = matrix.read_prompt_ids(path)
+    generation = asdict(config)
+    done = artifacts.stage_is_current(round_dir, "generate", generation, [artifacts.PROMPTS], [artifacts.COMPLETIONS])
     if done:
         return {**done["counts"], "shards_generated": 0, "reused": True}
-    artifacts.guard_outputs(round_dir, "generate", stage_config["generation"], new_version)
-    folder, digest = shard_dir(round_dir, "completions", stage_config)
-    count = math.ceil(len(prompts) / max(1, config.shard_size))
-    return GenerationPlan(config, list(prompts), stage_config, folder, digest, count, started)
+    artifacts.guard_outputs(round_dir, "generate", generation, new_version)
+    digest = hash_with_ids({"generation": generation}, "prompt_ids", ids)
+    count = math.ceil(len(ids) / max(1, config.shard_size))
+    return GenerationPlan(config, len(ids), matrix.PromptReader(path), generation,
+                          round_dir / artifacts.SHARDS / f"completions-{digest}", digest, count, started)
+
+
+class _Unchanged(Exception):
+    """The new prompts equal those of ``prompts.parquet``: keep that file as it is."""
+
+
+def update_prompts(path: Path, prompts: Iterable[Prompt], before_replace: Callable[[], None]) -> None:
+    """Stream ``prompts`` into ``path`` unless it already holds them (same ids and metadata, in order:
+    ``matrix.same_prompt_files``); ``before_replace`` runs first when it does not (it may refuse)."""
+    try:
+        with artifacts.atomic_path(path) as tmp:
+            matrix.write_prompt_file(tmp, prompts)
+            if matrix.same_prompt_files(path, tmp):
+                raise _Unchanged
+            before_replace()
+    except _Unchanged:
+        pass
 
 
 def finish_generation(round_dir: Path, plan: GenerationPlan, made: int) -> dict[str, Any]:
@@ -104,9 +134,9 @@ def finish_generation(round_dir: Path, plan: GenerationPlan, made: int) -> dict[
         total["tokens"] += int(np.nansum(np.array(table.column("n_tokens").to_pylist(), dtype=float)))
 
     finish_shards(plan.shard_dir, plan.count, matrix.COMPLETIONS_SCHEMA, round_dir / artifacts.COMPLETIONS, count)
-    counts = {"prompts": len(plan.prompts), "n": plan.config.n, "completions": total["completions"],
+    counts = {"prompts": plan.m, "n": plan.config.n, "completions": total["completions"],
               "shards_generated": made, "tokens": total["tokens"]}
-    artifacts.record_stage(round_dir, "generate", config=plan.stage_config["generation"], inputs=[artifacts.PROMPTS],
+    artifacts.record_stage(round_dir, "generate", config=plan.stage_config, inputs=[artifacts.PROMPTS],
                            outputs=[artifacts.COMPLETIONS], started=plan.started, counts=counts,
                            extra={"shard_key": plan.digest})
     return counts

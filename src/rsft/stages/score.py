@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from rsft.stages.generate import (
     generation_gpus,
     plan_generation,
 )
-from rsft.stages.shards import finish_shards, missing_shards, run_shards, shard_dir, shard_path
+from rsft.stages.shards import LazyTasks, finish_shards, missing_shards, run_shards, shard_dir, shard_path
 from rsft.types import Prompt, SamplingParams
 
 
@@ -48,8 +48,8 @@ def score(
     started = time.time()
     scorer = as_scorer(scorer)
     check_on_error(config)
-    prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
-    comps = matrix.read_completion_index(round_dir / artifacts.COMPLETIONS, prompts)
+    ids = matrix.read_prompt_ids(round_dir / artifacts.PROMPTS)
+    comps = matrix.read_completion_index(round_dir / artifacts.COMPLETIONS, ids)
     m, n = comps.shape
     stage_config = {"scoring": {**asdict(config), "scorer_name": scorer.name},
                     "completions": artifacts.file_sha256(round_dir / artifacts.COMPLETIONS)}
@@ -60,11 +60,12 @@ def score(
     artifacts.guard_outputs(round_dir, "score", stage_config["scoring"], new_version)
     folder, digest = shard_dir(round_dir, "rewards", stage_config)
     size = max(1, shard_size)
+    prompts = matrix.PromptReader(round_dir / artifacts.PROMPTS, batch_rows=max(size, 4096))
     texts = matrix.CompletionTexts(comps, batch_rows=size * n)
 
     def task(s: int) -> tuple[list[Prompt], list[list[str]]]:
         first, stop = s * size, min(m, (s + 1) * size)
-        return prompts[first:stop], texts.rows(first, stop)
+        return prompts.rows(first, stop), texts.rows(first, stop)
 
     padding: dict[str, int] = {}
 
@@ -81,10 +82,11 @@ def score(
                               on_result, done=scored)
         finally:
             texts.close()
+            prompts.close()
     failed = [0]
     finish_shards(folder, count, matrix.REWARDS_SCHEMA, round_dir / artifacts.REWARDS,
                   lambda table: failed.append(sum(table.column("failed").to_pylist())))
-    R, _ = matrix.read_rewards(round_dir / artifacts.REWARDS, comps.prompt_ids)
+    R = matrix.read_reward_matrix(round_dir / artifacts.REWARDS, ids)
     summary = stats.reward_stats(R, comps.n_tokens, pass_threshold=config.pass_threshold)
     summary["failed_pairs"] = int(sum(failed))
     if padding.get("padded_tokens"):
@@ -158,7 +160,7 @@ def generate_and_score(
     round_dir: Path,
     generation: GenerationConfig,
     make_generator: Callable[[], Generator],
-    prompts: Sequence[Prompt] | None,
+    prompts: Iterable[Prompt] | None,
     scoring: ScoringConfig,
     scorer: Any,
     executor: Executor,
@@ -199,9 +201,12 @@ def _stream_generation(round_dir: Path, plan: GenerationPlan, make_generator: Ca
         made += 1
         bar.update(result.units)
 
-    with progress(len(plan.prompts), "generate+score", unit="prompt") as bar:
-        tasks = [(s, plan.task(s)) for s in missing_shards(plan.shard_dir, plan.count)]
-        executor.run_stream(gen_job, score_job, tasks, on_generated, scored.__setitem__)
-        run_shards(plan.shard_dir, plan.count, gen_job, plan.task, matrix.COMPLETIONS_SCHEMA,
-                   executor, lambda r: None)
+    with progress(plan.m, "generate+score", unit="prompt") as bar:
+        try:
+            tasks = LazyTasks(missing_shards(plan.shard_dir, plan.count), plan.task)
+            executor.run_stream(gen_job, score_job, tasks, on_generated, scored.__setitem__)
+            run_shards(plan.shard_dir, plan.count, gen_job, plan.task, matrix.COMPLETIONS_SCHEMA,
+                       executor, lambda r: None)
+        finally:
+            plan.prompts.close()
     return finish_generation(round_dir, plan, made)

@@ -1,64 +1,117 @@
-"""The select stage: completions picked from the reward matrix into ``selection.parquet`` (no model calls)."""
+"""The select stage: completions picked from the reward matrix into ``selection.parquet`` (no model calls).
+
+It holds the M×N reward matrix (8 bytes a pair) and the picks as arrays; prompt ids stay Arrow
+strings and completion texts (for ``dedup``) are read a block of prompts at a time.
+"""
 
 from __future__ import annotations
 
-import math
+import itertools
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from rsft import artifacts, matrix
 from rsft import select as selectors
 from rsft.config import SelectionConfig
 
+DEDUP_BLOCK = 4096
+"""Prompts whose completion texts are in memory at once while ``dedup`` masks repeats."""
+
 
 def select_completions(round_dir: Path, config: SelectionConfig) -> dict[str, Any]:
     """Pick completions from the reward matrix into ``selection.parquet`` (no model calls)."""
     started = time.time()
-    prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
-    ids = [p.prompt_id for p in prompts]
-    R, _ = matrix.read_rewards(round_dir / artifacts.REWARDS, ids)
+    ids = matrix.read_prompt_ids(round_dir / artifacts.PROMPTS)
+    m = len(ids)
+    R = matrix.read_reward_matrix(round_dir / artifacts.REWARDS, ids)
     R, nans, infs = selectors.mask_non_finite(R)  # NaN and +-inf from a scorer are never picked: counted
-    no_finite = int(np.count_nonzero(~(R > -np.inf).any(axis=1))) if R.shape[1] else len(prompts)
-    texts = matrix.read_completions(round_dir / artifacts.COMPLETIONS, prompts).texts if config.dedup else None
-    cols: dict[str, list[Any]] = {name: [] for name in matrix.SELECTION_SCHEMA.names}
-
-    def add(i: int, j: int, rank: int, role: str, pair: int) -> None:
-        for key, value in zip(cols, (ids[i], j, float(R[i, j]), rank, role, pair), strict=True):
-            cols[key].append(value)
+    no_finite = int(np.count_nonzero(~(R > -np.inf).any(axis=1))) if R.shape[1] else m
+    Rs = selectors.apply_mask(R, dedup_mask(round_dir, ids)) if config.dedup else R
 
     if config.strategy == "dpo_pairs":
-        Rs = selectors.apply_mask(R, selectors.dedup_mask(texts)) if texts is not None else R
-        for p, (i, chosen, rejected) in enumerate(selectors.dpo_pairs(Rs, min_margin=config.threshold or 0.0)):
-            add(i, chosen, 2 * p, "chosen", p)
-            add(i, rejected, 2 * p + 1, "rejected", p)
-        kept_rows = len(set(cols["prompt_id"]))
+        triples = np.concatenate([_offset(selectors.dpo_pairs(block, min_margin=config.threshold or 0.0), start, 3)
+                                  for start, block in _blocks(Rs)])
+        rows, samples = np.repeat(triples[:, 0], 2), triples[:, 1:].reshape(-1)
+        roles = np.tile(np.array(["chosen", "rejected"]), len(triples))
+        pairs = np.repeat(np.arange(len(triples)), 2)
+        without_pick = None
     else:
-        picked = selectors.select(R, config.strategy, k=config.k, threshold=config.threshold, texts=texts,
-                                  dedup=config.dedup, beta=config.beta, seed=config.seed)
-        for rank, (i, j) in enumerate(picked.pairs):
-            add(i, j, rank, "keep", rank)
-        kept_rows = len(prompts) - picked.n_rows_without_pick
-    artifacts.write_table(round_dir / artifacts.SELECTION, cols, matrix.SELECTION_SCHEMA)
-    counts = {"selected": len(cols["prompt_id"]), "prompts_with_pick": kept_rows, "prompts": len(prompts),
+        rows, samples, without_pick = _select(Rs, config)
+        roles, pairs = np.full(len(rows), "keep"), np.arange(len(rows))
+    picked_ids = ids.take(pa.array(rows, pa.int64()))
+    rewards = R[rows, samples]
+    artifacts.write_table(round_dir / artifacts.SELECTION,
+                          {"prompt_id": picked_ids, "sample_idx": samples, "reward": rewards,
+                           "rank": np.arange(len(rows)), "role": roles, "pair": pairs},
+                          matrix.SELECTION_SCHEMA)
+    kept_rows = len(pc.unique(picked_ids)) if without_pick is None else m - without_pick
+    counts = {"selected": len(rows), "prompts_with_pick": kept_rows, "prompts": m,
               "nan_rewards": nans, "inf_rewards": infs, "prompts_without_finite_reward": no_finite,
-              "mean_selected_reward": _mean(cols["reward"])}
+              "mean_selected_reward": _mean(rewards)}
     if nans or infs:
         warn(f"{nans} NaN and {infs} infinite rewards were counted as -inf (never selected); "
-             f"{no_finite} of {len(prompts)} prompts have no finite reward and give no selection")
+             f"{no_finite} of {m} prompts have no finite reward and give no selection")
     artifacts.record_stage(round_dir, "select", config=asdict(config), inputs=[artifacts.REWARDS],
                            outputs=[artifacts.SELECTION], started=started, counts=counts)
     return counts
 
 
-def _mean(values: Sequence[float]) -> float | None:
-    finite = [v for v in values if math.isfinite(v)]
-    return sum(finite) / len(finite) if finite else None
+ROW_WISE = ("best", "threshold", "k_per_prompt", "dpo_pairs")
+"""Strategies that pick within each row alone: run ``SELECT_BLOCK`` rows at a time (the same picks),
+so their lists of picks stay small; ``top_k`` (global) and ``rso`` (one seeded stream) take R whole."""
+SELECT_BLOCK = 8192
+
+
+def _blocks(R: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    return [(start, R[start : start + SELECT_BLOCK]) for start in range(0, max(1, len(R)), SELECT_BLOCK)]
+
+
+def _offset(picks: list[tuple[int, ...]], start: int, width: int) -> np.ndarray:
+    """Picks of a block of rows as an array, their rows made rows of R."""
+    out = np.array(picks, dtype=np.int64).reshape(-1, width)
+    out[:, 0] += start
+    return out
+
+
+def _select(R: np.ndarray, config: SelectionConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """``selectors.select``'s picks as (rows, columns) arrays, and the rows without a pick."""
+    picks, without = [], 0
+    for start, block in _blocks(R) if config.strategy in ROW_WISE else [(0, R)]:
+        picked = selectors.select(block, config.strategy, k=config.k, threshold=config.threshold,
+                                  beta=config.beta, seed=config.seed)
+        picks.append(_offset(picked.pairs, start, 2))
+        without += picked.n_rows_without_pick
+    rows, cols = np.concatenate(picks).T
+    return rows, cols, without
+
+
+def dedup_mask(round_dir: Path, ids: pa.Array) -> np.ndarray:
+    """``rsft.select.dedup_mask`` of the round's completion texts, read ``DEDUP_BLOCK`` prompts at a time."""
+    comps = matrix.read_completion_index(round_dir / artifacts.COMPLETIONS, ids)
+    m, n = comps.shape
+    texts = matrix.CompletionTexts(comps, batch_rows=DEDUP_BLOCK * n)
+    try:
+        blocks = [selectors.dedup_mask(texts.rows(a, min(m, a + DEDUP_BLOCK))).reshape(-1, n)
+                  for a in range(0, m, DEDUP_BLOCK)]
+    finally:
+        texts.close()
+    return np.concatenate(blocks)
+
+
+def _mean(values: np.ndarray) -> float | None:
+    """The mean of the finite values, summed one by one in order as Python's ``sum`` of a list does."""
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return None
+    chunks = (finite[k : k + 65536].tolist() for k in range(0, len(finite), 65536))
+    return sum(itertools.chain.from_iterable(chunks)) / len(finite)
 
 
 def warn(message: str) -> None:
