@@ -1,25 +1,27 @@
-"""The ``ray`` executor: shards as Ray Data ``map_batches`` over actor pools (``pip install 'rsft[ray]'``).
+"""The ``ray`` executor: shards on pools of Ray actors (``pip install 'rsft[ray]'``).
 
-Each missing shard is one row (its task, pickled) of a dataset with one block per shard; a pool of
-actors (``ActorPoolStrategy``) runs the stage's ``ShardJob``: each actor builds its generator or
-scorer once, then computes one shard per call. Results stream back to the driver, which writes
-each shard atomically as it arrives: the shard folder needs no shared storage, an interrupted run
-resumes at the first missing shard, and the artifacts equal the local executor's.
+Each role (``generate``, ``score``) gets a pool of actors (``RayConfig``); each actor sets its
+``ShardJob`` up once (builds its generator or scorer), then computes one shard per call. The
+driver makes each shard's task only when an actor has room for it (two shards per actor in flight),
+so a stage of any size holds a few shards' inputs, not its whole task list. Results come back to
+the driver, which writes each shard atomically as it arrives: the shard folder needs no shared
+storage, an interrupted run resumes at the first missing shard, and the artifacts equal the local
+executor's.
 
-Fault tolerance is Ray Data's: an actor that dies (node lost, ``ray.kill``) is restarted and its
-in-flight shards are retried on it (its actor pools default to ``max_restarts=-1`` and
-``max_task_retries=-1``); an RsftError of the job itself (a bad scorer, a generator returning the
-wrong shape) fails the stage with the job's own one-line message.
+Fault tolerance is Ray's: an actor that dies (node lost, ``ray.kill``) is restarted and its
+in-flight shards are retried on it (``max_restarts=-1``, ``max_task_retries=-1``); an RsftError of
+the job itself (a bad scorer, a generator returning the wrong shape) fails the stage with the
+job's own one-line message.
 
-``run_stream`` chains a generator pool and a scorer pool in one pipeline, so shard k is scored
-while shard k+1 generates.
+``run_stream`` chains a generator pool and a scorer pool, so shard k is scored while shard k+1
+generates; a generated shard goes from its generator actor to a scorer actor without the driver.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from rsft.config import ActorPoolConfig, RayConfig
@@ -37,46 +39,32 @@ def import_ray() -> Any:
     return ray
 
 
-def _run_one(job: Any, task: Any) -> tuple[bytes, str]:
-    """One shard on a worker: (pickled result, "") or (b"", the RsftError's message).
+def _run_one(job: Any, task: Any) -> tuple[Any, str]:
+    """One shard on a worker: (result, "") or (None, the RsftError's message).
 
     A job's RsftError travels back as data: Ray would bury its one-line message in a traceback.
     """
     try:
-        return pickle.dumps(job.run(task)), ""
+        return job.run(task), ""
     except RsftError as e:
-        return b"", str(e) or type(e).__name__
+        return None, str(e) or type(e).__name__
 
 
 class _ShardWorker:
-    """A Ray Data actor: sets its job up once (loads the model), then computes one shard per row."""
+    """A Ray actor: sets its job up once (loads the model), then computes one shard per call."""
 
     def __init__(self, job: ShardJob) -> None:
         self.job = job
         self.error = _setup(job)
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        out = [_run_one(self.job, pickle.loads(t)) if not self.error else (b"", self.error) for t in batch["task"]]
-        return {"shard": list(batch["shard"]), "task": list(batch["task"]),
-                "result": [r for r, _ in out], "error": [e for _, e in out]}
+    def run(self, task: Any) -> tuple[Any, str]:
+        return (None, self.error) if self.error else _run_one(self.job, task)
 
-
-class _StreamScoreWorker:
-    """A scorer actor of the overlapped pipeline: scores each generated shard as it comes."""
-
-    def __init__(self, job: Any) -> None:
-        self.job = job
-        self.error = _setup(job)
-
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        out = []
-        for task, result, error in zip(batch["task"], batch["result"], batch["error"], strict=True):
-            if error or self.error:
-                out.append((b"", error or self.error))
-            else:
-                out.append(_run_one(self.job, self.job.task_from_generation(pickle.loads(task), pickle.loads(result))))
-        return {"shard": list(batch["shard"]), "generated": list(batch["result"]),
-                "scored": [r for r, _ in out], "error": [e for _, e in out]}
+    def score_generated(self, task: Any, generated: Any, generation_error: str) -> tuple[Any, str]:
+        """Score a shard of the overlapped pipeline from its generation task and output."""
+        if generation_error or self.error:
+            return None, generation_error or self.error
+        return _run_one(self.job, self.job.task_from_generation(task, generated))
 
 
 def _setup(job: Any) -> str:
@@ -86,6 +74,42 @@ def _setup(job: Any) -> str:
     except RsftError as e:
         return str(e) or type(e).__name__
     return ""
+
+
+IN_FLIGHT = 2
+"""Shards queued per actor: one running, one ready to start when it finishes."""
+
+
+def _feed(ray: Any, tasks: Iterator[tuple[int, Any]], pools: list[list[Any]],
+          submit: Callable[[list[Any], Any], Any], finish: Callable[[int, Any], None],
+          wait_on: Callable[[Any], Any] = lambda refs: refs) -> None:
+    """Run ``tasks`` on actors, taking each task from the iterator only when every pool has an
+    actor with room (``IN_FLIGHT`` shards each): ``submit(actors, task)`` (one actor per pool)
+    returns the shard's refs, and ``finish(shard, refs)`` runs on the driver once ``wait_on(refs)``
+    is ready, in the order shards finish."""
+    free = [[actor for actor in pool for _ in range(IN_FLIGHT)] for pool in pools]
+    pending: dict[Any, tuple[int, Any, list[Any]]] = {}
+    while True:
+        while all(free) and (item := next(tasks, None)) is not None:
+            shard, task = item
+            used = [lane.pop(0) for lane in free]
+            refs = submit(used, task)
+            pending[wait_on(refs)] = (shard, refs, used)
+        if not pending:
+            return
+        [ready], _ = ray.wait(list(pending), num_returns=1)
+        shard, refs, used = pending.pop(ready)
+        for lane, actor in zip(free, used, strict=True):
+            lane.append(actor)
+        finish(shard, refs)
+
+
+def _value(out: tuple[Any, str]) -> Any:
+    """A worker's result; its RsftError, carried back as data, raised on the driver as the same one line."""
+    result, error = out
+    if error:
+        raise RsftError(error)
+    return result
 
 
 class RayExecutor:
@@ -110,12 +134,12 @@ class RayExecutor:
         if not tasks:
             return
         self._connect()
-        actors = min(len(tasks), getattr(self.config, job.role).actors)
-        pool = self.pool_options(job, actors, actors)
-        ds = self._dataset(tasks).map_batches(_ShardWorker, fn_constructor_kwargs={"job": job}, **pool)
-        for row in ds.iter_rows():
-            _raise_error(row)
-            on_done(int(row["shard"]), pickle.loads(row["result"]))
+        actors = self._pool(job, min(len(tasks), getattr(self.config, job.role).actors), 0)
+        try:
+            _feed(self.ray, iter(tasks), [actors], lambda used, task: used[0].run.remote(task),
+                  lambda s, ref: on_done(s, _value(self.ray.get(ref))))
+        finally:
+            self._release(actors)
 
     def run_stream(self, generate: ShardJob, score: StreamedScoring, tasks: Tasks, on_generated: OnDone,
                    on_scored: OnDone) -> None:
@@ -124,27 +148,38 @@ class RayExecutor:
         if not tasks:
             return
         self._connect()
-        generators = min(len(tasks), self.config.generate.actors)
-        scorers = min(len(tasks), self.config.score.actors)
-        ds = (self._dataset(tasks)
-              .map_batches(_ShardWorker, fn_constructor_kwargs={"job": generate},
-                           **self.pool_options(generate, generators, generators + scorers))
-              .map_batches(_StreamScoreWorker, fn_constructor_kwargs={"job": score},
-                           **self.pool_options(score, scorers, generators + scorers)))
-        for row in ds.iter_rows():
-            s = int(row["shard"])
-            if row["generated"]:
-                on_generated(s, pickle.loads(row["generated"]))
-            _raise_error(row)
-            on_scored(s, pickle.loads(row["scored"]))
+        n_gen, n_score = min(len(tasks), self.config.generate.actors), min(len(tasks), self.config.score.actors)
+        generators = self._pool(generate, n_gen, n_score)
+        scorers = self._pool(score, n_score, n_gen)
+        ray = self.ray
 
-    def pool_options(self, job: ShardJob, actors: int, actors_in_cluster: int) -> dict[str, Any]:
-        """``map_batches`` arguments of the pool of ``actors`` actors that runs ``job``."""
-        from ray.data import ActorPoolStrategy
+        def submit(used: list[Any], task: Any) -> tuple[Any, Any, Any]:
+            task_ref = ray.put(task)  # one copy for both actors
+            generated, error = used[0].run.options(num_returns=2).remote(task_ref)
+            return generated, error, used[1].score_generated.remote(task_ref, generated, error)
 
+        def finish(s: int, refs: tuple[Any, Any, Any]) -> None:
+            generated, error, scored = refs
+            _value((None, ray.get(error)))  # generation failed: nothing to hand over
+            on_generated(s, ray.get(generated))
+            on_scored(s, _value(ray.get(scored)))
+
+        try:
+            _feed(ray, iter(tasks), [generators, scorers], submit, finish, lambda refs: refs[2])
+        finally:
+            self._release(generators + scorers)
+
+    def _pool(self, job: ShardJob, actors: int, others: int) -> list[Any]:
+        """``actors`` actors running ``job``, sized for a cluster that also holds ``others``."""
         pool: ActorPoolConfig = getattr(self.config, job.role)
-        cpus, gpus = pool_resources(pool, job.gpus, self.ray.cluster_resources(), actors_in_cluster, job.role)
-        return {"compute": ActorPoolStrategy(size=actors), "batch_size": 1, "num_cpus": cpus, "num_gpus": gpus}
+        cpus, gpus = pool_resources(pool, job.gpus, self.ray.cluster_resources(), actors + others, job.role)
+        worker = self.ray.remote(_ShardWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=-1,
+                                                       max_task_retries=-1)
+        return [worker.remote(job) for _ in range(actors)]
+
+    def _release(self, actors: list[Any]) -> None:
+        for actor in actors:
+            self.ray.kill(actor)
 
     def _connect(self) -> None:
         ray = self.ray
@@ -160,19 +195,6 @@ class RayExecutor:
             where = address or "a local Ray instance"
             raise RsftError(f"ray: cannot connect to {where}: {str(e).strip().splitlines()[0]}") from None
 
-    def _dataset(self, tasks: Tasks) -> Any:
-        from ray.data import DataContext
-
-        DataContext.get_current().enable_progress_bars = False  # rsft draws its own
-        rows = [{"shard": s, "task": pickle.dumps(task)} for s, task in tasks]
-        return self.ray.data.from_items(rows, override_num_blocks=len(rows))
-
-
-def _raise_error(row: dict[str, Any]) -> None:
-    """A job's RsftError, carried back in its output row, raised on the driver as the same one line."""
-    if row["error"]:
-        raise RsftError(row["error"])
-
 
 def pool_resources(
     pool: ActorPoolConfig, job_gpus: float, cluster: dict[str, float], actors_in_cluster: int, role: str
@@ -181,7 +203,7 @@ def pool_resources(
 
     GPUs default to what the job wants (vLLM: its tensor-parallel size) when the cluster has that
     many, else 0. CPUs default to 1, or less when the cluster cannot give every actor of the run a
-    whole CPU and keep one for Ray Data's own tasks (whole-CPU actors deadlock a 2-core machine).
+    whole CPU and keep one spare for Ray's own work (whole-CPU actors deadlock a 2-core machine).
     """
     total_cpus, total_gpus = float(cluster.get("CPU", 0)), float(cluster.get("GPU", 0))
     gpus = pool.num_gpus if pool.num_gpus is not None else (job_gpus if 0 < job_gpus <= total_gpus else 0.0)
