@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from rsft import artifacts
@@ -146,13 +147,24 @@ def _to_prompt(row: Mapping[str, Any]) -> Prompt:
 
 def read_prompt_ids(path: Path) -> pa.Array:
     """The ``prompt_id`` column of ``prompts.parquet`` (Arrow strings: no Python object per prompt)."""
-    if not path.exists():
-        artifacts.read_table(path, "generate")  # raises its "missing (run ...)" error
-    try:
-        with pq.ParquetFile(path) as file:
-            return file.read(columns=["prompt_id"]).column(0).combine_chunks()
-    except (pa.ArrowInvalid, OSError, KeyError) as e:
-        raise RsftError(f"{path}: not a readable Parquet file: {e}") from e
+    return read_columns(path, "generate", ["prompt_id"]).column(0).combine_chunks()
+
+
+ID_BLOCK = 16384
+"""Prompt ids hashed at once by ``rows_of_ids`` (a hash of all M would cost ~100 bytes a prompt)."""
+
+
+def rows_of_ids(ids: pa.Array, wanted: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """The row in ``ids`` of each ``wanted`` id (the last row holding it), -1 where none does;
+    ``ID_BLOCK`` ids are hashed at a time and ``wanted`` is looked up in each block."""
+    rows = np.full(len(wanted), -1, dtype=np.int64)
+    for start in range(0, len(ids), ID_BLOCK):
+        block = ids.slice(start, ID_BLOCK)
+        backwards = block.take(pa.array(np.arange(len(block) - 1, -1, -1)))  # index_in finds the first
+        found = pc.index_in(wanted, value_set=backwards).fill_null(-1).to_numpy(zero_copy_only=False)
+        hit = found >= 0
+        rows[hit] = start + len(block) - 1 - found[hit]
+    return rows
 
 
 class PromptReader:
@@ -171,6 +183,12 @@ class PromptReader:
 
     def close(self) -> None:
         self.rows_of.close()
+
+
+def release_memory() -> None:
+    """Give the memory Arrow's allocator keeps cached (mimalloc, jemalloc) back to the OS: called as
+    a stage ends, so the next one starts from what is held, not from this stage's high-water mark."""
+    pa.default_memory_pool().release_unused()
 
 
 # --- completions ---------------------------------------------------------------------------------
@@ -348,14 +366,35 @@ class CompletionTexts:
         self._rows.close()
 
 
-def _read_columns(path: Path, stage_hint: str, columns: list[str]) -> pa.Table:
+def read_columns(path: Path, stage_hint: str, columns: list[str]) -> pa.Table:
     """``artifacts.read_table`` (same errors) for some columns only."""
     if not path.exists():
         return artifacts.read_table(path, stage_hint)  # raises its "missing (run ...)" error
     try:
-        return pq.read_table(path, columns=columns)
+        with pq.ParquetFile(path) as file:
+            _check_columns(file, columns)
+            return file.read(columns=columns)
     except (pa.ArrowInvalid, OSError) as e:
         raise RsftError(f"{path}: not a readable Parquet file: {e}") from e
+
+
+def iter_columns(path: Path, stage_hint: str, columns: list[str], batch_rows: int = 8192) -> Iterator[pa.RecordBatch]:
+    """``read_columns`` a batch of rows at a time (same errors)."""
+    if not path.exists():
+        artifacts.read_table(path, stage_hint)  # raises its "missing (run ...)" error
+    try:
+        with pq.ParquetFile(path) as file:
+            _check_columns(file, columns)
+            yield from file.iter_batches(batch_rows, columns=columns)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise RsftError(f"{path}: not a readable Parquet file: {e}") from e
+
+
+def _check_columns(file: pq.ParquetFile, columns: Sequence[str]) -> None:
+    """Raise ArrowInvalid for a missing column (``ParquetFile`` reads would silently skip it)."""
+    missing = [c for c in columns if c not in file.schema_arrow.names]
+    if missing:
+        raise pa.ArrowInvalid(f"no column {missing[0]!r}")
 
 
 def _token_counts(table: pa.Table) -> np.ndarray:
@@ -386,6 +425,7 @@ def _scan_matrix(path: Path, stage_hint: str, prompt_ids: pa.Array, column: str)
     m = len(prompt_ids)
     try:
         with pq.ParquetFile(path) as file:
+            _check_columns(file, ["prompt_id", "sample_idx", column])
             rows = file.metadata.num_rows
             if m == 0 or rows % m:
                 raise RsftError(f"{path}: {rows} rows do not form a matrix over {m} prompts")

@@ -27,23 +27,24 @@ EXPORT_BLOCK = 4096
 def export_selected(round_dir: Path) -> dict[str, Any]:
     """Write the selected completions as TRL-ready JSONL (``selected.jsonl``)."""
     started = time.time()
+    path = round_dir / artifacts.SELECTION
     ids = matrix.read_prompt_ids(round_dir / artifacts.PROMPTS)
     comps = matrix.read_completion_index(round_dir / artifacts.COMPLETIONS, ids)
-    selection = artifacts.read_table(round_dir / artifacts.SELECTION, "select")
-    prompt_rows, text_rows = _rows_of(round_dir / artifacts.SELECTION, selection, ids, comps.n)
-    roles = selection.column("role")
+    prompt_rows, text_rows, roles, pair_of = _selected_rows(path, ids, comps.n)
+    del ids
+    if (roles != ROLES.index("keep")).any():
+        chosen, rejected = _pairs(path, roles, pair_of)
+        kind, make = "preference", preference_row
+        prompt_rows, text_rows_of = prompt_rows[chosen], [text_rows[chosen], text_rows[rejected]]
+    else:
+        kind, make, text_rows_of = "sft", sft_row, [text_rows]
+    del roles, pair_of, text_rows
+    matrix.release_memory()  # from here on: a block of rows at a time
     prompts = matrix.PromptReader(round_dir / artifacts.PROMPTS)
     texts = matrix.CompletionTexts(comps)
     try:
-        if pc.any(pc.fill_null(pc.not_equal(roles, "keep"), True)).as_py():
-            chosen, rejected = _pairs(round_dir / artifacts.SELECTION, roles, selection.column("pair"))
-            rows = _rows(prompts, texts, prompt_rows[chosen], [text_rows[chosen], text_rows[rejected]],
-                         preference_row)
-            kind = "preference"
-        else:
-            rows = _rows(prompts, texts, prompt_rows, [text_rows], sft_row)
-            kind = "sft"
-        written = artifacts.write_jsonl(round_dir / artifacts.SELECTED, rows)
+        written = artifacts.write_jsonl(round_dir / artifacts.SELECTED,
+                                        _rows(prompts, texts, prompt_rows, text_rows_of, make))
     finally:
         prompts.close()
         texts.close()
@@ -52,35 +53,44 @@ def export_selected(round_dir: Path) -> dict[str, Any]:
     return {"rows": written, "format": kind, "path": str(round_dir / artifacts.SELECTED)}
 
 
-def _rows_of(path: Path, selection: pa.Table, ids: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each selected row's prompt row (the last prompt with its id) and its row of ``completions.parquet``;
-    the first row naming a sample or prompt the round lacks is an error."""
-    m = len(ids)
-    picked = selection.column("prompt_id")
-    found = pc.index_in(picked, value_set=ids.take(pa.array(np.arange(m - 1, -1, -1))))  # last occurrence wins
-    unknown = found.is_null().to_numpy(zero_copy_only=False)
-    prompt_rows = m - 1 - found.fill_null(m - 1).to_numpy(zero_copy_only=False).astype(np.int64)
-    samples = selection.column("sample_idx").to_numpy(zero_copy_only=False)
-    bad_sample = ~((samples >= 0) & (samples < n))
-    bad = np.flatnonzero(bad_sample | unknown)
-    if len(bad):
-        k = int(bad[0])
-        pid = picked[k].as_py()
-        if bad_sample[k]:
-            raise RsftError(f"{path}: sample_idx {samples[k]} is not one of the {n} samples of prompt {pid}")
-        raise RsftError(f"{path}: prompt_id {pid} is not in {artifacts.PROMPTS}")
-    return prompt_rows, prompt_rows * n + samples.astype(np.int64)
+ROLES = ("keep", "chosen", "rejected")
+"""Selection roles as codes (``len(ROLES)``: any other, or none)."""
 
 
-def _pairs(path: Path, roles: pa.ChunkedArray, pair_of: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+def _selected_rows(path: Path, ids: pa.Array, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For each row of ``selection.parquet``: its prompt's row (the last prompt with its id), its row of
+    ``completions.parquet``, its role code and pair, read a batch at a time; the first row naming a
+    sample or prompt the round lacks is an error."""
+    parts: list[tuple[np.ndarray, ...]] = []
+    for batch in matrix.iter_columns(path, "select", ["prompt_id", "sample_idx", "role", "pair"], 16384):
+        picked, role = batch.column(0), batch.column(2)
+        prompt_rows = matrix.rows_of_ids(ids, picked)
+        samples = batch.column(1).to_numpy(zero_copy_only=False)
+        bad_sample = ~((samples >= 0) & (samples < n))
+        bad = np.flatnonzero(bad_sample | (prompt_rows < 0))
+        if len(bad):
+            k = int(bad[0])
+            pid = picked[k].as_py()
+            if bad_sample[k]:
+                raise RsftError(f"{path}: sample_idx {samples[k]} is not one of the {n} samples of prompt {pid}")
+            raise RsftError(f"{path}: prompt_id {pid} is not in {artifacts.PROMPTS}")
+        codes = pc.index_in(role, value_set=pa.array(ROLES)).fill_null(len(ROLES)).to_numpy(zero_copy_only=False)
+        parts.append((prompt_rows, prompt_rows * n + samples.astype(np.int64), codes.astype(np.int8),
+                      batch.column(3).to_numpy(zero_copy_only=False)))
+    if not parts:
+        return tuple(np.zeros(0, dtype=t) for t in (np.int64, np.int64, np.int8, np.int64))  # type: ignore[return-value]
+    prompt_rows, text_rows, roles, pair_of = (np.concatenate(c) for c in zip(*parts, strict=True))
+    return prompt_rows, text_rows, roles, pair_of
+
+
+def _pairs(path: Path, roles: np.ndarray, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The selection rows of each pair's chosen and rejected completion (the last such row of the pair),
     pairs in the order they first appear."""
-    pairs = pair_of.to_numpy(zero_copy_only=False)
     unique, first = np.unique(pairs, return_index=True)
     order = np.argsort(first)
     out = []
     for role in ("chosen", "rejected"):
-        ks = np.flatnonzero(pc.fill_null(pc.equal(roles, role), False).to_numpy(zero_copy_only=False))
+        ks = np.flatnonzero(roles == ROLES.index(role))
         last = np.full(len(unique), -1, dtype=np.int64)
         np.maximum.at(last, np.searchsorted(unique, pairs[ks]), ks)
         last = last[order]

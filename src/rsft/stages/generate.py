@@ -139,6 +139,7 @@ def finish_generation(round_dir: Path, plan: GenerationPlan, made: int) -> dict[
     artifacts.record_stage(round_dir, "generate", config=plan.stage_config, inputs=[artifacts.PROMPTS],
                            outputs=[artifacts.COMPLETIONS], started=plan.started, counts=counts,
                            extra={"shard_key": plan.digest})
+    matrix.release_memory()
     return counts
 
 

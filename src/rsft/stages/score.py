@@ -95,6 +95,7 @@ def score(
                            inputs=[artifacts.PROMPTS, artifacts.COMPLETIONS], outputs=[artifacts.REWARDS],
                            started=started, counts={"pairs": m * n, "shards_scored": made},
                            extra={"stats": summary, "scorer": scorer.name, "shard_key": digest})
+    matrix.release_memory()
     return summary
 
 

@@ -15,11 +15,12 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from rsft import artifacts, matrix
 from rsft import select as selectors
 from rsft.config import SelectionConfig
+from rsft.stages import shards
 
 DEDUP_BLOCK = 4096
 """Prompts whose completion texts are in memory at once while ``dedup`` masks repeats."""
@@ -39,19 +40,17 @@ def select_completions(round_dir: Path, config: SelectionConfig) -> dict[str, An
         triples = np.concatenate([_offset(selectors.dpo_pairs(block, min_margin=config.threshold or 0.0), start, 3)
                                   for start, block in _blocks(Rs)])
         rows, samples = np.repeat(triples[:, 0], 2), triples[:, 1:].reshape(-1)
-        roles = np.tile(np.array(["chosen", "rejected"]), len(triples))
+        roles, role_names = np.tile(np.array([0, 1], dtype=np.int8), len(triples)), ["chosen", "rejected"]
         pairs = np.repeat(np.arange(len(triples)), 2)
-        without_pick = None
+        kept_rows = len(np.unique(matrix.rows_of_ids(ids, ids.take(pa.array(np.unique(rows))))))  # distinct ids
     else:
         rows, samples, without_pick = _select(Rs, config)
-        roles, pairs = np.full(len(rows), "keep"), np.arange(len(rows))
-    picked_ids = ids.take(pa.array(rows, pa.int64()))
+        roles, role_names, pairs = np.zeros(len(rows), dtype=np.int8), ["keep"], np.arange(len(rows))
+        kept_rows = m - without_pick
     rewards = R[rows, samples]
-    artifacts.write_table(round_dir / artifacts.SELECTION,
-                          {"prompt_id": picked_ids, "sample_idx": samples, "reward": rewards,
-                           "rank": np.arange(len(rows)), "role": roles, "pair": pairs},
-                          matrix.SELECTION_SCHEMA)
-    kept_rows = len(pc.unique(picked_ids)) if without_pick is None else m - without_pick
+    columns = {"prompt_id": (ids, rows), "sample_idx": samples, "reward": rewards, "rank": np.arange(len(rows)),
+               "role": (pa.array(role_names, pa.string()), roles), "pair": pairs}
+    write_arrays(round_dir / artifacts.SELECTION, columns, matrix.SELECTION_SCHEMA)
     counts = {"selected": len(rows), "prompts_with_pick": kept_rows, "prompts": m,
               "nan_rewards": nans, "inf_rewards": infs, "prompts_without_finite_reward": no_finite,
               "mean_selected_reward": _mean(rewards)}
@@ -60,6 +59,7 @@ def select_completions(round_dir: Path, config: SelectionConfig) -> dict[str, An
              f"{no_finite} of {m} prompts have no finite reward and give no selection")
     artifacts.record_stage(round_dir, "select", config=asdict(config), inputs=[artifacts.REWARDS],
                            outputs=[artifacts.SELECTION], started=started, counts=counts)
+    matrix.release_memory()
     return counts
 
 
@@ -92,6 +92,32 @@ def _select(R: np.ndarray, config: SelectionConfig) -> tuple[np.ndarray, np.ndar
     return rows, cols, without
 
 
+def write_arrays(path: Path, columns: dict[str, Any], schema: pa.Schema) -> None:
+    """Write a table given as numpy columns, or ``(values, index)`` pairs for ``values.take(index)``,
+    a row group of ``shards.ROW_GROUP_ROWS`` at a time (each made when written): the bytes of
+    ``artifacts.write_table`` of the same rows up to that size."""
+    length = len(next(c[1] if isinstance(c, tuple) else c for c in columns.values()))
+
+    def group(start: int, stop: int) -> pa.Table:
+        return pa.table({name: pa.array(_part(columns[name], start, stop), schema.field(name).type)
+                         for name in schema.names}, schema=schema)
+
+    with artifacts.atomic_path(path) as tmp:
+        if not length:
+            pq.write_table(group(0, 0), tmp, compression="zstd")
+            return
+        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+            for start in range(0, length, shards.ROW_GROUP_ROWS):
+                writer.write_table(group(start, start + shards.ROW_GROUP_ROWS))
+
+
+def _part(column: Any, start: int, stop: int) -> Any:
+    if isinstance(column, tuple):
+        values, index = column
+        return values.take(pa.array(index[start:stop], pa.int64()))
+    return column[start:stop]
+
+
 def dedup_mask(round_dir: Path, ids: pa.Array) -> np.ndarray:
     """``rsft.select.dedup_mask`` of the round's completion texts, read ``DEDUP_BLOCK`` prompts at a time."""
     comps = matrix.read_completion_index(round_dir / artifacts.COMPLETIONS, ids)
@@ -110,7 +136,7 @@ def _mean(values: np.ndarray) -> float | None:
     finite = values[np.isfinite(values)]
     if not len(finite):
         return None
-    chunks = (finite[k : k + 65536].tolist() for k in range(0, len(finite), 65536))
+    chunks = (finite[k : k + 8192].tolist() for k in range(0, len(finite), 8192))
     return sum(itertools.chain.from_iterable(chunks)) / len(finite)
 
 
