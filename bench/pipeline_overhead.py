@@ -1,16 +1,13 @@
-"""End-to-end overhead of a round, and peak memory as the prompt count grows.
+"""End-to-end overhead of a round over its engine calls.
 
-1. Overhead: ``pipeline.run_round`` (generate -> score -> select -> export, with its parquet shards,
-   hashes, manifest and statistics) on the tests' tiny Llama policy and tiny RM, against the same
-   engine calls made directly (``HFGenerator.generate`` on each shard's prompts with the shard's
-   seed, then ``RewardModelScorer.score`` on the same pairs in the same shards). Both sides share
-   the loaded engines; they alternate, median of the repeats. The engine time measured *inside*
-   the round (the generator and scorer wrapped in timers) is shown too, so the overhead is
-   visible two ways: round / direct calls, and round minus its own engine time.
-2. Memory: peak RSS (``VmHWM``: ``ru_maxrss`` would carry the parent's peak across fork + exec) of a
-   fresh subprocess that runs one round at M = 10k and at
-   M = 100k prompts x N = 2 with a stand-in generator (echoes a fixed completion) and a plain
-   callable scorer, so what grows is rsft's own bookkeeping, not a model.
+``pipeline.run_round`` (generate -> score -> select -> export, with its parquet shards,
+hashes, manifest and statistics) on the tests' tiny Llama policy and tiny RM, against the same
+engine calls made directly (``HFGenerator.generate`` on each shard's prompts with the shard's
+seed, then ``RewardModelScorer.score`` on the same pairs in the same shards). Both sides share
+the loaded engines; they alternate, median of the repeats. The engine time measured *inside*
+the round (the generator and scorer wrapped in timers) is shown too, so the overhead is
+visible two ways: round / direct calls, and round minus its own engine time.
+Peak memory as the prompt count grows is bench/memory_scaling.py (section 4b).
 
     .venv/bin/python bench/pipeline_overhead.py
 """
@@ -18,17 +15,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-import resource
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, demo_count_bits_prompts, header, interleaved, one_thread, table, verdict
+from common import demo_count_bits_prompts, header, interleaved, one_thread, table, verdict
 
 
 class Timed:
@@ -108,54 +100,6 @@ def overhead(m: int, n: int, tokens: int, shard_size: int, repeats: int) -> list
     ]
 
 
-class EchoGenerator:
-    """A stand-in generator: every completion is the same short text (no model)."""
-
-    name = "echo"
-
-    def generate(self, prompts: Sequence[Any], n: int, sampling: Any) -> list[list[Any]]:
-        from rsft.types import Completion
-
-        return [[Completion(text=" 42", n_tokens=1, finish_reason="stop", generator=self.name)] * n
-                for _ in prompts]
-
-
-def peak_rss_kib() -> int:
-    """This process's peak resident set (VmHWM, KiB); it starts afresh at exec, unlike ``ru_maxrss``."""
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-
-def rss_child(m: int, n: int) -> None:
-    """Run one round of M prompts with the stand-in engines; print peak RSS (KiB) as JSON."""
-    from rsft import pipeline
-    from rsft.prompts import prompt_id
-    from rsft.types import Prompt
-
-    texts = [f"Q: How many 1 bits are there in the binary representation of the number {i}?\nA:" for i in range(m)]
-    prompts = [Prompt(prompt_id=prompt_id(t), prompt=t) for t in texts]
-    before = peak_rss_kib()
-    started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        config = round_config(Path(tmp), "rss", n, 4, 64)
-        pipeline.run_round(config, generator=EchoGenerator(), scorer=lambda prompt, completion: float(len(completion)),
-                           prompts=prompts, quiet=True)
-    peak = peak_rss_kib()
-    print(json.dumps({"m": m, "before_kib": before, "peak_kib": peak, "seconds": time.perf_counter() - started}))
-
-
-def rss(ms: Sequence[int], n: int) -> list[dict[str, Any]]:
-    out = []
-    for m in ms:
-        proc = subprocess.run([sys.executable, str(Path(__file__)), "--rss-child", str(m), "-n", str(n)],
-                              capture_output=True, text=True, check=True, cwd=ROOT)
-        out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-    return out
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=32)
@@ -163,31 +107,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=16)
     parser.add_argument("--shard-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--rss-m", type=int, nargs="+", default=[10_000, 100_000])
-    parser.add_argument("--rss-n", type=int, default=2)
-    parser.add_argument("--rss-child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.rss_child:  # no torch here: the stand-in round must not need it
-        rss_child(args.rss_child, args.n)
-        return
     one_thread()
-    header("4. End-to-end: overhead of a round over its engine calls; peak memory vs prompt count")
+    header("4. End-to-end: overhead of a round over its engine calls")
     print(f"### Overhead: tiny Llama policy + tiny RM, {args.prompts} prompts x {args.n} samples x {args.tokens} "
           f"tokens, shards of {args.shard_size} prompts (median of {args.repeats})\n")
     rows = overhead(args.prompts, args.n, args.tokens, args.shard_size, args.repeats)
     table(["what", "seconds", "overhead"], [[r[0], r[1], f"{100 * r[2]:+.1f}%"] for r in rows])
-    print(f"### Peak RSS of one round, fresh subprocess each, N = {args.rss_n}, stand-in generator and scorer\n")
-    mem = rss(args.rss_m, args.rss_n)
-    table(["prompts M", "RSS after imports MiB", "peak RSS MiB", "growth in the round MiB", "seconds"],
-          [[f"{r['m']:,}", r["before_kib"] / 1024, r["peak_kib"] / 1024, (r["peak_kib"] - r["before_kib"]) / 1024,
-            r["seconds"]] for r in mem])
-    growth = mem[-1]["peak_kib"] / mem[0]["peak_kib"]
     print("#### Goals\n")
     table(["measure", "value", "goal", "met?"], [
         ["round wall time over direct engine calls", f"{100 * rows[0][2]:+.1f}%", "<= 5%",
          verdict(rows[0][2], 0.05, higher_is_better=False)],
-        [f"peak RSS at M={mem[-1]['m']:,} / M={mem[0]['m']:,}", f"{growth:.2f}x", "<= 1.15x",
-         verdict(growth, 1.15, higher_is_better=False)],
     ])
 
 

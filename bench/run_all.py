@@ -28,6 +28,7 @@ SCRIPTS = [
     ("selection.py", []),
     ("bon_curve.py", []),
     ("pipeline_overhead.py", []),
+    ("memory_scaling.py", []),
     ("sandbox_throughput.py", []),
     ("llamacpp_vs_hf.py", []),  # skipped (one line) without llama-cpp-python
 ]
