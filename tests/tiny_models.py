@@ -73,51 +73,35 @@ def build_causal_lm(out_dir: Path, seed: int = 0, chat_template: bool = True) ->
     return out_dir
 
 
+def _classifier_config(tok, num_labels: int):
+    """The 2-layer Llama config of the tiny classifiers (reward model, token classifier)."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=1024,
+                       num_labels=num_labels, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id)
+
+
 def build_reward_model(out_dir: Path, seed: int = 0) -> Path:
     """A 2-layer Llama sequence classifier with one output (a reward model), saved to ``out_dir``."""
     import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     out_dir = Path(out_dir)
     tok = build_tokenizer(out_dir)
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        num_labels=1,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForSequenceClassification(config).save_pretrained(out_dir)
+    LlamaForSequenceClassification(_classifier_config(tok, num_labels=1)).save_pretrained(out_dir)
     return out_dir
 
 
 def build_token_classifier(out_dir: Path, seed: int = 0, num_labels: int = 2) -> Path:
     """A 2-layer Llama token classifier (a process reward model: a label per token), saved to ``out_dir``."""
     import torch
-    from transformers import LlamaConfig, LlamaForTokenClassification
+    from transformers import LlamaForTokenClassification
 
     out_dir = Path(out_dir)
     tok = build_tokenizer(out_dir, chat_template=False)
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        num_labels=num_labels,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForTokenClassification(config).save_pretrained(out_dir)
+    LlamaForTokenClassification(_classifier_config(tok, num_labels=num_labels)).save_pretrained(out_dir)
     return out_dir
