@@ -1,4 +1,4 @@
-"""``rsft.stats.bon_curve`` on a 1M x 64 reward matrix: the current code against the previous one.
+"""``rsft.bon_stats.bon_curve`` on a 1M x 64 reward matrix: the current code against the previous one.
 
 The previous implementation (before issue 13) is kept below as the reference: it sorted each block
 of rows in float64, took one matrix-vector product per n for E[max of n], and looked up the KL
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from common import header, one_thread, table, verdict
 
-from rsft import stats
+from rsft import bon_stats, stats
 
 BLOCK_ELEMS = 1 << 18
 
@@ -66,8 +66,8 @@ def old_curve_sums(R: np.ndarray, ns: list[int], threshold: float) -> tuple[np.n
     M, N = R.shape
     best, passed, div = np.zeros(len(ns)), np.zeros(len(ns)), np.zeros(len(ns))
     floor = old_finite_floor(R)
-    weights = [stats._order_weights(N, n) for n in ns]
-    misses = [stats._miss_probabilities(N, n) for n in ns]
+    weights = [bon_stats._order_weights(N, n) for n in ns]
+    misses = [bon_stats._miss_probabilities(N, n) for n in ns]
     step = max(1, BLOCK_ELEMS // N)
     for start in range(0, M, step):
         block = R[start : start + step]
@@ -89,8 +89,8 @@ def old_bon_curve(R: np.ndarray, threshold: float = 0.5) -> list[dict[str, Any]]
     ns = sorted({2**i for i in range(N.bit_length()) if 2**i <= N} | {N})
     best, passed, div = (s / R.shape[0] for s in old_curve_sums(R, ns, threshold))
     return [
-        {"n": n, "expected_max_reward": stats._float(best[i]), "pass_at_n": stats._float(passed[i]),
-         "kl_bound": stats.bon_kl_bound(n), "kl_estimate": stats._float(div[i])}
+        {"n": n, "expected_max_reward": stats.plain_float(best[i]), "pass_at_n": stats.plain_float(passed[i]),
+         "kl_bound": bon_stats.bon_kl_bound(n), "kl_estimate": stats.plain_float(div[i])}
         for i, n in enumerate(ns)
     ]
 
@@ -142,7 +142,7 @@ def main() -> None:
           f"median of {args.repeats}, alternating.\n")
     rows, goals = [], []
     for name, M in matrices.items():
-        res = alternating({"current": lambda M=M: stats.bon_curve(M), "previous": lambda M=M: old_bon_curve(M)},
+        res = alternating({"current": lambda M=M: bon_stats.bon_curve(M), "previous": lambda M=M: old_bon_curve(M)},
                           args.repeats)
         new, old = res["current"], res["previous"]
         diff = max_difference(new["value"], old["value"])

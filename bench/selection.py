@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     one_thread()
-    from rsft import select, stats
+    from rsft import bon_stats, select
 
     header(f"3. Selection and statistics on a {args.rows:,} x {args.cols} float32 reward matrix", ["numpy"])
     rng = np.random.default_rng(0)
@@ -76,8 +76,8 @@ def main() -> None:
         ("threshold (best >= 2.0)", lambda: select.keep_above(R, 2.0),
          lambda: np.flatnonzero(np.nanmax(R, axis=1) >= 2.0)),
         ("select(strategy='best') (with NaN count)", lambda: select.select(R, "best"), None),
-        ("expected_best_of_n(R, 8)", lambda: stats.expected_best_of_n(R, 8), None),
-        ("bon_curve(R) (n = 1..64, with KL estimate)", lambda: stats.bon_curve(R), None),
+        ("expected_best_of_n(R, 8)", lambda: bon_stats.expected_best_of_n(R, 8), None),
+        ("bon_curve(R) (n = 1..64, with KL estimate)", lambda: bon_stats.bon_curve(R), None),
     ]
     rows, goals, missed = [], [], []
     for name, fn, plain in cases:

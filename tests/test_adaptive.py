@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rsft.adaptive import AdaptivePolicy, adaptive_best_of_n, leader_probability, should_stop, vote_totals
-from rsft.bon import best_of_n
+from rsft.adaptive import AdaptivePolicy, leader_probability, should_stop, vote_totals
+from rsft.bon import adaptive_best_of_n, best_of_n
 from rsft.errors import RsftError
 from rsft.types import Completion, Prompt, PromptValue, SamplingParams
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rsft import bon
+from rsft import answers as rsft_answers
 from rsft.bon import BoNResult, best_of_n, choose, first_line, vote
 from rsft.cli import bon as bon_cli
 from rsft.errors import RsftError
@@ -267,9 +267,9 @@ def test_math_equivalence_votes_equal_values_together():
 
 def test_answer_groups_labels_and_unparseable_answers():
     answers = ["x+1", None, "hello", "1+x", "hello", "", "2", "", "4/2"]
-    assert bon.answer_groups(answers, "math") == [0, None, 2, 0, 2, 5, 6, 5, 6]
-    assert bon.answer_groups(answers, "exact") == [0, None, 2, 3, 2, 5, 6, 5, 8]
-    assert bon.answer_groups([]) == []
+    assert rsft_answers.answer_groups(answers, "math") == [0, None, 2, 0, 2, 5, 6, 5, 6]
+    assert rsft_answers.answer_groups(answers, "exact") == [0, None, 2, 3, 2, 5, 6, 5, 8]
+    assert rsft_answers.answer_groups([]) == []
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -290,29 +290,29 @@ def test_key_function_equivalence_and_errors():
     answers = ["Paris", "paris ", "Rome", "ROME", "rome", "?"]
     fold = lambda a: None if a == "?" else a.strip().casefold()  # noqa: E731
     assert vote(answers, equivalence=fold) == (2, 3.0)
-    assert bon.answer_groups(answers, fold) == [0, 0, 2, 2, 2, None]  # a None key abstains
+    assert rsft_answers.answer_groups(answers, fold) == [0, 0, 2, 2, 2, None]  # a None key abstains
     assert choose("majority", answers, None, equivalence=fold) == (2, 0.5)
     with pytest.raises(RsftError, match="not hashable"):
         vote(["a"], equivalence=lambda a: [a])
     with pytest.raises(RsftError, match="unknown equivalence 'fuzzy'"):
         vote(["a"], equivalence="fuzzy")
     with pytest.raises(RsftError, match="equivalence 'no_such_module_xyz:key': cannot import"):
-        bon.resolve_equivalence("no_such_module_xyz:key")
+        rsft_answers.resolve_equivalence("no_such_module_xyz:key")
 
 
 def test_answer_extractors():
     text = "so \\boxed{\\frac{1}{2}} or maybe \\boxed{ \\{1, 2\\} }\nend"
-    assert bon.answer_extractor("boxed")(text) == "\\{1, 2\\}"
-    assert bon.answer_extractor("boxed")("no box") is None
-    assert bon.answer_extractor("boxed")("\\boxed{}") is None  # an empty box abstains
-    assert bon.answer_extractor(None) is bon.answer_extractor("first_line") is first_line
-    assert bon.answer_extractor(str.upper) is str.upper
+    assert rsft_answers.answer_extractor("boxed")(text) == "\\{1, 2\\}"
+    assert rsft_answers.answer_extractor("boxed")("no box") is None
+    assert rsft_answers.answer_extractor("boxed")("\\boxed{}") is None  # an empty box abstains
+    assert rsft_answers.answer_extractor(None) is rsft_answers.answer_extractor("first_line") is first_line
+    assert rsft_answers.answer_extractor(str.upper) is str.upper
     with pytest.raises(RsftError, match="unknown answer extractor 'last'"):
-        bon.answer_extractor("last")
+        rsft_answers.answer_extractor("last")
     with pytest.raises(RsftError, match="answer extractor 'os:nope': 'os' has no attribute 'nope'"):
-        bon.answer_extractor("os:nope")
+        rsft_answers.answer_extractor("os:nope")
     with pytest.raises(RsftError, match="is not callable"):
-        bon.answer_extractor("os:sep")
+        rsft_answers.answer_extractor("os:sep")
 
 
 class ListGenerator:

@@ -11,10 +11,8 @@ import struct
 import numpy as np
 import pytest
 
-from rsft import artifacts, matrix, stats
-from rsft.cli import stats as stats_cli
-from rsft.errors import RsftError
-from rsft.stats import (
+from rsft import artifacts, bon_stats, matrix
+from rsft.bon_stats import (
     bon_curve,
     bon_distribution,
     bon_kl_bound,
@@ -23,6 +21,8 @@ from rsft.stats import (
     kl,
     pass_at_k,
 )
+from rsft.cli import stats as stats_cli
+from rsft.errors import RsftError
 from rsft.types import Prompt
 
 NAN, INF = float("nan"), float("inf")
@@ -220,7 +220,7 @@ def brute_curve_row(R: np.ndarray, n: int, t: float) -> dict[str, float]:
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_curve_matches_brute_force_with_ties_and_nan(dtype, dense, monkeypatch):
     if not dense:  # count tied runs per block (the path for N > 255) on small N
-        monkeypatch.setattr(stats, "_DENSE_RUN_CODES", 0)
+        monkeypatch.setattr(bon_stats, "_DENSE_RUN_CODES", 0)
     rng = np.random.default_rng(7)
     levels = np.array([0.0, 0.5, 1.0, NAN, -INF, -0.25])
     for N in (1, 2, 3, 5):

@@ -16,15 +16,16 @@ LAYERS: dict[str, int] = {
     "rsft": 0, "rsft.types": 0, "rsft.errors": 0, "rsft.config": 0, "rsft.artifacts": 0,
     "rsft.progress": 0, "rsft.shard_job": 0,
     # 1: building blocks: no flow, no CLI
-    "rsft.select": 1, "rsft.stats": 1, "rsft.matrix": 1, "rsft.export": 1, "rsft.prompts": 1,
+    "rsft.select": 1, "rsft.stats": 1, "rsft.bon_stats": 1, "rsft.matrix": 1, "rsft.export": 1, "rsft.prompts": 1,
     "rsft.models": 1, "rsft.logprobs": 1, "rsft.generate": 1, "rsft.score": 1, "rsft.grpo": 1,
+    "rsft.answers": 1, "rsft.adaptive": 1,
     # 2: running a stage over shards
     "rsft.executor": 2, "rsft.ray_executor": 2, "rsft.stages": 2,
     # 3: rounds and runs
     "rsft.pipeline": 3, "rsft.rounds": 3, "rsft.train": 3, "rsft.rm": 3, "rsft.rm_train": 3,
     "rsft.sweep": 3, "rsft.report": 3, "rsft.status": 3, "rsft.bon_report": 3,
     # 4: Best-of-N at inference (beside layer 3, not above it)
-    "rsft.bon": 4, "rsft.adaptive": 4, "rsft.serve": 4,
+    "rsft.bon": 4, "rsft.serve": 4,
     # 5: the command line
     "rsft.cli": 5,
     # 6: programs built on everything

@@ -1,13 +1,17 @@
-"""Adaptive Best-of-N (adaptive self-consistency): sample in growing batches, stop once answers agree.
+"""Adaptive N (adaptive self-consistency): sample in growing batches, stop once answers agree.
 
 A fixed N spends as much on a prompt whose first four samples all say ``42`` as on one whose
 samples disagree. Here each prompt gets at most ``budget`` samples, drawn in batches: ``min_n``
 first, then the samples so far grow by ``growth`` (4, 8, 16, ... capped at the budget). After each
 batch a prompt whose answers already agree stops and leaves the later batches, which run over the
 prompts still open (one ``generate`` call per batch). Answers are grouped exactly as the voting
-selectors of ``rsft.bon`` group them (the same ``extract`` and ``equivalence``); with
-``weighted_majority`` each vote weighs its reward (negative and NaN rewards count 0 here). The
-selector then picks among the samples drawn, as ``rsft.bon.best_of_n`` would.
+selectors of ``rsft.bon`` group them (``rsft.answers``: the same ``extract`` and ``equivalence``);
+with ``weighted_majority`` each vote weighs its reward (negative and NaN rewards count 0 here).
+
+Two users: ``rsft.bon.adaptive_best_of_n`` (``rsft bon --adaptive``, ``rsft serve``'s ``budget``)
+then picks among the samples drawn, as ``best_of_n`` would; the generate stage
+(``generation.adaptive``) writes them into the round's M x N matrix, the cells a prompt did not
+sample marked unsampled.
 
 Two stopping rules (``AdaptivePolicy.rule``):
 
@@ -29,26 +33,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
-from rsft.bon import (
-    BoNResult,
-    Extract,
-    KeyFn,
-    answer_extractor,
-    answer_groups,
-    check_selector,
-    pick,
-    resolve_equivalence,
-    score_rows,
-)
+from rsft.answers import Extract, KeyFn, answer_groups
 from rsft.config import choices
 from rsft.errors import RsftError
 from rsft.generate import Generator
-from rsft.score import Scorer, as_scorer
-from rsft.types import Completion, Prompt, PromptValue, SamplingParams
+from rsft.types import Completion, PromptValue, SamplingParams
 
 STOP_RULES = ("share", "beta")
 """Stopping rules accepted by ``AdaptivePolicy.rule``."""
@@ -104,7 +96,7 @@ def vote_totals(
     """(leading group's votes, runner-up group's votes, all samples' votes) for the stopping rule.
 
     A vote weighs 1, or its weight clipped at 0 (NaN counts 0): a share needs non-negative votes.
-    Abstaining samples (answer None) add to the total only. Groups are ``rsft.bon.answer_groups``.
+    Abstaining samples (answer None) add to the total only. Groups are ``rsft.answers.answer_groups``.
     """
     clipped = [1.0] * len(answers) if weights is None else [
         0.0 if math.isnan(w) else max(0.0, float(w)) for w in weights]
@@ -171,99 +163,55 @@ def _beta_fraction(a: float, b: float, x: float) -> float:
     return h
 
 
-# --- the library function -------------------------------------------------------------------------
+# --- the sampling loop ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AdaptiveResult:
-    """The pick of each prompt, and what adaptive sampling spent."""
+@dataclass
+class AdaptiveRows:
+    """What ``sample_adaptively`` drew: a ragged row of completions per prompt."""
 
-    results: list[BoNResult]
-    """One per prompt; ``len(result.candidates)`` is the samples that prompt used."""
-    budget: int
-    """Samples per prompt at most."""
+    rows: list[list[Completion]]
+    scores: list[list[float]] | None
+    """The rewards of each row's completions, when a ``score_batch`` was given."""
     batches: int
     """``generate`` calls made."""
 
-    @property
-    def samples(self) -> list[int]:
-        """Samples used by each prompt."""
-        return [len(r.candidates) for r in self.results]
 
-    @property
-    def used(self) -> int:
-        return sum(self.samples)
-
-    @property
-    def saved(self) -> int:
-        """Samples a non-adaptive run with N = budget would have drawn beyond these."""
-        return self.budget * len(self.results) - self.used
-
-    def summary(self) -> dict[str, Any]:
-        """Samples used against the budget, as a JSON-ready dict."""
-        full = self.budget * len(self.results)
-        return {"prompts": len(self.results), "budget": self.budget, "samples": self.used, "saved": self.saved,
-                "saved_fraction": round(self.saved / full, 4) if full else 0.0, "batches": self.batches,
-                "stopped_early": sum(k < self.budget for k in self.samples)}
-
-
-def adaptive_best_of_n(
-    prompts: Sequence[PromptValue | Prompt],
-    policy: AdaptivePolicy | int,
+def sample_adaptively(
+    values: Sequence[PromptValue],
+    policy: AdaptivePolicy,
     generator: Generator,
-    scorer: Any = None,
-    selector: str = "majority",
-    sampling: SamplingParams | None = None,
-    metadata: Sequence[Mapping[str, Any]] | None = None,
-    extract: Extract | str | None = None,
+    sampling: SamplingParams,
+    extract: Extract,
     equivalence: str | KeyFn = "exact",
-) -> AdaptiveResult:
-    """``rsft.bon.best_of_n`` with adaptive N: each prompt samples until its answers agree or ``policy.budget``.
+    score_batch: Callable[[list[int], list[list[Completion]], int], list[list[float]]] | None = None,
+    weighted: bool = False,
+) -> AdaptiveRows:
+    """The sampling loop of adaptive N: batches over the prompts still open (see the module docstring).
 
-    Args:
-        prompts, scorer, sampling, metadata, extract, equivalence: as for ``best_of_n``.
-        policy: an ``AdaptivePolicy``, or a budget (then the policy's defaults).
-        generator: any ``Generator``; called once per batch with the prompts still open.
-        selector: ``majority`` (default), ``weighted_majority`` (votes weigh rewards in the stopping
-            rule too) or ``argmax`` (stops on agreement of the answers, picks the highest reward).
-
-    Raises:
-        RsftError: a bad policy, selector or option; a generator returning the wrong number of
-            completions; a scorer failure.
+    ``score_batch(open_rows, batch, first_sample)`` scores a batch when given; with ``weighted`` the
+    votes of the stopping rule weigh those scores. Used by ``adaptive_best_of_n`` and the generate stage.
     """
-    policy = AdaptivePolicy(budget=policy) if isinstance(policy, int) else policy
-    scorer_obj: Scorer | None = as_scorer(scorer) if scorer is not None else None
-    check_selector(selector, scorer_obj is not None)
-    extract_fn, equivalence = answer_extractor(extract), resolve_equivalence(equivalence)  # fail before sampling
-    values = [p.prompt if isinstance(p, Prompt) else p for p in prompts]
-    meta = list(metadata) if metadata is not None else [p.metadata if isinstance(p, Prompt) else {} for p in prompts]
-    if len(meta) != len(values):
-        raise RsftError(f"metadata has {len(meta)} entries for {len(values)} prompts")
-    sampling = sampling or SamplingParams()
     rows: list[list[Completion]] = [[] for _ in values]
     answers: list[list[str | None]] = [[] for _ in values]
-    scores: list[list[float]] | None = [[] for _ in values] if scorer_obj is not None else None
+    scores: list[list[float]] | None = [[] for _ in values] if score_batch is not None else None
     open_, drawn, batches = list(range(len(values))), 0, 0
     for total in policy.schedule():
         if not open_:
             break
         batch = _draw(generator, [values[i] for i in open_], total - drawn,
                       dataclasses.replace(sampling, seed=sampling.seed + drawn))
-        if scores is not None and scorer_obj is not None:
-            new = score_rows([values[i] for i in open_], batch, scorer_obj, [meta[i] for i in open_],
-                             indices=open_, first_sample=drawn)
-            for i, row_scores in zip(open_, new, strict=True):
+        if scores is not None and score_batch is not None:
+            for i, row_scores in zip(open_, score_batch(open_, batch, drawn), strict=True):
                 scores[i].extend(row_scores)
         for i, row in zip(open_, batch, strict=True):
             rows[i].extend(row)
-            answers[i].extend(extract_fn(c.text) for c in row)
+            answers[i].extend(extract(c.text) for c in row)
         drawn, batches = total, batches + 1
-        weighted = scores if selector == "weighted_majority" else None
-        open_ = [i for i in open_ if not should_stop(policy, answers[i], weighted[i] if weighted else None,
+        weights = scores if weighted else None
+        open_ = [i for i in open_ if not should_stop(policy, answers[i], weights[i] if weights else None,
                                                      equivalence)]
-    results = [pick(values[i], rows[i], scores[i] if scores is not None else None, selector, extract_fn, equivalence)
-               for i in range(len(values))]
-    return AdaptiveResult(results, policy.budget, batches)
+    return AdaptiveRows(rows, scores, batches)
 
 
 def _draw(generator: Generator, prompts: list[PromptValue], n: int, sampling: SamplingParams) -> list[list[Completion]]:

@@ -21,11 +21,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from rsft.adaptive import AdaptivePolicy, sample_adaptively
+from rsft.answers import (
+    Extract,
+    KeyFn,
+    answer_extractor,
+    answer_groups,
+    first_line,
+    resolve_equivalence,
+)
 from rsft.errors import RsftError
 from rsft.generate import Generator
 from rsft.score import Scorer, as_scorer, score_pairs
@@ -33,10 +42,6 @@ from rsft.types import Completion, Prompt, PromptValue, SamplingParams
 
 SELECTORS = ("argmax", "majority", "weighted_majority")
 """Selector names accepted by ``best_of_n``."""
-
-Extract = Callable[[str], "str | None"]
-"""Maps a completion to the answer it votes for; ``None`` abstains."""
-
 
 @dataclass(frozen=True)
 class BoNResult:
@@ -58,132 +63,6 @@ class BoNResult:
     @property
     def finish_reason(self) -> str:
         return self.completions[self.index].finish_reason if self.completions else "stop"
-
-
-def first_line(text: str) -> str | None:
-    """The default answer extractor: the first non-blank line, stripped; None for a blank text."""
-    for line in text.splitlines():
-        if line.strip():
-            return line.strip()
-    return None
-
-
-# --- answers and their groups (the voting selectors) --------------------------------------------
-
-ANSWERS = ("first_line", "boxed")
-"""Built-in answer extractors (``--answer``); ``pkg.module:name`` loads a user function."""
-
-EQUIVALENCES = ("exact", "math")
-"""Built-in answer groupings (``--equivalence``); ``pkg.module:name`` loads a user key function."""
-
-KeyFn = Callable[[str], Hashable]
-"""Maps an answer to its group key: answers with equal keys vote together; a None key abstains."""
-
-
-def last_boxed(text: str) -> str | None:
-    """The ``boxed`` extractor: the content of the last ``\\boxed{...}``; None when there is none."""
-    from rsft.score.checkers import _last_boxed
-
-    return _last_boxed(text) or None
-
-
-def _load_function(spec: str, what: str) -> Callable[..., Any]:
-    """Import a user function ``"pkg.module:name"`` named by option ``what``."""
-    import importlib
-
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise RsftError(f"{what} {spec!r}: expected 'pkg.module:name'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except ImportError as e:
-        raise RsftError(f"{what} {spec!r}: cannot import {module_name!r}: {e}") from None
-    except AttributeError:
-        raise RsftError(f"{what} {spec!r}: {module_name!r} has no attribute {attr!r}") from None
-    if not callable(obj):
-        raise RsftError(f"{what} {spec!r}: {attr!r} is not callable")
-    return obj
-
-
-def answer_extractor(spec: str | Extract | None = None) -> Extract:
-    """The extractor named by ``spec``: ``first_line`` (also None), ``boxed``, ``pkg.module:name``, a callable."""
-    if spec is None or spec == "first_line":
-        return first_line
-    if callable(spec):
-        return spec
-    if spec == "boxed":
-        return last_boxed
-    if ":" in spec:
-        return _load_function(spec, "answer extractor")
-    raise RsftError(f"unknown answer extractor {spec!r}; choose {', '.join(ANSWERS)} or pkg.module:name")
-
-
-def resolve_equivalence(spec: str | KeyFn) -> str | KeyFn:
-    """``exact`` or ``math`` as is, a ``pkg.module:name`` key function loaded, a callable as is."""
-    if callable(spec) or spec in EQUIVALENCES:
-        return spec
-    if isinstance(spec, str) and ":" in spec:
-        return _load_function(spec, "equivalence")
-    raise RsftError(f"unknown equivalence {spec!r}; choose {', '.join(EQUIVALENCES)} or pkg.module:name")
-
-
-def answer_groups(answers: Sequence[str | None], equivalence: str | KeyFn = "exact") -> list[int | None]:
-    """The group of each answer, labelled by the index of the group's first member; None abstains.
-
-    ``exact``: equal texts. ``math``: see ``_math_groups``. A key function: equal keys.
-    """
-    equivalence = resolve_equivalence(equivalence)
-    if equivalence == "math":
-        return _math_groups(answers)
-    key: KeyFn = (lambda a: a) if equivalence == "exact" else equivalence  # type: ignore[assignment]
-    first: dict[Hashable, int] = {}
-    out: list[int | None] = []
-    for j, answer in enumerate(answers):
-        k = None if answer is None else key(answer)
-        try:
-            out.append(None if k is None else first.setdefault(k, j))
-        except TypeError:
-            raise RsftError(f"equivalence key of answer {answer!r} is not hashable: {k!r}") from None
-    return out
-
-
-def _math_groups(answers: Sequence[str | None]) -> list[int | None]:
-    """Groups by math-verify equivalence: ``verify(a, b) or verify(b, a)`` on the parsed answers.
-
-    Each distinct text is parsed once and compared with the representative (first member) of each
-    group so far, joining the first group it matches: O(groups x distinct answers) comparisons.
-    Equal texts always share a group; a text math-verify cannot parse only groups with itself.
-    """
-    import threading
-
-    from math_verify import parse, verify
-
-    from rsft.score.checkers import MATH_TIMEOUT_S, _as_latex
-
-    timeout = MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
-
-    def same(a: Any, b: Any) -> bool:
-        return bool(verify(a, b, timeout_seconds=timeout) or verify(b, a, timeout_seconds=timeout))
-
-    label: dict[str, int] = {}
-    reps: list[tuple[int, Any]] = []  # (label, parsed first member) of each group that parses
-    out: list[int | None] = []
-    for j, answer in enumerate(answers):
-        if answer is None:
-            out.append(None)
-            continue
-        if answer not in label:
-            parsed = parse(_as_latex(answer), parsing_timeout=timeout) if answer.strip() else []
-            group = next((g for g, rep in reps if parsed and same(rep, parsed)), None)
-            if group is None:
-                group = j
-                if parsed:
-                    reps.append((j, parsed))
-            label[answer] = group
-        out.append(label[answer])
-    return out
 
 
 # --- selectors on one row ------------------------------------------------------------------------
@@ -414,3 +293,86 @@ def result_row(prompt: Prompt, result: BoNResult) -> dict[str, Any]:
 def json_number(value: float | None) -> float | None:
     """JSON has no NaN or infinity: those become null."""
     return value if value is not None and math.isfinite(value) else None
+
+
+# --- adaptive N ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AdaptiveResult:
+    """The pick of each prompt, and what adaptive sampling spent."""
+
+    results: list[BoNResult]
+    """One per prompt; ``len(result.candidates)`` is the samples that prompt used."""
+    budget: int
+    """Samples per prompt at most."""
+    batches: int
+    """``generate`` calls made."""
+
+    @property
+    def samples(self) -> list[int]:
+        """Samples used by each prompt."""
+        return [len(r.candidates) for r in self.results]
+
+    @property
+    def used(self) -> int:
+        return sum(self.samples)
+
+    @property
+    def saved(self) -> int:
+        """Samples a non-adaptive run with N = budget would have drawn beyond these."""
+        return self.budget * len(self.results) - self.used
+
+    def summary(self) -> dict[str, Any]:
+        """Samples used against the budget, as a JSON-ready dict."""
+        full = self.budget * len(self.results)
+        return {"prompts": len(self.results), "budget": self.budget, "samples": self.used, "saved": self.saved,
+                "saved_fraction": round(self.saved / full, 4) if full else 0.0, "batches": self.batches,
+                "stopped_early": sum(k < self.budget for k in self.samples)}
+
+
+def adaptive_best_of_n(
+    prompts: Sequence[PromptValue | Prompt],
+    policy: AdaptivePolicy | int,
+    generator: Generator,
+    scorer: Any = None,
+    selector: str = "majority",
+    sampling: SamplingParams | None = None,
+    metadata: Sequence[Mapping[str, Any]] | None = None,
+    extract: Extract | str | None = None,
+    equivalence: str | KeyFn = "exact",
+) -> AdaptiveResult:
+    """``rsft.bon.best_of_n`` with adaptive N: each prompt samples until its answers agree or ``policy.budget``.
+
+    Args:
+        prompts, scorer, sampling, metadata, extract, equivalence: as for ``best_of_n``.
+        policy: an ``AdaptivePolicy``, or a budget (then the policy's defaults).
+        generator: any ``Generator``; called once per batch with the prompts still open.
+        selector: ``majority`` (default), ``weighted_majority`` (votes weigh rewards in the stopping
+            rule too) or ``argmax`` (stops on agreement of the answers, picks the highest reward).
+
+    Raises:
+        RsftError: a bad policy, selector or option; a generator returning the wrong number of
+            completions; a scorer failure.
+    """
+    policy = AdaptivePolicy(budget=policy) if isinstance(policy, int) else policy
+    scorer_obj: Scorer | None = as_scorer(scorer) if scorer is not None else None
+    check_selector(selector, scorer_obj is not None)
+    extract_fn, equivalence = answer_extractor(extract), resolve_equivalence(equivalence)  # fail before sampling
+    values = [p.prompt if isinstance(p, Prompt) else p for p in prompts]
+    meta = list(metadata) if metadata is not None else [p.metadata if isinstance(p, Prompt) else {} for p in prompts]
+    if len(meta) != len(values):
+        raise RsftError(f"metadata has {len(meta)} entries for {len(values)} prompts")
+    sampling = sampling or SamplingParams()
+
+    def score_batch(open_: list[int], batch: list[list[Completion]], first: int) -> list[list[float]]:
+        assert scorer_obj is not None
+        return score_rows([values[i] for i in open_], batch, scorer_obj, [meta[i] for i in open_],
+                          indices=open_, first_sample=first)
+
+    run = sample_adaptively(values, policy, generator, sampling, extract_fn, equivalence,
+                            score_batch if scorer_obj is not None else None,
+                            weighted=selector == "weighted_majority")
+    results = [pick(values[i], run.rows[i], run.scores[i] if run.scores is not None else None, selector, extract_fn,
+                    equivalence) for i in range(len(values))]
+    return AdaptiveResult(results, policy.budget, run.batches)

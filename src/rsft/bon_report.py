@@ -2,7 +2,7 @@
 
 For each n (powers of two up to the round's N, then N) it prints the expected best reward of n
 samples, pass@n and the KL from the base policy, all estimated from the round's M x N rewards
-(``rsft.stats.bon_curve``). ``--json`` prints the same as JSON; ``--plot`` draws it to a PNG.
+(``rsft.bon_stats.bon_curve``). ``--json`` prints the same as JSON; ``--plot`` draws it to a PNG.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rsft import artifacts, matrix, stats
+from rsft import artifacts, bon_stats, matrix
 from rsft.errors import RsftError
 
 _ROUND = re.compile(r"round-(\d+)")
@@ -53,20 +53,29 @@ def report(round_dir: Path, threshold: float = 0.5) -> dict[str, Any]:
     """The BoN curve of one round, with its shape and NaN count; JSON-ready."""
     prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
     R, _ = matrix.read_rewards(round_dir / artifacts.REWARDS, [p.prompt_id for p in prompts])
-    nans = int(np.count_nonzero(np.isnan(R)))
-    return {
-        "round_dir": str(round_dir),
-        "M": int(R.shape[0]),
-        "N": int(R.shape[1]),
-        "nan_count": nans,
-        "threshold": threshold,
-        "curve": stats.bon_curve(R, threshold=threshold),
-    }
+    M, N = R.shape
+    out: dict[str, Any] = {"round_dir": str(round_dir), "M": int(M), "N": int(N)}
+    unsampled = None
+    if (round_dir / artifacts.COMPLETIONS).exists():
+        unsampled = matrix.unsampled_mask(round_dir / artifacts.COMPLETIONS, M, N)
+    if unsampled is not None:
+        # adaptive N: every prompt sampled its first columns; the curve uses only those, where the
+        # estimates stay unbiased (later columns exist only for the prompts that kept sampling)
+        columns = int((~unsampled).sum(axis=1).min())
+        out.update(unsampled=int(unsampled.sum()), curve_columns=columns)
+        R = R[:, :columns]
+    out["nan_count"] = int(np.count_nonzero(np.isnan(R)))
+    out["threshold"] = threshold
+    out["curve"] = bon_stats.bon_curve(R, threshold=threshold)
+    return out
 
 
 def format_report(rep: dict[str, Any]) -> str:
     lines = [f"{rep['round_dir']}: {rep['M']} prompts x {rep['N']} samples, {rep['nan_count']} NaN"]
-    lines.append(stats.format_bon_curve(rep["curve"], rep["threshold"]))
+    lines.append(bon_stats.format_bon_curve(rep["curve"], rep["threshold"]))
+    if rep.get("unsampled"):
+        lines.append(f"note: adaptive N left {rep['unsampled']} cells unsampled; the curve uses the first "
+                     f"{rep['curve_columns']} samples of each prompt, which every prompt drew")
     if rep["nan_count"]:
         lines.append(f"note: {rep['nan_count']} NaN rewards (failed scorings) count as the worst sample "
                      "(the lowest finite reward) and never pass")

@@ -107,6 +107,30 @@ class SamplingConfig:
 
 
 @dataclass
+class AdaptiveGenerationConfig:
+    """Adaptive N in the generate stage: each prompt samples in growing batches (``min_n``, then
+    x ``growth``) and stops once its answers agree, up to ``generation.n``; the cells it did not
+    sample are recorded as unsampled (no text, NaN reward, never selected). ``rsft.adaptive``."""
+
+    enabled: bool = False
+    """Sample adaptively (``generation.n`` is then the most samples per prompt)."""
+    min_n: int = 4
+    """Samples in the first batch; no prompt stops with fewer."""
+    supermajority: float = 0.6
+    """share rule: stop once the leading answer holds at least this fraction of the samples."""
+    growth: float = 2.0
+    """Each later batch grows a prompt's samples to ceil(growth x samples so far), up to N."""
+    rule: str = field(default="share", metadata=choices("share", "beta"))
+    """Stopping rule: share (supermajority of the votes) or beta (P(leader beats runner-up) >= confidence)."""
+    confidence: float = 0.95
+    """beta rule: posterior probability that the leading answer beats the runner-up needed to stop."""
+    answer: str = "first_line"
+    """The answer a completion votes for: first_line, boxed (the last \\boxed{...}) or pkg.module:name."""
+    equivalence: str = "exact"
+    """Answers that vote together: exact (same text), math (math-verify equivalent) or pkg.module:name."""
+
+
+@dataclass
 class GenerationConfig:
     """How many completions per prompt, from which generator(s), sampled how."""
 
@@ -119,6 +143,8 @@ class GenerationConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     shard_size: int = 64
     """Prompts per shard: each shard is written atomically, and a rerun skips finished shards."""
+    adaptive: AdaptiveGenerationConfig = field(default_factory=AdaptiveGenerationConfig)
+    """Adaptive N: stop sampling a prompt once its answers agree (off by default)."""
 
 
 def sampling_params(config: GenerationConfig, seed_offset: int = 0) -> SamplingParams:

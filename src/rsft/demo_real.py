@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from rsft import artifacts, matrix, pipeline, rounds, stages
+from rsft.bon_stats import pass_at_k
 from rsft.config import (
     EvalConfig,
     GenerationConfig,
@@ -44,7 +45,6 @@ from rsft.config import (
 )
 from rsft.demo import train_summary
 from rsft.prompts import humaneval_prompts
-from rsft.stats import pass_at_k
 from rsft.train import peak_rss_mb
 from rsft.types import Prompt
 

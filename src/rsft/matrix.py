@@ -194,21 +194,43 @@ def release_memory() -> None:
 # --- completions ---------------------------------------------------------------------------------
 
 
+UNSAMPLED = "unsampled"
+"""``finish_reason`` of a cell adaptive N did not sample (its text, token count and log-prob are null)."""
+
+
 def completion_columns(
-    prompts: Sequence[Prompt], rows: Sequence[Sequence[Completion]], seed: int
+    prompts: Sequence[Prompt], rows: Sequence[Sequence[Completion]], seed: int, n: int | None = None
 ) -> dict[str, list[Any]]:
+    """The completions file's columns for ``rows``; with ``n``, each row is filled up to ``n`` cells
+    with unsampled ones (adaptive N: the row stopped early)."""
     cols: dict[str, list[Any]] = {name: [] for name in COMPLETIONS_SCHEMA.names}
     for prompt, row in zip(prompts, rows, strict=True):
-        for j, c in enumerate(row):
+        width = len(row) if n is None else n
+        for j in range(width):
+            c = row[j] if j < len(row) else None
             cols["prompt_id"].append(prompt.prompt_id)
             cols["sample_idx"].append(j)
-            cols["text"].append(c.text)
-            cols["n_tokens"].append(c.n_tokens)
-            cols["finish_reason"].append(c.finish_reason)
-            cols["logprob"].append(c.logprob)
-            cols["generator"].append(c.generator)
+            cols["text"].append(c.text if c else None)
+            cols["n_tokens"].append(c.n_tokens if c else None)
+            cols["finish_reason"].append(c.finish_reason if c else UNSAMPLED)
+            cols["logprob"].append(c.logprob if c else None)
+            cols["generator"].append(c.generator if c else "")
             cols["seed"].append(seed)
     return cols
+
+
+def unsampled_mask(path: Path, m: int, n: int) -> np.ndarray | None:
+    """The M x N cells of ``completions.parquet`` adaptive N left unsampled; None when there are none
+    (a file checked by ``read_completion_index``, streamed a batch at a time)."""
+    mask = np.zeros(m * n, dtype=bool)
+    start = 0
+    with pq.ParquetFile(path) as file:
+        for batch in file.iter_batches(8192, columns=["finish_reason"]):
+            column = batch.column(0)
+            mask[start : start + batch.num_rows] = pc.fill_null(pc.equal(column, UNSAMPLED), False).to_numpy(
+                zero_copy_only=False)
+            start += batch.num_rows
+    return mask.reshape(m, n) if mask.any() else None
 
 
 @dataclass

@@ -260,8 +260,10 @@ def check_round(rm: Scorer, verdicts: RoundVerdicts, per_prompt: int = 1, seed: 
     pairs = sample_pairs(verdicts, per_prompt, seed)
     mixed = [i for i, row in enumerate(verdicts.passed) if (row == 1.0).any() and (row == 0.0).any()]
     n = verdicts.passed.shape[1] if mixed else 0
-    flat = _score(rm, [verdicts.prompts[i].prompt for i in mixed for _ in range(n)],
-                  [t for i in mixed for t in verdicts.texts[i]])
+    cells = [(i, t) for i in mixed for t in verdicts.texts[i]]
+    sampled = [k for k, (_, t) in enumerate(cells) if t is not None]  # None: adaptive N did not sample it
+    flat = np.full(len(cells), np.nan)
+    flat[sampled] = _score(rm, [verdicts.prompts[cells[k][0]].prompt for k in sampled], [cells[k][1] for k in sampled])
     S = dict(zip(mixed, flat.reshape(len(mixed), n), strict=True))
     report: dict[str, Any] = {
         "rm": rm.name,

@@ -225,7 +225,10 @@ def write_control_set(round_dir: Path, count: int, seed: int) -> int:
     rows_idx = sorted(rng.sample(range(len(prompts)), min(count, len(prompts))))
     from rsft.export import sft_row
 
-    rows = [sft_row(prompts[i], comps.texts[i][rng.randrange(comps.shape[1])]) for i in rows_idx]
+    rows = []
+    for i in rows_idx:
+        sampled = [text for text in comps.texts[i] if text is not None]  # None: adaptive N did not sample it
+        rows.append(sft_row(prompts[i], sampled[rng.randrange(len(sampled))]))
     return artifacts.write_jsonl(round_dir / artifacts.CONTROL / artifacts.SELECTED, rows)
 
 

@@ -103,6 +103,9 @@ def grid_of(config: RunConfig) -> Grid:
                         f"'threshold'), got {config.selection.strategy!r}")
     if config.generation.mix:
         raise RsftError("generation.mix: rsft sweep samples N_max from one generator; remove the mix")
+    if config.generation.adaptive.enabled:
+        raise RsftError("generation.adaptive: rsft sweep reads the first n samples of every prompt as a run "
+                        "with N = n; adaptive N leaves some unsampled, so turn it off")
     if s.epochs is not None and config.train.max_steps is not None:
         raise RsftError("sweep.epochs: train.max_steps overrides epochs; remove train.max_steps to sweep epochs")
     if config.eval.prompts is None:

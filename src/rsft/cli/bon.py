@@ -161,8 +161,7 @@ def _fixed_rows(prompts: list[Prompt], n: int, generator: Generator, choose: dic
 
 def _adaptive_rows(prompts: list[Prompt], policy: AdaptivePolicy, generator: Generator,
                    choose: dict[str, Any]) -> list[dict[str, Any]]:
-    from rsft.adaptive import adaptive_best_of_n
-    from rsft.bon import result_row
+    from rsft.bon import adaptive_best_of_n, result_row
 
     run = adaptive_best_of_n(prompts, policy, generator, **choose)
     rows = [{**result_row(p, r), "samples": k} for p, r, k in zip(prompts, run.results, run.samples, strict=True)]

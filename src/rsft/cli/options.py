@@ -68,6 +68,8 @@ SPELLINGS: dict[str, Spelling] = {
     "generation.n": Spelling(("-n",)),
     "generation.generator.options": Spelling(("--option",)),
     "generation.sampling.stop": Spelling(("--stop",), type=unescape),
+    "generation.adaptive.enabled": Spelling(("--adaptive",)),
+    "generation.adaptive.rule": Spelling(("--stop-rule",)),
     "scoring.options": Spelling(("--scorer-option",)),
     "selection.k": Spelling(("-k",)),
     "ray.address": Spelling(("--ray-address",)),

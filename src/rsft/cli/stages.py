@@ -19,6 +19,7 @@ PROMPTS = Section("prompts", ("prompts",), exclude=("prompts.task.template", "pr
                   help={"prompts.task.name": "reasoning-gym task name (instead of --prompts), e.g. chain_sum"})
 GENERATION = Section("generation", ("generation.n", "generation.generator", "generation.sampling",
                                     "generation.shard_size"), exclude=("generation.generator.n",))
+ADAPTIVE = Section("adaptive N (stop sampling a prompt once its answers agree)", ("generation.adaptive",))
 SCORING = Section("scoring", ("scoring",))
 SELECTION = Section("selection", ("selection",), exclude=("selection.seed",))
 EXECUTOR = Section("executor", ("executor", "ray.address", "ray.generate.actors", "ray.generate.num_cpus",
@@ -112,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_config_argument(p)
     _new_version(p)
-    add_config_flags(p, [RUN, PROMPTS, GENERATION, SCORING, SELECTION, EXECUTOR])
+    add_config_flags(p, [RUN, PROMPTS, GENERATION, ADAPTIVE, SCORING, SELECTION, EXECUTOR])
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -134,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 COMMANDS: dict[str, Command] = {
     "generate": Command("sample N completions per prompt into ROUND_DIR/completions.parquet",
-                        _stage_arguments(PROMPTS, GENERATION, EXECUTOR, new_version=True), cmd_generate),
+                        _stage_arguments(PROMPTS, GENERATION, ADAPTIVE, EXECUTOR, new_version=True), cmd_generate),
     "score": Command("score every (prompt, completion) into ROUND_DIR/rewards.parquet and print statistics",
                      _stage_arguments(SCORING, EXECUTOR, new_version=True), cmd_score),
     "select": Command("pick completions from the reward matrix into ROUND_DIR/selection.parquet",

@@ -64,7 +64,7 @@ def create_app(
         extract: the answer a completion votes for (majority selectors): ``first_line`` (also None),
             ``boxed``, ``pkg.module:name`` or a callable.
         equivalence: which answers vote together (majority selectors): ``exact``, ``math`` or a key
-            function (see ``rsft.bon.answer_groups``).
+            function (see ``rsft.answers.answer_groups``).
         adaptive: settings of requests that send ``budget`` (adaptive N; each request's budget, and
             its ``min_n``/``supermajority`` when given, replace these); None: ``AdaptivePolicy``'s defaults.
     """

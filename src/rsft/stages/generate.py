@@ -3,6 +3,11 @@
 ``prompts.parquet`` holds the round's prompts; generation runs in shards of ``shard_size`` prompts
 (``rsft.stages.shards``), shard ``s`` sampling with seed offset ``1009 * s``. Prompts are streamed
 into that file and read back a shard at a time, so memory does not grow with their number.
+
+With ``config.adaptive.enabled`` a shard samples adaptively (``rsft.adaptive``): each prompt stops
+once its answers agree, and its row is filled up to N with unsampled cells (``matrix.UNSAMPLED``:
+null text, scored NaN without calling the scorer, never selected). The counts say how many
+completions were drawn and how many were saved.
 """
 
 from __future__ import annotations
@@ -16,8 +21,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from rsft import artifacts, matrix
+from rsft.adaptive import AdaptivePolicy, sample_adaptively
+from rsft.answers import Extract, KeyFn, answer_extractor, resolve_equivalence
 from rsft.config import GenerationConfig, sampling_params
 from rsft.errors import RsftError
 from rsft.executor import Executor, LocalExecutor
@@ -25,7 +33,7 @@ from rsft.generate import Generator, generator_gpus
 from rsft.progress import progress
 from rsft.shard_job import ShardResult
 from rsft.stages.shards import finish_shards, hash_with_ids, run_shards
-from rsft.types import Prompt, SamplingParams
+from rsft.types import Completion, Prompt, SamplingParams
 
 
 def generate(
@@ -47,7 +55,7 @@ def generate(
     plan = plan_generation(round_dir, config, prompts, new_version)
     if isinstance(plan, dict):
         return plan
-    job = GenerationShards(make_generator, config.n, gpus=generation_gpus(config))
+    job = GenerationShards(make_generator, config.n, gpus=generation_gpus(config), adaptive=adaptive_policy(config))
     try:
         with progress(plan.m, "generate", unit="prompt") as bar:
             made = run_shards(plan.shard_dir, plan.count, job, plan.task, matrix.COMPLETIONS_SCHEMA,
@@ -92,12 +100,13 @@ def plan_generation(
         raise RsftError(f"generation.sampling: {e}") from None
     if config.n < 1:
         raise RsftError(f"generation.n: must be >= 1, got {config.n}")
+    adaptive_policy(config)  # a bad adaptive setting fails before any prompt is written
     path = round_dir / artifacts.PROMPTS
     if prompts is not None:
         update_prompts(path, prompts, lambda: artifacts.guard_outputs(round_dir, "generate", None, new_version,
                                                                       why="the prompts changed"))
     ids = matrix.read_prompt_ids(path)
-    generation = asdict(config)
+    generation = stage_config(config)
     done = artifacts.stage_is_current(round_dir, "generate", generation, [artifacts.PROMPTS], [artifacts.COMPLETIONS])
     if done:
         return {**done["counts"], "shards_generated": 0, "reused": True}
@@ -106,6 +115,52 @@ def plan_generation(
     count = math.ceil(len(ids) / max(1, config.shard_size))
     return GenerationPlan(config, len(ids), matrix.PromptReader(path), generation,
                           round_dir / artifacts.SHARDS / f"completions-{digest}", digest, count, started)
+
+
+def stage_config(config: GenerationConfig) -> dict[str, Any]:
+    """The ``generation`` config the manifest records; without adaptive N its (unused) settings are
+    left out, so rounds written before the option existed stay current."""
+    out = asdict(config)
+    if not config.adaptive.enabled:
+        del out["adaptive"]
+    return out
+
+
+def adaptive_policy(config: GenerationConfig) -> AdaptiveSampling | None:
+    """The adaptive sampling of ``config.adaptive`` (budget ``config.n``), checked; None when it is off."""
+    a = config.adaptive
+    if not a.enabled:
+        return None
+    if config.mix:
+        raise RsftError("generation.adaptive: not with generation.mix (each generator owns fixed columns)")
+    try:
+        policy = AdaptivePolicy(budget=config.n, min_n=a.min_n, supermajority=a.supermajority, growth=a.growth,
+                                rule=a.rule, confidence=a.confidence)
+        return AdaptiveSampling(policy, a.answer, a.equivalence, answer_extractor(a.answer),
+                                resolve_equivalence(a.equivalence))
+    except RsftError as e:
+        raise RsftError(f"generation.adaptive: {e}") from None
+
+
+@dataclass
+class AdaptiveSampling:
+    """Adaptive N for generation shards: the policy and how answers are read and grouped. The
+    specs travel (pickled to Ray actors); the functions are rebuilt from them after a pickle."""
+
+    policy: AdaptivePolicy
+    answer: str
+    equivalence: str
+    extract: Extract | None = field(default=None, repr=False)
+    key: str | KeyFn | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "extract": None, "key": None}
+
+    def sample(self, generator: Generator, chunk: list[Prompt], sampling: SamplingParams) -> list[list[Completion]]:
+        if self.extract is None or self.key is None:
+            self.extract, self.key = answer_extractor(self.answer), resolve_equivalence(self.equivalence)
+        return sample_adaptively([p.prompt for p in chunk], self.policy, generator, sampling, self.extract,
+                                 self.key).rows
 
 
 class _Unchanged(Exception):
@@ -127,15 +182,21 @@ def update_prompts(path: Path, prompts: Iterable[Prompt], before_replace: Callab
 
 def finish_generation(round_dir: Path, plan: GenerationPlan, made: int) -> dict[str, Any]:
     """Write ``completions.parquet`` from the plan's shards and record the stage; returns its counts."""
-    total = {"completions": 0, "tokens": 0}
+    total = {"completions": 0, "tokens": 0, "unsampled": 0}
 
     def count(table: pa.Table) -> None:
-        total["completions"] += table.num_rows
+        unsampled = int(pc.sum(pc.equal(table.column("finish_reason"), matrix.UNSAMPLED)).as_py() or 0)
+        total["completions"] += table.num_rows - unsampled
+        total["unsampled"] += unsampled
         total["tokens"] += int(np.nansum(np.array(table.column("n_tokens").to_pylist(), dtype=float)))
 
     finish_shards(plan.shard_dir, plan.count, matrix.COMPLETIONS_SCHEMA, round_dir / artifacts.COMPLETIONS, count)
     counts = {"prompts": plan.m, "n": plan.config.n, "completions": total["completions"],
               "shards_generated": made, "tokens": total["tokens"]}
+    if plan.config.adaptive.enabled:
+        cells = plan.m * plan.config.n
+        counts["adaptive"] = {"budget": cells, "samples": total["completions"], "saved": total["unsampled"],
+                              "saved_fraction": round(total["unsampled"] / cells, 4) if cells else 0.0}
     artifacts.record_stage(round_dir, "generate", config=plan.stage_config, inputs=[artifacts.PROMPTS],
                            outputs=[artifacts.COMPLETIONS], started=plan.started, counts=counts,
                            extra={"shard_key": plan.digest})
@@ -151,6 +212,8 @@ class GenerationShards:
     n: int
     gpus: float = 0.0
     role: str = "generate"
+    adaptive: AdaptiveSampling | None = None
+    """Adaptive N: rows stop early and are filled with unsampled cells; None: ``n`` each."""
     _generator: Generator | None = field(default=None, repr=False)
 
     def setup(self) -> None:
@@ -159,6 +222,9 @@ class GenerationShards:
     def run(self, task: tuple[list[Prompt], SamplingParams]) -> ShardResult:
         chunk, sampling = task
         assert self._generator is not None, "setup() first"
+        if self.adaptive is not None:
+            rows = self.adaptive.sample(self._generator, chunk, sampling)
+            return ShardResult(matrix.completion_columns(chunk, rows, sampling.seed, n=self.n), units=len(chunk))
         rows = self._generator.generate([p.prompt for p in chunk], self.n, sampling)
         _check_rows(rows, len(chunk), self.n, self._generator.name)
         return ShardResult(matrix.completion_columns(chunk, rows, sampling.seed), units=len(chunk))

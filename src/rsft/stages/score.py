@@ -21,6 +21,7 @@ from rsft.shard_job import ShardResult
 from rsft.stages.generate import (
     GenerationPlan,
     GenerationShards,
+    adaptive_policy,
     finish_generation,
     generation_gpus,
     plan_generation,
@@ -87,7 +88,8 @@ def score(
     finish_shards(folder, count, matrix.REWARDS_SCHEMA, round_dir / artifacts.REWARDS,
                   lambda table: failed.append(sum(table.column("failed").to_pylist())))
     R = matrix.read_reward_matrix(round_dir / artifacts.REWARDS, ids)
-    summary = stats.reward_stats(R, comps.n_tokens, pass_threshold=config.pass_threshold)
+    summary = stats.reward_stats(R, comps.n_tokens, pass_threshold=config.pass_threshold,
+                                 unsampled=matrix.unsampled_mask(comps.path, m, n))
     summary["failed_pairs"] = int(sum(failed))
     if padding.get("padded_tokens"):
         summary["padding_efficiency"] = round(padding["real_tokens"] / padding["padded_tokens"], 4)
@@ -122,14 +124,20 @@ class ScoringShards:
         scorer = self._scorer
         assert scorer is not None, "setup() first"
         pairs = [(p, j, text) for p, row in zip(chunk, texts, strict=True) for j, text in enumerate(row)]
-        values, details, failed = score_pairs(
+        sampled = [k for k, (_, _, text) in enumerate(pairs) if text is not None]  # None: unsampled (adaptive N)
+        got, got_details, got_failed = ([], [], []) if not sampled else score_pairs(
             scorer,
-            [p.prompt for p, _, _ in pairs],
-            [text for _, _, text in pairs],
-            [p.metadata for p, _, _ in pairs],
+            [pairs[k][0].prompt for k in sampled],
+            [pairs[k][2] for k in sampled],
+            [pairs[k][0].metadata for k in sampled],
             on_error=self.on_error,
-            labels=[f"prompt {p.prompt_id} sample {j}" for p, j, _ in pairs],
+            labels=[f"prompt {pairs[k][0].prompt_id} sample {pairs[k][1]}" for k in sampled],
         )
+        values: list[float] = [math.nan] * len(pairs)
+        details: list[str | None] = [None] * len(pairs)
+        failed = [False] * len(pairs)
+        for k, value, detail, fail in zip(sampled, got, got_details, got_failed, strict=True):
+            values[k], details[k], failed[k] = value, detail, fail
         last = (scorer.last_stats or {}) if isinstance(scorer, ReportsStats) else {}
         columns = {
             "prompt_id": [p.prompt_id for p, _, _ in pairs],
@@ -193,7 +201,8 @@ def generate_and_score(
 def _stream_generation(round_dir: Path, plan: GenerationPlan, make_generator: Callable[[], Generator],
                        score_job: ScoringShards, executor: Executor, scored: dict[int, ShardResult]) -> dict[str, Any]:
     """Generate the plan's missing shards with ``score_job`` right behind; the scores go into ``scored``."""
-    gen_job = GenerationShards(make_generator, plan.config.n, gpus=generation_gpus(plan.config))
+    gen_job = GenerationShards(make_generator, plan.config.n, gpus=generation_gpus(plan.config),
+                               adaptive=adaptive_policy(plan.config))
     made = 0
 
     def on_generated(s: int, result: ShardResult) -> None:

@@ -33,6 +33,8 @@ def select_completions(round_dir: Path, config: SelectionConfig) -> dict[str, An
     m = len(ids)
     R = matrix.read_reward_matrix(round_dir / artifacts.REWARDS, ids)
     R, nans, infs = selectors.mask_non_finite(R)  # NaN and +-inf from a scorer are never picked: counted
+    unsampled = _unsampled(round_dir, R.shape)
+    nans -= unsampled  # cells adaptive N did not sample are NaN too, but no scorer failed on them
     no_finite = int(np.count_nonzero(~(R > -np.inf).any(axis=1))) if R.shape[1] else m
     Rs = selectors.apply_mask(R, dedup_mask(round_dir, ids)) if config.dedup else R
 
@@ -54,6 +56,8 @@ def select_completions(round_dir: Path, config: SelectionConfig) -> dict[str, An
     counts = {"selected": len(rows), "prompts_with_pick": kept_rows, "prompts": m,
               "nan_rewards": nans, "inf_rewards": infs, "prompts_without_finite_reward": no_finite,
               "mean_selected_reward": _mean(rewards)}
+    if unsampled:
+        counts["unsampled"] = unsampled
     if nans or infs:
         warn(f"{nans} NaN and {infs} infinite rewards were counted as -inf (never selected); "
              f"{no_finite} of {m} prompts have no finite reward and give no selection")
@@ -116,6 +120,13 @@ def _part(column: Any, start: int, stop: int) -> Any:
         values, index = column
         return values.take(pa.array(index[start:stop], pa.int64()))
     return column[start:stop]
+
+
+def _unsampled(round_dir: Path, shape: tuple[int, int]) -> int:
+    """How many cells of the round adaptive N left unsampled (0 without a completions file)."""
+    path = round_dir / artifacts.COMPLETIONS
+    mask = matrix.unsampled_mask(path, *shape) if path.exists() else None
+    return int(mask.sum()) if mask is not None else 0
 
 
 def dedup_mask(round_dir: Path, ids: pa.Array) -> np.ndarray:

@@ -1,0 +1,142 @@
+"""What a completion votes for and which answers are the same: the voting half of Best-of-N.
+
+An extractor maps a completion to its answer (``first_line``, ``boxed`` or a user function; None
+abstains); ``answer_groups`` puts equivalent answers in one group: ``exact`` (equal texts), ``math``
+(math-verify equivalence, so ``1/2``, ``0.5`` and ``\\frac{1}{2}`` vote together) or a user key
+function. Used by the voting selectors of ``rsft.bon`` and by adaptive N (``rsft.adaptive``), which
+the generate stage runs too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+from rsft.errors import RsftError
+
+Extract = Callable[[str], "str | None"]
+"""Maps a completion to the answer it votes for; ``None`` abstains."""
+
+
+def first_line(text: str) -> str | None:
+    """The default answer extractor: the first non-blank line, stripped; None for a blank text."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return None
+
+
+ANSWERS = ("first_line", "boxed")
+"""Built-in answer extractors (``--answer``); ``pkg.module:name`` loads a user function."""
+
+EQUIVALENCES = ("exact", "math")
+"""Built-in answer groupings (``--equivalence``); ``pkg.module:name`` loads a user key function."""
+
+KeyFn = Callable[[str], Hashable]
+"""Maps an answer to its group key: answers with equal keys vote together; a None key abstains."""
+
+
+def last_boxed(text: str) -> str | None:
+    """The ``boxed`` extractor: the content of the last ``\\boxed{...}``; None when there is none."""
+    from rsft.score.checkers import _last_boxed
+
+    return _last_boxed(text) or None
+
+
+def _load_function(spec: str, what: str) -> Callable[..., Any]:
+    """Import a user function ``"pkg.module:name"`` named by option ``what``."""
+    import importlib
+
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise RsftError(f"{what} {spec!r}: expected 'pkg.module:name'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ImportError as e:
+        raise RsftError(f"{what} {spec!r}: cannot import {module_name!r}: {e}") from None
+    except AttributeError:
+        raise RsftError(f"{what} {spec!r}: {module_name!r} has no attribute {attr!r}") from None
+    if not callable(obj):
+        raise RsftError(f"{what} {spec!r}: {attr!r} is not callable")
+    return obj
+
+
+def answer_extractor(spec: str | Extract | None = None) -> Extract:
+    """The extractor named by ``spec``: ``first_line`` (also None), ``boxed``, ``pkg.module:name``, a callable."""
+    if spec is None or spec == "first_line":
+        return first_line
+    if callable(spec):
+        return spec
+    if spec == "boxed":
+        return last_boxed
+    if ":" in spec:
+        return _load_function(spec, "answer extractor")
+    raise RsftError(f"unknown answer extractor {spec!r}; choose {', '.join(ANSWERS)} or pkg.module:name")
+
+
+def resolve_equivalence(spec: str | KeyFn) -> str | KeyFn:
+    """``exact`` or ``math`` as is, a ``pkg.module:name`` key function loaded, a callable as is."""
+    if callable(spec) or spec in EQUIVALENCES:
+        return spec
+    if isinstance(spec, str) and ":" in spec:
+        return _load_function(spec, "equivalence")
+    raise RsftError(f"unknown equivalence {spec!r}; choose {', '.join(EQUIVALENCES)} or pkg.module:name")
+
+
+def answer_groups(answers: Sequence[str | None], equivalence: str | KeyFn = "exact") -> list[int | None]:
+    """The group of each answer, labelled by the index of the group's first member; None abstains.
+
+    ``exact``: equal texts. ``math``: see ``_math_groups``. A key function: equal keys.
+    """
+    equivalence = resolve_equivalence(equivalence)
+    if equivalence == "math":
+        return _math_groups(answers)
+    key: KeyFn = (lambda a: a) if equivalence == "exact" else equivalence  # type: ignore[assignment]
+    first: dict[Hashable, int] = {}
+    out: list[int | None] = []
+    for j, answer in enumerate(answers):
+        k = None if answer is None else key(answer)
+        try:
+            out.append(None if k is None else first.setdefault(k, j))
+        except TypeError:
+            raise RsftError(f"equivalence key of answer {answer!r} is not hashable: {k!r}") from None
+    return out
+
+
+def _math_groups(answers: Sequence[str | None]) -> list[int | None]:
+    """Groups by math-verify equivalence: ``verify(a, b) or verify(b, a)`` on the parsed answers.
+
+    Each distinct text is parsed once and compared with the representative (first member) of each
+    group so far, joining the first group it matches: O(groups x distinct answers) comparisons.
+    Equal texts always share a group; a text math-verify cannot parse only groups with itself.
+    """
+    import threading
+
+    from math_verify import parse, verify
+
+    from rsft.score.checkers import MATH_TIMEOUT_S, _as_latex
+
+    timeout = MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
+
+    def same(a: Any, b: Any) -> bool:
+        return bool(verify(a, b, timeout_seconds=timeout) or verify(b, a, timeout_seconds=timeout))
+
+    label: dict[str, int] = {}
+    reps: list[tuple[int, Any]] = []  # (label, parsed first member) of each group that parses
+    out: list[int | None] = []
+    for j, answer in enumerate(answers):
+        if answer is None:
+            out.append(None)
+            continue
+        if answer not in label:
+            parsed = parse(_as_latex(answer), parsing_timeout=timeout) if answer.strip() else []
+            group = next((g for g, rep in reps if parsed and same(rep, parsed)), None)
+            if group is None:
+                group = j
+                if parsed:
+                    reps.append((j, parsed))
+            label[answer] = group
+        out.append(label[answer])
+    return out
