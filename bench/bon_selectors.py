@@ -22,7 +22,8 @@ import numpy as np
 
 from rsft import artifacts, matrix
 from rsft.adaptive import AdaptivePolicy, should_stop
-from rsft.bon import answer_extractor, argmax_indices, vote
+from rsft.answers import answer_extractor
+from rsft.bon import argmax_indices, vote
 
 
 def mean_logprobs(folder: Path, prompts) -> np.ndarray:
