@@ -179,3 +179,24 @@ def test_cli_generate_adaptive_on_the_tiny_model(tmp_path, tiny_lm):
                "--adaptive", "--min-n", "0", cwd=tmp_path)
     assert bad.returncode == 2 and "generation.adaptive: adaptive min_n" in bad.stderr
     assert not (tmp_path / "r2" / artifacts.PROMPTS).exists()
+
+
+def test_cli_run_adaptive_then_report(tmp_path, tiny_lm):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Q: {i} + 1?\nA:", "answer": str(i + 1)}) + "\n"
+                               for i in range(6)))
+    r = rsft("run", "--prompts", str(prompts), "--model", str(tiny_lm), "-n", "6", "--max-new-tokens", "1",
+             "--temperature", "0.2", "--adaptive", "--min-n", "2", "--supermajority", "0.5", "--scorer", "exact",
+             "--name", "ada", "--out", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    rd = tmp_path / "runs" / "ada" / "round-000"
+    mask = matrix.unsampled_mask(rd / artifacts.COMPLETIONS, 6, 6)
+    assert mask is not None and mask.any()  # near-greedy one-token answers agree at 2 samples
+    manifest = artifacts.read_manifest(rd)["stages"]
+    assert manifest["score"]["stats"]["unsampled"] == int(mask.sum())
+    assert manifest["select"]["counts"]["unsampled"] == int(mask.sum())
+    assert manifest["select"]["counts"]["nan_rewards"] == 0
+    r = rsft("report", str(tmp_path / "runs" / "ada"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    html = next((tmp_path / "runs" / "ada").glob("report*.html")).read_text()
+    assert f"unsampled cells (adaptive N)</td><td>{int(mask.sum())}" in html.replace("\n", "")

@@ -44,6 +44,8 @@ class RoundData:
     """The control arm's ``{"metric", "kl", "kept"}``, when it ran."""
     shape: tuple[int, int] | None = None
     nan_rewards: int = 0
+    unsampled: int = 0
+    """Cells adaptive N did not sample."""
     rewards_all: np.ndarray = field(default_factory=lambda: np.empty(0))
     rewards_kept: np.ndarray = field(default_factory=lambda: np.empty(0))
     lengths_all: np.ndarray = field(default_factory=lambda: np.empty(0))
@@ -128,7 +130,10 @@ def _read_tables(path: Path, rd: RoundData) -> None:
     if (path / artifacts.REWARDS).exists():
         R, _ = matrix.read_rewards(path / artifacts.REWARDS, ids)
         rd.shape = (int(R.shape[0]), int(R.shape[1]))
-        rd.nan_rewards = int(np.count_nonzero(np.isnan(R)))
+        comps = path / artifacts.COMPLETIONS
+        skipped = matrix.unsampled_mask(comps, *rd.shape) if comps.exists() else None  # adaptive N: NaN, not failed
+        rd.unsampled = int(skipped.sum()) if skipped is not None else 0
+        rd.nan_rewards = int(np.count_nonzero(np.isnan(R))) - rd.unsampled
         rd.rewards_all = R[np.isfinite(R)]
     if (path / artifacts.COMPLETIONS).exists():
         tokens = matrix.read_completions(path / artifacts.COMPLETIONS, prompts).n_tokens
@@ -498,6 +503,7 @@ def _round_section(rd: RoundData, run: RunData, plots: bool) -> str:
         ["checkpoint", ev.get("checkpoint", DASH)],
         ["matrix (prompts × samples)", DASH if rd.shape is None else f"{rd.shape[0]} × {rd.shape[1]}"],
         ["failed scorings (NaN rewards)", rd.nan_rewards if rd.shape else DASH],
+        *([["unsampled cells (adaptive N)", rd.unsampled]] if rd.unsampled else []),
         ["kept", DASH if rd.kept is None else rd.kept],
         ["mean reward all / kept", " / ".join(DASH if x is None else f"{x:.3f}" for x in (every, kept))],
         [f"eval {_metric_name(run)} (CI)", format_metric(ev.get("metric"))],
