@@ -85,3 +85,24 @@ def test_shipped_example_configs_load(name):
 
     config = load_config(Path(__file__).parent.parent / "configs" / name)
     assert config.prompts.task is not None and config.prompts.task.name == "count_bits"
+
+
+def test_secrets_never_reach_config_yaml_or_manifests(tmp_path):
+    from rsft import artifacts
+    from rsft.config import GenerationConfig, GeneratorConfig, ScoringConfig
+
+    config = RunConfig(generation=GenerationConfig(generator=GeneratorConfig("openai", "m", {"api_key": "sk-live-123",
+                                                                                           "base_url": "http://x"})),
+                       scoring=ScoringConfig(scorer="judge:m", options={"API_KEY": "sk-judge", "token": ""}))
+    text = dump_config(config)
+    assert "sk-live-123" not in text and "sk-judge" not in text and text.count("<redacted>") == 2
+    assert "http://x" in text  # everything else as is
+    (tmp_path / "out.txt").write_text("done")
+    stage = {"generator": {"options": {"api_key": "sk-live-123", "base_url": "http://x"}}}
+    artifacts.record_stage(tmp_path, "generate", config=stage, inputs=[], outputs=["out.txt"], started=0.0)
+    assert "sk-live-123" not in (tmp_path / artifacts.MANIFEST).read_text()
+    other_key = {"generator": {"options": {"api_key": "sk-rotated", "base_url": "http://x"}}}
+    assert artifacts.stage_is_current(tmp_path, "generate", other_key, [], ["out.txt"]) is not None  # same config
+    with pytest.raises(RsftError, match=r"generation\.generator\.options\.base_url"):
+        artifacts.guard_outputs(tmp_path, "generate", {"generator": {"options": {"api_key": "k", "base_url": "http://y"}}},
+                                new_version=False)

@@ -179,9 +179,25 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+SECRET_KEYS = frozenset({"api_key", "token", "password", "secret", "authorization"})
+"""Option names whose values never reach a file rsft writes (configs, manifests, reports)."""
+REDACTED = "<redacted>"
+
+
+def redact(obj: Any) -> Any:
+    """``obj`` with the value of every mapping key in ``SECRET_KEYS`` (any case) replaced by
+    ``REDACTED``, at any depth; everything else as is (a copy where something changed)."""
+    if isinstance(obj, Mapping):
+        return {k: REDACTED if str(k).lower() in SECRET_KEYS and v not in (None, "") else redact(v)
+                for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    return obj
+
+
 def config_hash(obj: Any) -> str:
-    """Short stable hash of a JSON-able config."""
-    blob = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":")).encode()
+    """Short stable hash of a JSON-able config (secrets redacted first: a changed key is the same config)."""
+    blob = json.dumps(redact(obj), sort_keys=True, default=str, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -213,7 +229,7 @@ def record_stage(
     """
     round_dir = Path(round_dir)
     entry: dict[str, Any] = {
-        "config": dict(config),
+        "config": redact(dict(config)),
         "config_hash": config_hash(config),
         "inputs": {name: file_sha256(round_dir / name) for name in inputs},
         "outputs": {name: file_sha256(round_dir / name) for name in outputs},
@@ -298,7 +314,7 @@ def guard_outputs(
     if not entry or not any((round_dir / name).exists() for name in entry.get("outputs", {})):
         return
     section = {"generate": "generation.", "score": "scoring."}.get(stage, "")
-    fields = changed_fields(entry.get("config", {}), dict(config), section) if config is not None else []
+    fields = changed_fields(entry.get("config", {}), redact(dict(config)), section) if config is not None else []
     changed = ", ".join(fields) or why or "its inputs"
     if not new_version:
         raise RsftError(f"{round_dir}: the {stage} stage was run with another config ({changed}); "

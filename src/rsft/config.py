@@ -502,7 +502,9 @@ def to_dict(config: Any) -> dict[str, Any]:
 def dump_config(config: RunConfig) -> str:
     import yaml
 
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    from rsft.artifacts import redact
+
+    return yaml.safe_dump(redact(to_dict(config)), sort_keys=False)
 
 
 def key_value(text: str) -> tuple[str, Any]:
