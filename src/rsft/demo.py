@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     generator = pipeline.build_generator(config.generation)
     load_s = time.time() - started
 
-    greedy_dir = config.run_dir / "greedy"
+    greedy_dir = config.run_dir / artifacts.GREEDY
     greedy = dataclasses.replace(config.generation, n=1,
                                  sampling=dataclasses.replace(DEMO_SAMPLING, temperature=0.0))
     prompts = pipeline.load_prompt_set(config.prompts)

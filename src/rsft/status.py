@@ -53,7 +53,7 @@ def run_status(path: Path) -> dict[str, dict[str, str]]:
     if (path / artifacts.MANIFEST).exists() or (path / artifacts.PROMPTS).exists():
         return {path.name: round_status(path)}
     rounds = sorted(p for p in path.glob("round-*") if p.is_dir())
-    extra = [p for p in (path / artifacts.BASELINE, path / "greedy") if p.is_dir()]
+    extra = [p for p in (path / artifacts.BASELINE, path / artifacts.GREEDY) if p.is_dir()]
     if not rounds and not extra:
         raise RsftError(f"{path}: not a run folder (no round-XXX folders)")
     return {p.name: round_status(p) for p in [*extra, *rounds]}
