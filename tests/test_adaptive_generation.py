@@ -200,3 +200,17 @@ def test_cli_run_adaptive_then_report(tmp_path, tiny_lm):
     assert r.returncode == 0, r.stderr
     html = next((tmp_path / "runs" / "ada").glob("report*.html")).read_text()
     assert f"unsampled cells (adaptive N)</td><td>{int(mask.sum())}" in html.replace("\n", "")
+
+
+def test_the_shard_job_pickles_for_ray_actors():
+    import pickle
+
+    from rsft.stages.generate import GenerationShards, adaptive_policy
+
+    config = _config(answer="boxed", equivalence="math")
+    job = GenerationShards(lambda: None, N, adaptive=adaptive_policy(config))
+    copy = pickle.loads(pickle.dumps(job.adaptive))
+    assert copy.extract is None and copy.policy == job.adaptive.policy  # functions rebuilt from their specs
+    rows = copy.sample(ScriptedGenerator(SCRIPT_LONG), PROMPTS, SamplingParams(seed=0))
+    assert [len(r) for r in rows] == [len(r) for r in job.adaptive.sample(ScriptedGenerator(SCRIPT_LONG), PROMPTS,
+                                                                          SamplingParams(seed=0))]
