@@ -12,11 +12,13 @@ import os
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from digits_run import rsft_cli, write_run
 
 from rsft import rounds
 from rsft.config import load_config
+from rsft.errors import RsftError
 
 ROUND_FILES = {"prompts.parquet", "completions.parquet", "rewards.parquet", "selection.parquet",
                "selected.jsonl", "manifest.json", "train_log.jsonl", "checkpoint", "eval", "kl", "eval.json"}
@@ -226,3 +228,22 @@ def test_unknown_control_mode_is_an_error(tmp_path, tiny_lm, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(rounds.RsftError, match="rounds.control_mode: expected 'round' or 'chain', got 'chian'"):
         rounds.run_rounds(load_config(cfg), quiet=True)
+
+
+def test_kl_on_the_first_kl_prompts_and_exactly_zero_for_the_base(tmp_path, tiny_lm, tiny_lm_no_template):
+    from rsft import pipeline
+    from rsft.config import PromptsConfig
+
+    config = load_config(write_run(tmp_path, tiny_lm, "kl", eval_prompts=4, kl_samples=2))
+    config.eval.kl_prompts = 3
+    policies = rounds.Policies(config)
+    prompts = pipeline.load_prompt_set(PromptsConfig(path=str(tmp_path / "eval.jsonl")))
+    base = rounds.kl_from_base(config, policies, str(tiny_lm), str(tiny_lm), prompts, tmp_path / "base")
+    assert base == {"mean": 0.0, "stderr": 0.0, "n": 6} and not (tmp_path / "base").exists()  # nothing sampled
+    other = rounds.kl_from_base(config, policies, str(tiny_lm_no_template), str(tiny_lm), prompts, tmp_path / "o")
+    assert other["n"] == 6  # 3 prompts x 2 samples
+    sampled = pq.read_table(tmp_path / "o" / "kl" / "completions.parquet").column("prompt_id").to_pylist()
+    assert sorted(set(sampled)) == sorted(p.prompt_id for p in prompts[:3])
+    config.eval.kl_prompts = 0
+    with pytest.raises(RsftError, match="eval.kl_prompts: must be >= 1"):
+        rounds.kl_from_base(config, policies, str(tiny_lm_no_template), str(tiny_lm), prompts, tmp_path / "z")

@@ -265,6 +265,8 @@ class EvalConfig:
     estimate KL(policy || base); 0 disables KL tracking."""
     kl_max_new_tokens: int = 32
     """Length of the KL samples."""
+    kl_prompts: int | None = None
+    """Estimate KL on the first this many held-out prompts only (None: all of them)."""
 
 
 @dataclass

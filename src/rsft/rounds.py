@@ -186,6 +186,13 @@ def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, p
         return None
     from rsft.logprobs import kl_estimate, sequence_logprobs
 
+    if e.kl_prompts is not None:
+        if e.kl_prompts < 1:
+            raise RsftError(f"eval.kl_prompts: must be >= 1 (or null for all), got {e.kl_prompts}")
+        prompts = prompts[: e.kl_prompts]
+    if model == base:  # KL(base || base) is 0 exactly: nothing to sample
+        zeros = [0.0] * (len(prompts) * e.kl_samples)
+        return kl_estimate(zeros, zeros)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=e.kl_max_new_tokens, seed=1)
     gen = GenerationConfig(n=e.kl_samples, sampling=sampling, shard_size=config.generation.shard_size,
                            generator=GeneratorConfig(config.generation.generator.backend, model))
@@ -198,8 +205,7 @@ def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, p
     del render  # a bound method would keep the policy's model alive while the base is loaded
     texts = [t for row in comps.texts for t in row]
     lp_policy = sequence_logprobs(*policies.lm(model), flat_prompts, texts)
-    lp_base = lp_policy if model == base else sequence_logprobs(*policies.lm(base), flat_prompts, texts)
-    return kl_estimate(lp_policy, lp_base)
+    return kl_estimate(lp_policy, sequence_logprobs(*policies.lm(base), flat_prompts, texts))
 
 
 # --- one round -----------------------------------------------------------------------------------
@@ -342,7 +348,10 @@ def _eval_file(folder: Path, info: dict[str, Any], config: RunConfig, policies: 
                prompts: list[Prompt]) -> dict[str, Any]:
     """Evaluate ``info["checkpoint"]`` into ``folder/eval.json``, or reuse that file when it was
     computed with the same eval config for the same checkpoint."""
-    identity = {"eval": dataclasses.asdict(config.eval), "checkpoint": info["checkpoint"],
+    settings = dataclasses.asdict(config.eval)
+    if settings["kl_prompts"] is None:
+        del settings["kl_prompts"]  # evals written before the option existed stay current
+    identity = {"eval": settings, "checkpoint": info["checkpoint"],
                 "prompts": [p.prompt_id for p in prompts]}  # the held-out set shrinks when the pool grows
     meta = Path(info["checkpoint"]) / artifacts.TRAIN_INFO
     if meta.exists():
