@@ -205,10 +205,10 @@ def test_cli_run_adaptive_then_report(tmp_path, tiny_lm):
 def test_the_shard_job_pickles_for_ray_actors():
     import pickle
 
-    from rsft.stages.generate import GenerationShards, adaptive_policy
+    from rsft.stages.generate import GenerationShards, adaptive_sampling
 
     config = _config(answer="boxed", equivalence="math")
-    job = GenerationShards(lambda: None, N, adaptive=adaptive_policy(config))
+    job = GenerationShards(lambda: None, N, adaptive=adaptive_sampling(config))
     copy = pickle.loads(pickle.dumps(job.adaptive))
     assert copy.extract is None and copy.policy == job.adaptive.policy  # functions rebuilt from their specs
     rows = copy.sample(ScriptedGenerator(SCRIPT_LONG), PROMPTS, SamplingParams(seed=0))

@@ -244,16 +244,21 @@ def test_cli_rm_check_and_train_from_round(tmp_path, tiny_rm, tiny_lm):
                  cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "checker exact (pass >= 1)" in r.stdout and "2 prompts with both" in r.stdout
-    r = rsft_cli("rm-train", "--from-round", str(tmp_path / "round-000"), "--checker", "exact", "--pairs-per-prompt",
-                 "0", "--base", str(tiny_lm), "--out", str(tmp_path / "rm"), "--max-steps", "1", cwd=tmp_path)
+    write_round(tmp_path / "round-001", ROUND_ROWS)
+    r = rsft_cli("rm-train", "--from-round", str(tmp_path / "round-000"), "--from-round", str(tmp_path / "round-001"),
+                 "--checker", "exact", "--pairs-per-prompt", "0", "--base", str(tiny_lm), "--out", str(tmp_path / "rm"),
+                 "--max-steps", "1", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["pairs"] == 7
+    assert json.loads(r.stdout)["pairs"] == 14  # 7 from each round
+    info = json.loads((tmp_path / "rm" / "rsft_rm_train.json").read_text())
+    assert info["source"]["round_dir"] == [str(tmp_path / "round-000"), str(tmp_path / "round-001")]
 
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--pairs", "{bad}"], "bad.jsonl:2: missing field 'chosen'"),
     (["--from-round", "round-000"], "--from-round needs --checker SPEC"),
     (["--pairs", "{good}", "--round-rewards"], "--round-rewards applies to --from-round"),
+    (["--from-round", "a", "--from-round", "b", "--round-rewards"], "rm-check takes one --from-round"),
 ])
 def test_cli_bad_input_one_line_exit_2(tmp_path, tiny_rm, args, message):
     write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": "q", "chosen": "a", "rejected": "b"}', '{"prompt": "q"}'])

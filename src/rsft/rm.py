@@ -163,10 +163,14 @@ def _run_checker(round_dir: Path, spec: str, options: Mapping[str, Any] | None, 
 
     scorer = as_scorer(spec, options)
     n = len(texts[0]) if texts else 0
-    flat_prompts = [p.prompt for p in prompts for _ in range(n)]
-    flat_meta = [p.metadata for p in prompts for _ in range(n)]
+    cells = [(p, t) for p, row in zip(prompts, texts, strict=True) for t in row]
+    sampled = [k for k, (_, t) in enumerate(cells) if t is not None]  # None: adaptive N did not sample it
     try:
-        values = [score_value(v) for v in scorer.score(flat_prompts, [t for row in texts for t in row], flat_meta)]
+        got = scorer.score([cells[k][0].prompt for k in sampled], [cells[k][1] for k in sampled],
+                           [cells[k][0].metadata for k in sampled]) if sampled else []
+        values = [math.nan] * len(cells)
+        for k, v in zip(sampled, got, strict=True):
+            values[k] = score_value(v)
     except RsftError:
         raise
     except Exception as e:  # noqa: BLE001 - user checkers may raise anything

@@ -26,8 +26,9 @@ def add_pair_source_arguments(parser: argparse.ArgumentParser) -> None:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--pairs", type=Path, metavar="FILE",
                      help="chosen/rejected JSONL: prompt, chosen, rejected (text or conversational)")
-    src.add_argument("--from-round", type=Path, metavar="ROUND_DIR",
-                     help="build pairs from a scored round: a passing vs a failing completion of the same prompt")
+    src.add_argument("--from-round", type=Path, metavar="ROUND_DIR", action="append",
+                     help="build pairs from a scored round: a passing vs a failing completion of the same prompt "
+                          "(rm-train: repeat it to pool several rounds)")
     g.add_argument("--checker", metavar="SPEC", help="the checker whose verdicts label the pairs (math, task, "
                    "code, exact, pkg.mod:fn...); with --pairs: also report the RM's agreement with it")
     g.add_argument("--checker-option", type=key_value, action="append", metavar="KEY=VALUE", help="checker option")
@@ -41,16 +42,16 @@ def add_pair_source_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--pair-seed", type=int, default=0, help="--from-round: seed of the pair sampling")
 
 
-def round_source(args: argparse.Namespace) -> RoundVerdicts:
-    """The verdicts ``--from-round`` asks for, after checking the flags agree."""
+def round_source(args: argparse.Namespace) -> list[RoundVerdicts]:
+    """The verdicts of each ``--from-round``, after checking the flags agree."""
     from rsft.rm import round_verdicts
 
     if args.round_rewards and args.checker:
         raise RsftError("give either --checker or --round-rewards with --from-round, not both")
     if not args.round_rewards and not args.checker:
         raise RsftError("--from-round needs --checker SPEC (or --round-rewards to reuse the round's rewards)")
-    return round_verdicts(args.from_round, None if args.round_rewards else args.checker,
-                          dict(args.checker_option or []), args.pass_threshold)
+    return [round_verdicts(d, None if args.round_rewards else args.checker, dict(args.checker_option or []),
+                           args.pass_threshold) for d in args.from_round]
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +81,9 @@ def check(args: argparse.Namespace) -> None:
 
     if args.pairs is not None and args.round_rewards:
         raise RsftError("--round-rewards applies to --from-round, not --pairs")
-    verdicts = round_source(args) if args.from_round is not None else None
+    if args.from_round is not None and len(args.from_round) > 1:
+        raise RsftError("rm-check takes one --from-round (its report is per round); run it once per round")
+    verdicts = round_source(args)[0] if args.from_round is not None else None
     pairs = read_pairs(args.pairs) if args.pairs is not None else None
     rm = load_rm(args.rm, dict(args.rm_option or []))
     if verdicts is not None:
@@ -117,11 +120,13 @@ def train(args: argparse.Namespace) -> None:
 
     config = apply_flags(args, RmTrainConfig())
     if args.from_round is not None:
-        verdicts = round_source(args)
-        picks = sample_pairs(verdicts, args.pairs_per_prompt, args.pair_seed)
-        pairs = [Pair(verdicts.prompts[i].prompt, verdicts.texts[i][g], verdicts.texts[i][b],
-                      f"{args.from_round}/{verdicts.prompts[i].prompt_id}:{g}>{b}") for i, g, b in picks]
-        source = {"kind": "round", "round_dir": str(args.from_round), "checker": verdicts.checker,
+        pairs = []
+        for verdicts in round_source(args):
+            picks = sample_pairs(verdicts, args.pairs_per_prompt, args.pair_seed)
+            pairs += [Pair(verdicts.prompts[i].prompt, verdicts.texts[i][g], verdicts.texts[i][b],
+                           f"{verdicts.round_dir}/{verdicts.prompts[i].prompt_id}:{g}>{b}") for i, g, b in picks]
+        dirs = [str(d) for d in args.from_round]
+        source = {"kind": "round", "round_dir": dirs[0] if len(dirs) == 1 else dirs, "checker": verdicts.checker,
                   "pass_threshold": args.pass_threshold, "pairs_per_prompt": args.pairs_per_prompt,
                   "seed": args.pair_seed}
     else:

@@ -55,7 +55,7 @@ def generate(
     plan = plan_generation(round_dir, config, prompts, new_version)
     if isinstance(plan, dict):
         return plan
-    job = GenerationShards(make_generator, config.n, gpus=generation_gpus(config), adaptive=adaptive_policy(config))
+    job = GenerationShards(make_generator, config.n, gpus=generation_gpus(config), adaptive=adaptive_sampling(config))
     try:
         with progress(plan.m, "generate", unit="prompt") as bar:
             made = run_shards(plan.shard_dir, plan.count, job, plan.task, matrix.COMPLETIONS_SCHEMA,
@@ -100,7 +100,7 @@ def plan_generation(
         raise RsftError(f"generation.sampling: {e}") from None
     if config.n < 1:
         raise RsftError(f"generation.n: must be >= 1, got {config.n}")
-    adaptive_policy(config)  # a bad adaptive setting fails before any prompt is written
+    adaptive_sampling(config)  # a bad adaptive setting fails before any prompt is written
     path = round_dir / artifacts.PROMPTS
     if prompts is not None:
         update_prompts(path, prompts, lambda: artifacts.guard_outputs(round_dir, "generate", None, new_version,
@@ -126,7 +126,7 @@ def stage_config(config: GenerationConfig) -> dict[str, Any]:
     return out
 
 
-def adaptive_policy(config: GenerationConfig) -> AdaptiveSampling | None:
+def adaptive_sampling(config: GenerationConfig) -> AdaptiveSampling | None:
     """The adaptive sampling of ``config.adaptive`` (budget ``config.n``), checked; None when it is off."""
     a = config.adaptive
     if not a.enabled:

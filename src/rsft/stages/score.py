@@ -21,7 +21,7 @@ from rsft.shard_job import ShardResult
 from rsft.stages.generate import (
     GenerationPlan,
     GenerationShards,
-    adaptive_policy,
+    adaptive_sampling,
     finish_generation,
     generation_gpus,
     plan_generation,
@@ -202,7 +202,7 @@ def _stream_generation(round_dir: Path, plan: GenerationPlan, make_generator: Ca
                        score_job: ScoringShards, executor: Executor, scored: dict[int, ShardResult]) -> dict[str, Any]:
     """Generate the plan's missing shards with ``score_job`` right behind; the scores go into ``scored``."""
     gen_job = GenerationShards(make_generator, plan.config.n, gpus=generation_gpus(plan.config),
-                               adaptive=adaptive_policy(plan.config))
+                               adaptive=adaptive_sampling(plan.config))
     made = 0
 
     def on_generated(s: int, result: ShardResult) -> None:
