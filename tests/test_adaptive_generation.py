@@ -210,7 +210,7 @@ def test_the_shard_job_pickles_for_ray_actors():
     config = _config(answer="boxed", equivalence="math")
     job = GenerationShards(lambda: None, N, adaptive=adaptive_sampling(config))
     copy = pickle.loads(pickle.dumps(job.adaptive))
-    assert copy.extract is None and copy.policy == job.adaptive.policy  # functions rebuilt from their specs
+    assert copy == job.adaptive and copy.answer == "boxed" and copy.equivalence == "math"  # specs, not functions
     rows = copy.sample(ScriptedGenerator(SCRIPT_LONG), PROMPTS, SamplingParams(seed=0))
     assert [len(r) for r in rows] == [len(r) for r in job.adaptive.sample(ScriptedGenerator(SCRIPT_LONG), PROMPTS,
                                                                           SamplingParams(seed=0))]

@@ -159,23 +159,28 @@ def round_verdicts(round_dir: Path, checker: str | None, options: Mapping[str, A
 def _run_checker(round_dir: Path, spec: str, options: Mapping[str, Any] | None, prompts: list[Prompt],
                  texts: list[list[str]]) -> tuple[np.ndarray, str]:
     from rsft.score import as_scorer
-    from rsft.score.combine import score_value
 
     scorer = as_scorer(spec, options)
     n = len(texts[0]) if texts else 0
-    cells = [(p, t) for p, row in zip(prompts, texts, strict=True) for t in row]
-    sampled = [k for k, (_, t) in enumerate(cells) if t is not None]  # None: adaptive N did not sample it
     try:
-        got = scorer.score([cells[k][0].prompt for k in sampled], [cells[k][1] for k in sampled],
-                           [cells[k][0].metadata for k in sampled]) if sampled else []
-        values = [math.nan] * len(cells)
-        for k, v in zip(sampled, got, strict=True):
-            values[k] = score_value(v)
+        values = _score_cells(scorer, prompts, texts, with_metadata=True)
     except RsftError:
         raise
     except Exception as e:  # noqa: BLE001 - user checkers may raise anything
         raise RsftError(f"{round_dir}: checker {spec!r} failed: {type(e).__name__}: {first_line(e)}") from e
-    return np.array(values, dtype=float).reshape(len(prompts), n), scorer.name
+    return values.reshape(len(prompts), n), scorer.name
+
+
+def _score_cells(scorer: Scorer, prompts: Sequence[Prompt], texts: Sequence[Sequence[str | None]],
+                 with_metadata: bool = False) -> np.ndarray:
+    """The scores of every cell of ``texts`` (a row per prompt), flat; NaN where the text is None
+    (a cell adaptive N did not sample), which the scorer never sees."""
+    cells = [(p, t) for p, row in zip(prompts, texts, strict=True) for t in row]
+    sampled = [k for k, (_, t) in enumerate(cells) if t is not None]
+    out = np.full(len(cells), np.nan)
+    out[sampled] = _score(scorer, [cells[k][0].prompt for k in sampled], [cells[k][1] for k in sampled],
+                          [cells[k][0].metadata for k in sampled] if with_metadata else None)
+    return out
 
 
 def sample_pairs(verdicts: RoundVerdicts, per_prompt: int = 1, seed: int = 0) -> list[tuple[int, int, int]]:
@@ -264,10 +269,7 @@ def check_round(rm: Scorer, verdicts: RoundVerdicts, per_prompt: int = 1, seed: 
     pairs = sample_pairs(verdicts, per_prompt, seed)
     mixed = [i for i, row in enumerate(verdicts.passed) if (row == 1.0).any() and (row == 0.0).any()]
     n = verdicts.passed.shape[1] if mixed else 0
-    cells = [(i, t) for i in mixed for t in verdicts.texts[i]]
-    sampled = [k for k, (_, t) in enumerate(cells) if t is not None]  # None: adaptive N did not sample it
-    flat = np.full(len(cells), np.nan)
-    flat[sampled] = _score(rm, [verdicts.prompts[cells[k][0]].prompt for k in sampled], [cells[k][1] for k in sampled])
+    flat = _score_cells(rm, [verdicts.prompts[i] for i in mixed], [verdicts.texts[i] for i in mixed])
     S = dict(zip(mixed, flat.reshape(len(mixed), n), strict=True))
     report: dict[str, Any] = {
         "rm": rm.name,

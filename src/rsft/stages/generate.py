@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from rsft import artifacts, matrix
 from rsft.adaptive import AdaptivePolicy, sample_adaptively
-from rsft.answers import Extract, KeyFn, answer_extractor, resolve_equivalence
+from rsft.answers import answer_extractor, resolve_equivalence
 from rsft.config import GenerationConfig, sampling_params
 from rsft.errors import RsftError
 from rsft.executor import Executor, LocalExecutor
@@ -136,31 +136,25 @@ def adaptive_sampling(config: GenerationConfig) -> AdaptiveSampling | None:
     try:
         policy = AdaptivePolicy(budget=config.n, min_n=a.min_n, supermajority=a.supermajority, growth=a.growth,
                                 rule=a.rule, confidence=a.confidence)
-        return AdaptiveSampling(policy, a.answer, a.equivalence, answer_extractor(a.answer),
-                                resolve_equivalence(a.equivalence))
+        answer_extractor(a.answer)  # an unknown spec fails here, not in a shard
+        resolve_equivalence(a.equivalence)
     except RsftError as e:
         raise RsftError(f"generation.adaptive: {e}") from None
+    return AdaptiveSampling(policy, a.answer, a.equivalence)
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdaptiveSampling:
-    """Adaptive N for generation shards: the policy and how answers are read and grouped. The
-    specs travel (pickled to Ray actors); the functions are rebuilt from them after a pickle."""
+    """Adaptive N for generation shards: the policy and how answers are read and grouped, as specs
+    (they pickle to Ray actors; the functions are looked up when a shard samples)."""
 
     policy: AdaptivePolicy
     answer: str
     equivalence: str
-    extract: Extract | None = field(default=None, repr=False)
-    key: str | KeyFn | None = field(default=None, repr=False)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "extract": None, "key": None}
 
     def sample(self, generator: Generator, chunk: list[Prompt], sampling: SamplingParams) -> list[list[Completion]]:
-        if self.extract is None or self.key is None:
-            self.extract, self.key = answer_extractor(self.answer), resolve_equivalence(self.equivalence)
-        return sample_adaptively([p.prompt for p in chunk], self.policy, generator, sampling, self.extract,
-                                 self.key).rows
+        return sample_adaptively([p.prompt for p in chunk], self.policy, generator, sampling,
+                                 answer_extractor(self.answer), resolve_equivalence(self.equivalence)).rows
 
 
 class _Unchanged(Exception):
