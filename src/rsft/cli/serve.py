@@ -84,7 +84,9 @@ def _log_to_stderr() -> None:
 
 def _plain_chat_template_if_missing(generator: Generator) -> None:
     """Base models (the embedded Gemma default) have no chat template: join messages as plain text."""
-    tokenizer = getattr(generator, "tokenizer", None)
+    from rsft.generate import LocalModel
+
+    tokenizer = generator.tokenizer if isinstance(generator, LocalModel) else None
     if tokenizer is not None and not getattr(tokenizer, "chat_template", None):
         from rsft.generate.hf import PLAIN_CHAT_TEMPLATE
 

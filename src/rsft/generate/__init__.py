@@ -26,6 +26,30 @@ class Generator(Protocol):
         ...
 
 
+@runtime_checkable
+class LocalModel(Protocol):
+    """A generator whose model it can query, beyond sampling (``hf``, ``vllm``; not ``openai``).
+
+    Rounds need it for KL on chat prompts (the exact text a prompt becomes) and for the log-probs of
+    given completions; ``rsft serve`` for a request's prompt tokens and the chat template fallback.
+    """
+
+    tokenizer: Any
+    """A transformers tokenizer (``chat_template`` may be set on it)."""
+
+    def render(self, prompt: PromptValue) -> str:
+        """The exact text the model is conditioned on (chat prompts through the chat template)."""
+        ...
+
+    def count_tokens(self, prompt: PromptValue) -> int:
+        """Tokens of the rendered prompt."""
+        ...
+
+    def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """``log p(completion | prompt)`` at temperature 1 for each pair of rendered prompt and completion."""
+        ...
+
+
 def _hf(**options: Any) -> Generator:
     from rsft.generate.hf import HFGenerator
 

@@ -78,6 +78,17 @@ class HFGenerator:
             )
         return self.tokenizer.apply_chat_template(list(prompt), tokenize=False, add_generation_prompt=True)
 
+    def count_tokens(self, prompt: PromptValue) -> int:
+        """Tokens of the rendered prompt, as the model sees it."""
+        text = self.render(prompt)
+        return len(self.tokenizer(text, add_special_tokens=adds_bos(self.tokenizer, [text]))["input_ids"])
+
+    def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
+        """``log p(completion | prompt)`` of each pair under this model (``rsft.logprobs``)."""
+        from rsft.logprobs import sequence_logprobs
+
+        return sequence_logprobs(self.model, self.tokenizer, prompts, completions)
+
     def generate(self, prompts: Sequence[PromptValue], n: int, sampling: SamplingParams) -> list[list[Completion]]:
         import torch
 
@@ -124,7 +135,7 @@ class HFGenerator:
         import torch
 
         tok, device = self.tokenizer, self.model.device
-        encoded = [tok(t, add_special_tokens=_adds_bos(tok, texts))["input_ids"] for t in texts]
+        encoded = [tok(t, add_special_tokens=adds_bos(tok, texts))["input_ids"] for t in texts]
         if self._keep_tokens:  # truncate="left": the prompts' last tokens that fit the context
             encoded = [e[-self._keep_tokens :] for e in encoded]
         shared, cache = prefix_cache(self.model, encoded, device)
@@ -195,7 +206,7 @@ class HFGenerator:
         if budget < 1:
             raise RsftError(f"max_new_tokens={max_new_tokens} leaves no room for a prompt in model "
                             f"{self.model_spec!r}'s context of {context} tokens")
-        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=_adds_bos(self.tokenizer, texts))["input_ids"]]
+        lengths = [len(ids) for ids in self.tokenizer(texts, add_special_tokens=adds_bos(self.tokenizer, texts))["input_ids"]]
         too_long = [i for i, length in enumerate(lengths) if length > budget]
         if not too_long:
             return None
@@ -281,7 +292,7 @@ def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
     return set(ids)
 
 
-def _adds_bos(tokenizer: Any, texts: Sequence[str]) -> bool:
+def adds_bos(tokenizer: Any, texts: Sequence[str]) -> bool:
     """Add special tokens unless the texts (e.g. from a chat template) already start with BOS."""
     bos = tokenizer.bos_token
     return not (bos and all(t.startswith(bos) for t in texts))

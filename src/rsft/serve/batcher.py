@@ -18,7 +18,7 @@ from typing import Any
 from rsft.adaptive import AdaptivePolicy
 from rsft.bon import BoNResult, Extract, KeyFn, adaptive_best_of_n, select_best
 from rsft.errors import RsftError
-from rsft.generate import Generator
+from rsft.generate import Generator, LocalModel
 from rsft.score import Scorer
 from rsft.serve.schemas import HTTPError
 from rsft.types import PromptValue, SamplingParams
@@ -181,11 +181,10 @@ class BoNService:
         return [(r, len(group), self._prompt_tokens(p)) for r, p in zip(results, prompts, strict=True)]
 
     def _prompt_tokens(self, prompt: PromptValue) -> int:
-        """Prompt length in tokens when the generator exposes its tokenizer (hf), else 0."""
-        tokenizer, render = getattr(self.generator, "tokenizer", None), getattr(self.generator, "render", None)
-        if tokenizer is None or render is None:
+        """Prompt length in tokens when the generator runs its model here (hf, vllm), else 0."""
+        if not isinstance(self.generator, LocalModel):
             return 0
         try:
-            return len(tokenizer(render(prompt))["input_ids"])
+            return self.generator.count_tokens(prompt)
         except Exception:  # noqa: BLE001 - usage is informative only
             return 0
