@@ -296,9 +296,10 @@ class RoundsConfig:
 
     rounds: int = 1
     """Rounds of generate -> score -> select -> train -> eval."""
-    train: bool = False
-    """Fine-tune on each round's kept set and gate on the held-out eval (``rsft run --rounds K`` sets
-    it); False runs one round of data generation only (generate, score, select, export)."""
+    train: bool | None = None
+    """Fine-tune on each round's kept set and gate on the held-out eval; False runs one round of data
+    generation only (generate, score, select, export). Unset: true when ``rounds`` > 1, as
+    ``rsft run --rounds K`` sets it for any K; false with ``rounds`` > 1 is an error."""
     prompts_per_round: int | None = None
     """Prompts drawn from the pool each round (None: all of them every round)."""
     refresh: str = "subsample"
@@ -318,6 +319,13 @@ class RoundsConfig:
     rm_check: RmCheckConfig | None = None
     """Check the reward model on held-out preference pairs before each round of ``rsft run`` and stop
     when it falls below ``min_accuracy`` (None: no check)."""
+
+    def __post_init__(self) -> None:
+        if self.train is None:
+            self.train = self.rounds > 1
+        elif not self.train and self.rounds > 1:
+            raise RsftError(f"train: false contradicts rounds: {self.rounds} (every round trains): "
+                            "drop rounds.train or set rounds.rounds: 1 for one data-only round")
 
 
 @dataclass
@@ -455,8 +463,18 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
             near = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
             raise RsftError(f"{where}: unknown key {key!r}{hint}")
-        kwargs[key] = _convert(hints[key], value, f"{where}: {key}")
-    return cls(**kwargs)
+        kwargs[key] = _convert(hints[key], _yes_no(cls, key, value), f"{where}: {key}")
+    try:
+        return cls(**kwargs)
+    except RsftError as e:  # a __post_init__ check: name the file and section
+        raise RsftError(f"{where}: {e}") from None
+
+
+def _yes_no(cls: type, key: str, value: Any) -> Any:
+    """YAML reads an unquoted ``no``/``yes`` as a boolean: back to the word where the field's choices have it."""
+    word = {False: "no", True: "yes"}.get(value) if isinstance(value, bool) else None
+    field_choices = next(f.metadata.get("choices", ()) for f in dataclasses.fields(cls) if f.name == key)
+    return word if word in field_choices else value
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
@@ -472,7 +490,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
                 return _convert(arg, value, where)
             except RsftError:
                 continue
-        raise RsftError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+        raise RsftError(f"{where}: expected {_type_name(hint)}, got {value!r}{_quote_hint(hint, value)}")
     if hint is Any:
         return value
     if dataclasses.is_dataclass(hint):
@@ -490,7 +508,13 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
-    raise RsftError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    raise RsftError(f"{where}: expected {_type_name(hint)}, got {value!r}{_quote_hint(hint, value)}")
+
+
+def _quote_hint(hint: Any, value: Any) -> str:
+    if isinstance(value, bool) and (hint is str or str in typing.get_args(hint)):
+        return " (YAML reads unquoted yes/no/on/off as a boolean: quote the value)"
+    return ""
 
 
 def _type_name(hint: Any) -> str:
