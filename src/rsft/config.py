@@ -372,6 +372,8 @@ class ServeConfig:
     """Model id reported to clients (None: ``--model``)."""
     api_key_env: str | None = None
     """Require ``Authorization: Bearer <key>`` with the key read from this environment variable (None: no auth)."""
+    n: int = 8
+    """N of a request that gives neither ``n`` nor ``best_of`` (at most ``max_n``)."""
     max_n: int = 16
     """Largest N (``n`` or ``best_of``) a request may ask."""
     max_tokens: int = 256
@@ -388,9 +390,11 @@ class ServeConfig:
     """Seconds before 504."""
 
     def __post_init__(self) -> None:
-        for name in ("max_n", "max_tokens", "max_queue", "max_batch_prompts", "max_body_bytes"):
+        for name in ("n", "max_n", "max_tokens", "max_queue", "max_batch_prompts", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise RsftError(f"serve.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.n > self.max_n:
+            raise RsftError(f"serve.n: the default N {self.n} exceeds serve.max_n {self.max_n}; lower n too")
 
 
 @dataclass
