@@ -225,7 +225,8 @@ def test_cli_main_trains_and_a_failed_retrain_keeps_the_checkpoint(tiny_lm, tmp_
     stages_cli.cmd_train(args)
     out, err = capsys.readouterr()
     summary = json.loads(out)  # stdout is the JSON summary and nothing else
-    assert err.startswith(f"rsft: no {tmp_path / 'config.yaml'}: training with the default train settings")
+    assert err.startswith(f"rsft: no --config and no {tmp_path / 'config.yaml'}: training {tiny_lm} with the "
+                          "default train settings and the flags given\n")
     assert summary["steps"] == 1 and summary["rows"] == 8  # 8 rows / (4 x 2 accumulated)
     info = json.loads((round_dir / "checkpoint" / "rsft_train.json").read_text())
     assert info["config"]["grad_accum"] == 2 and info["config"]["seed"] == 3 and info["lora"] is None

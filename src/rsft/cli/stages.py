@@ -108,15 +108,15 @@ def cmd_train(args: argparse.Namespace) -> None:
     from rsft.models import EMBEDDED_DEFAULT
     from rsft.train import train
 
-    if args.config is None:  # the run's own settings, as rsft run wrote them
-        run_config = args.round_dir.parent / artifacts.CONFIG
-        if run_config.is_file():
-            args.config = run_config
-        else:
-            print(f"rsft: no {run_config}: training with the default train settings and model "
-                  f"(give --config for a run's own)", file=sys.stderr)
+    run_config = args.round_dir.parent / artifacts.CONFIG  # the run's own settings, as rsft run wrote them
+    if args.config is None and run_config.is_file():
+        args.config = run_config
     config = config_from(args)
-    summary = train(args.round_dir, config.train, config.generation.generator.model or EMBEDDED_DEFAULT)
+    model = config.generation.generator.model or EMBEDDED_DEFAULT
+    if args.config is None:
+        print(f"rsft: no --config and no {run_config}: training {model} with the default train settings "
+              "and the flags given", file=sys.stderr)
+    summary = train(args.round_dir, config.train, model)
     print(json.dumps(summary, indent=2))
 
 
