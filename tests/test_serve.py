@@ -165,7 +165,7 @@ def test_a_request_without_n_gets_the_servers_n_and_its_own_n_or_best_of_wins():
     gen = FakeGenerator()
     with Running(create_app(gen, length, "argmax")) as server:  # the default: ServeConfig's n
         r = server.post("/v1/completions", {"prompt": "hi", "max_tokens": 4})
-        assert r.status_code == 200 and r.json()["rsft"]["n"] == ServeConfig().n == 8
+        assert r.status_code == 200 and r.json()["rsft"]["n"] == ServeConfig().default_n == 8
         assert len(r.json()["rsft"]["candidates"]) == 8
     with Running(create_app(gen, length, "argmax", n=3, max_n=4)) as server:
         def ext(body: dict[str, Any]) -> dict[str, Any]:
@@ -182,13 +182,15 @@ def test_a_request_without_n_gets_the_servers_n_and_its_own_n_or_best_of_wins():
         assert r.status_code == 422 and "max_n=4" in r.json()["error"]["message"]
 
 
-def test_the_servers_n_must_fit_its_max_n(capsys):
-    with pytest.raises(RsftError, match="serve.n: the default N 8 exceeds serve.max_n 4"):
-        create_app(FakeGenerator(), length, max_n=4)
+def test_the_servers_n_is_capped_by_max_n_and_an_explicit_one_must_fit(capsys):
+    with Running(create_app(FakeGenerator(), length, "argmax", max_n=2)) as server:  # 8 capped at max_n
+        assert server.post("/v1/completions", {"prompt": "hi"}).json()["rsft"]["n"] == 2
+    with pytest.raises(RsftError, match="serve.n: 5 exceeds serve.max_n 4"):
+        create_app(FakeGenerator(), length, n=5, max_n=4)
     from rsft.cli import main
 
-    assert main(["serve", "--max-n", "4", "--model", "no-such-model"]) == 2  # refused before loading a model
-    assert capsys.readouterr().err == "rsft: error: serve.n: the default N 8 exceeds serve.max_n 4; lower n too\n"
+    assert main(["serve", "--n", "5", "--max-n", "4", "--model", "no-such-model"]) == 2  # before loading a model
+    assert capsys.readouterr().err == "rsft: error: serve.n: 5 exceeds serve.max_n 4\n"
 
 
 # --- auth and request limits -----------------------------------------------------------------------

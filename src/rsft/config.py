@@ -372,8 +372,8 @@ class ServeConfig:
     """Model id reported to clients (None: ``--model``)."""
     api_key_env: str | None = None
     """Require ``Authorization: Bearer <key>`` with the key read from this environment variable (None: no auth)."""
-    n: int = 8
-    """N of a request that gives neither ``n`` nor ``best_of`` (at most ``max_n``)."""
+    n: int | None = None
+    """N of a request that gives neither ``n`` nor ``best_of`` (default: 8, or ``max_n`` when that is lower)."""
     max_n: int = 16
     """Largest N (``n`` or ``best_of``) a request may ask."""
     max_tokens: int = 256
@@ -391,10 +391,15 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         for name in ("n", "max_n", "max_tokens", "max_queue", "max_batch_prompts", "max_body_bytes"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RsftError(f"serve.{name}: must be >= 1, got {getattr(self, name)}")
-        if self.n > self.max_n:
-            raise RsftError(f"serve.n: the default N {self.n} exceeds serve.max_n {self.max_n}; lower n too")
+        if self.n is not None and self.n > self.max_n:
+            raise RsftError(f"serve.n: {self.n} exceeds serve.max_n {self.max_n}")
+
+    @property
+    def default_n(self) -> int:
+        """The N of a request without ``n`` or ``best_of``: ``n``, else 8 capped at ``max_n``."""
+        return self.n if self.n is not None else min(8, self.max_n)
 
 
 @dataclass

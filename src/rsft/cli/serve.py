@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> None:
     _plain_chat_template_if_missing(generator)
     app = create_app(generator, scorer, selector, model_name=server.model_name or model.model, api_key=api_key,
                      config=server, extract=extract, equivalence=equivalence, adaptive=adaptive)
-    print(f"rsft: serving {model.model} ({selector}, N {server.n} unless a request asks, at most {server.max_n}) "
+    print(f"rsft: serving {model.model} ({selector}, N {server.default_n} unless a request asks, at most {server.max_n}) "
           f"on http://{server.host}:{server.port}/v1"
           f"{' (auth on)' if api_key else ''}", file=sys.stderr)
     uvicorn.run(app, host=server.host, port=server.port, log_level="warning", access_log=False)

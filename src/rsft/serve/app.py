@@ -51,7 +51,8 @@ def create_app(
         model_name: the id reported by ``/v1/models`` and in responses.
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
         config: the server's limits (``rsft.config.ServeConfig``, whose defaults are the server's):
-            ``n`` (N of a request that gives neither ``n`` nor ``best_of``), ``max_n`` (422 above it),
+            ``n`` (N of a request that gives neither ``n`` nor ``best_of``; None: 8, at most
+            ``max_n``), ``max_n`` (422 above it),
             ``max_tokens`` (422 above; also the default), ``max_body_bytes`` (413 above), ``max_queue``
             (503 with ``Retry-After`` above), ``batch_window_ms``, ``max_batch_prompts`` and
             ``request_timeout`` (504 after); its ``host``, ``port`` and ``model_name`` are not read here.

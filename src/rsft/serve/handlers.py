@@ -26,8 +26,8 @@ class Handlers:
         service: the queue and worker that answer Best-of-N jobs.
         model_name: the id reported by ``/v1/models`` and in responses.
         api_key: when set, ``check_auth`` needs ``Bearer <api_key>``.
-        config: the limits (default: the service's ``config``): ``n`` (N of a request that gives
-            neither ``n`` nor ``best_of``), ``max_n`` (422 above it), ``max_tokens`` (422 above; also
+        config: the limits (default: the service's ``config``): ``default_n`` (N of a request that
+            gives neither ``n`` nor ``best_of``), ``max_n`` (422 above it), ``max_tokens`` (422 above; also
             the default) and ``request_timeout`` (seconds before 504).
         limits: keyword arguments named as ``ServeConfig`` fields, replacing those of ``config``.
     """
@@ -38,7 +38,7 @@ class Handlers:
         self.model_name = model_name
         self.api_key = api_key
         self.config = serve_config(config or service.config, limits)
-        self.n, self.max_n, self.max_tokens = self.config.n, self.config.max_n, self.config.max_tokens
+        self.n, self.max_n, self.max_tokens = self.config.default_n, self.config.max_n, self.config.max_tokens
         self.request_timeout = self.config.request_timeout
         self.created = int(time.time())
 
