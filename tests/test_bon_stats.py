@@ -373,3 +373,10 @@ def test_stats_run_without_scored_rounds(tmp_path):
     (tmp_path / "round-000").mkdir()
     with pytest.raises(RsftError, match="no round with rewards.parquet"):
         stats_cli.main(stats_args(str(tmp_path)))
+
+
+def test_stats_counts_only_full_credit_as_a_pass_by_default(tmp_path, capsys):
+    write_round(tmp_path / "round-000", [[0.5, 0.5], [1.0, 0.0]])  # partial credit is not a pass, as in rm-check
+    stats_cli.main(stats_args(str(tmp_path / "round-000"), "--json"))
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["threshold"] == 1.0 and rep["curve"][0]["pass_at_n"] == pytest.approx(0.25)

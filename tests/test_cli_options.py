@@ -141,5 +141,9 @@ def test_serve_flags_are_checked_by_the_frozen_dataclass():
 
     args = build_parser().parse_args(["serve", "--max-n", "4", "--port", "9000"])
     assert apply_flags(args, ServeConfig()) == ServeConfig(max_n=4, port=9000)
+    assert ServeConfig(max_n=4).default_n == 4 and ServeConfig().default_n == 8  # 8 unless max_n is lower
+    assert apply_flags(build_parser().parse_args(["serve", "--n", "2"]), ServeConfig()).default_n == 2
+    with pytest.raises(RsftError, match="serve.n: 5 exceeds serve.max_n 4"):
+        apply_flags(build_parser().parse_args(["serve", "--n", "5", "--max-n", "4"]), ServeConfig())
     with pytest.raises(RsftError, match="serve.max_n: must be >= 1, got 0"):
         apply_flags(build_parser().parse_args(["serve", "--max-n", "0"]), ServeConfig())

@@ -106,3 +106,68 @@ def test_secrets_never_reach_config_yaml_or_manifests(tmp_path):
     with pytest.raises(RsftError, match=r"generation\.generator\.options\.base_url"):
         artifacts.guard_outputs(tmp_path, "generate", {"generator": {"options": {"api_key": "k", "base_url": "http://y"}}},
                                 new_version=False)
+
+
+@pytest.mark.parametrize("text, want", [("no", "no"), ("'no'", "no"), ("bf16", "bf16"), ("auto", "auto")])
+def test_unquoted_yaml_no_is_the_word_no_for_a_choice_field(tmp_path, text, want):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"train:\n  mixed_precision: {text}\n")  # YAML 1.1 reads a bare no as False
+    config = load_config(path)
+    assert config.train.mixed_precision == want
+    again = tmp_path / "again.yaml"
+    again.write_text(dump_config(config))
+    assert load_config(again) == config
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("train:\n  mixed_precision: yes\n", r"c.yaml: train: mixed_precision: expected str, got True \(YAML reads "
+                                         r"unquoted yes/no/on/off as a boolean: quote the value\)"),
+    ("name: no\n", r"c.yaml: name: expected str, got False \(YAML reads unquoted .* quote the value\)"),
+    ("prompts: {split: off}\n", r"c.yaml: prompts: split: expected str \| None, got False \(YAML reads"),
+])
+def test_a_boolean_for_a_string_field_without_that_word_says_quote_it(tmp_path, yaml_text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(RsftError, match=message) as e:
+        load_config(path)
+    assert "\n" not in str(e.value)
+
+
+def test_several_rounds_train_in_yaml_as_on_the_command_line(tmp_path):
+    from rsft.cli import build_parser
+    from rsft.cli.options import config_from
+
+    path = tmp_path / "c.yaml"
+    path.write_text("rounds: {rounds: 2, control: true}\n")  # no rounds.train: several rounds mean training
+    from_yaml = load_config(path).rounds
+    assert from_yaml.train is True and from_yaml.rounds == 2
+    (tmp_path / "plain.yaml").write_text("rounds: {control: true}\n")
+    from_flag = config_from(build_parser().parse_args(["run", "--config", str(tmp_path / "plain.yaml"),
+                                                       "--rounds", "2"])).rounds
+    assert from_flag == from_yaml
+    assert RunConfig().rounds.train is False  # one round, no train: data generation only
+    path.write_text("rounds: {rounds: 1}\n")
+    assert load_config(path).rounds.train is False
+
+
+def test_several_rounds_with_train_false_is_refused(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("rounds:\n  rounds: 3\n  train: false\n")
+    with pytest.raises(RsftError, match=r"/c.yaml: rounds: train: false contradicts rounds: 3 .*rounds.train"):
+        load_config(path)
+
+
+def test_rsft_run_with_two_yaml_rounds_runs_the_rounds_not_one_data_round(tmp_path, capsys):
+    from rsft.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text(f"out: {tmp_path / 'runs'}\nrounds: {{rounds: 2}}\ntrain: {{epochs: 1}}\n")
+    # the rounds loop starts by asking for held-out prompts: a one-round data run would have generated
+    assert main(["run", "--config", str(path)]) == 2
+    assert "eval.prompts: RSFT rounds need held-out eval prompts" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    path.write_text(f"out: {tmp_path / 'runs'}\nrounds: {{rounds: 2, train: false}}\n")
+    assert main(["run", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rsft: error: ") and "train: false contradicts rounds: 2" in err and err.count("\n") == 1
+    assert not (tmp_path / "runs").exists()

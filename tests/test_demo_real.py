@@ -43,3 +43,17 @@ def test_the_rsft_run_is_held_out_gated_with_a_chain_control(tmp_path):
     assert config.generation.generator.model == demo_real.MODEL
     (tmp_path / "c.yaml").write_text(dump_config(config))
     assert load_config(tmp_path / "c.yaml") == config  # the same run from its saved config.yaml
+
+
+def test_the_qwen_sweep_reuses_the_demos_base_eval(tmp_path):
+    """configs/qwen-sweep.yaml runs into make demo-real's run folder; the base's held-out eval is reused
+    only when everything its key holds matches: the eval settings, the base model and the held-out
+    prompts (the eval set minus the training pool)."""
+    from pathlib import Path
+
+    sweep = load_config(Path(__file__).resolve().parent.parent / "configs" / "qwen-sweep.yaml")
+    demo = demo_real.rsft_config(tmp_path / "runs" / "demo-real" / "rsft", demo_real._parser().parse_args([]))
+    assert sweep.run_dir == Path("runs") / "demo-real" / "rsft" and sweep.name == demo.name
+    assert sweep.eval == demo.eval
+    assert sweep.generation.generator.model == demo.generation.generator.model
+    assert sweep.prompts == demo.prompts

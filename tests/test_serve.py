@@ -25,6 +25,8 @@ import pytest
 import uvicorn
 from fake_openai_server import FakeServer
 
+from rsft.config import ServeConfig
+from rsft.errors import RsftError
 from rsft.generate.hf import HFGenerator
 from rsft.score import as_scorer
 from rsft.serve import BoNService, Handlers, HTTPError, create_app
@@ -157,6 +159,38 @@ def test_models_and_health(fake_server):
     assert [m.id for m in server.client().models.list().data] == ["bon-test"]
     health = httpx.get(server.url + "/health").json()
     assert health["status"] == "ok" and health["waiting"] == 0 and health["selector"] == "argmax"
+
+
+def test_a_request_without_n_gets_the_servers_n_and_its_own_n_or_best_of_wins():
+    gen = FakeGenerator()
+    with Running(create_app(gen, length, "argmax")) as server:  # the default: ServeConfig's n
+        r = server.post("/v1/completions", {"prompt": "hi", "max_tokens": 4})
+        assert r.status_code == 200 and r.json()["rsft"]["n"] == ServeConfig().default_n == 8
+        assert len(r.json()["rsft"]["candidates"]) == 8
+    with Running(create_app(gen, length, "argmax", n=3, max_n=4)) as server:
+        def ext(body: dict[str, Any]) -> dict[str, Any]:
+            r = server.post("/v1/completions", body)
+            assert r.status_code == 200, r.text
+            return r.json()["rsft"]
+
+        plain = ext({"prompt": "hi"})
+        assert plain["n"] == 3 and [c["text"] for c in plain["candidates"]] == ["hi:0", "hi:1", "hi:2"]
+        chat = server.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "yo"}])
+        assert rsft_field(chat)["n"] == 3
+        assert ext({"prompt": "hi", "n": 2})["n"] == 2 and ext({"prompt": "hi", "best_of": 4})["n"] == 4
+        r = server.post("/v1/completions", {"prompt": "hi", "n": 5})  # the cap still holds
+        assert r.status_code == 422 and "max_n=4" in r.json()["error"]["message"]
+
+
+def test_the_servers_n_is_capped_by_max_n_and_an_explicit_one_must_fit(capsys):
+    with Running(create_app(FakeGenerator(), length, "argmax", max_n=2)) as server:  # 8 capped at max_n
+        assert server.post("/v1/completions", {"prompt": "hi"}).json()["rsft"]["n"] == 2
+    with pytest.raises(RsftError, match="serve.n: 5 exceeds serve.max_n 4"):
+        create_app(FakeGenerator(), length, n=5, max_n=4)
+    from rsft.cli import main
+
+    assert main(["serve", "--n", "5", "--max-n", "4", "--model", "no-such-model"]) == 2  # before loading a model
+    assert capsys.readouterr().err == "rsft: error: serve.n: 5 exceeds serve.max_n 4\n"
 
 
 # --- auth and request limits -----------------------------------------------------------------------
@@ -341,7 +375,7 @@ def test_python_m_rsft_serve_in_front_of_another_openai_server(tmp_path):
     with FakeServer() as upstream:
         cmd = [sys.executable, "-m", "rsft.serve", "--backend", "openai", "--model", "fake-model",
                "--option", f"base_url={upstream.base_url}", "--scorer", "my_scorers:likes_c2",
-               "--port", str(port), "--max-n", "4", "--api-key-env", "RSFT_TEST_KEY", "--model-name", "proxy"]
+               "--port", str(port), "--n", "3", "--max-n", "4", "--api-key-env", "RSFT_TEST_KEY", "--model-name", "proxy"]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -353,6 +387,8 @@ def test_python_m_rsft_serve_in_front_of_another_openai_server(tmp_path):
             assert ext["scores"] == [0.0, 0.0, 1.0, 0.0]
             assert r.choices[0].message.content.startswith("hi s") and r.choices[0].message.content.endswith("c2")
             assert upstream.stats.bodies[-1]["n"] == 4 and r.model == "proxy"
+            plain = httpx.post(url + "/v1/completions", json={"prompt": "hi"}, headers={"Authorization": f"Bearer {KEY}"})
+            assert plain.status_code == 200 and plain.json()["rsft"]["n"] == 3  # no n: the server's --n
             assert httpx.post(url + "/v1/completions", json={"prompt": "hi", "n": 5},
                               headers={"Authorization": f"Bearer {KEY}"}).status_code == 422
             assert httpx.post(url + "/v1/completions", json={"prompt": "hi"}).status_code == 401
@@ -361,7 +397,8 @@ def test_python_m_rsft_serve_in_front_of_another_openai_server(tmp_path):
             _, err = proc.communicate(timeout=20)
     lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert [(e["path"], e["status"]) for e in lines] == [
-        ("/health", 200), ("/v1/chat/completions", 200), ("/v1/completions", 422), ("/v1/completions", 401)]
+        ("/health", 200), ("/v1/chat/completions", 200), ("/v1/completions", 200), ("/v1/completions", 422),
+        ("/v1/completions", 401)]
 
 
 def _wait_for_health(proc: subprocess.Popen, url: str) -> None:

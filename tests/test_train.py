@@ -8,6 +8,7 @@ checkpoint is compared with the base model's.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -222,7 +223,10 @@ def test_cli_main_trains_and_a_failed_retrain_keeps_the_checkpoint(tiny_lm, tmp_
                               "--batch-size", "4", "--grad-accum", "2", "--lr", "1e-3", "--max-length", "64",
                               "--seed", "3"])
     stages_cli.cmd_train(args)
-    summary = json.loads(capsys.readouterr().out)  # stdout is the JSON summary and nothing else
+    out, err = capsys.readouterr()
+    summary = json.loads(out)  # stdout is the JSON summary and nothing else
+    assert err.startswith(f"rsft: no --config and no {tmp_path / 'config.yaml'}: training {tiny_lm} with the "
+                          "default train settings and the flags given\n")
     assert summary["steps"] == 1 and summary["rows"] == 8  # 8 rows / (4 x 2 accumulated)
     info = json.loads((round_dir / "checkpoint" / "rsft_train.json").read_text())
     assert info["config"]["grad_accum"] == 2 and info["config"]["seed"] == 3 and info["lora"] is None
@@ -236,6 +240,25 @@ def test_cli_main_trains_and_a_failed_retrain_keeps_the_checkpoint(tiny_lm, tmp_
     assert json.loads((round_dir / "checkpoint" / "rsft_train.json").read_text()) == info
     assert set(p.name for p in round_dir.iterdir()) == {"selected.jsonl", "checkpoint", "train_log.jsonl",
                                                          "manifest.json"}
+
+
+def test_cli_train_without_config_reads_the_runs_config_yaml(tiny_lm, tmp_path, capsys):
+    from rsft.config import GenerationConfig, GeneratorConfig, dump_config
+
+    run = tmp_path / "runs" / "r"  # as rsft run leaves it: config.yaml beside the round folders
+    run.mkdir(parents=True)
+    round_dir = _round(run, TEXT_ROWS)
+    config = RunConfig(generation=GenerationConfig(generator=GeneratorConfig(model=str(tiny_lm))),
+                       train=TrainConfig(lora=False, learning_rate=1e-3, epochs=1.0, batch_size=8, max_length=64))
+    (run / "config.yaml").write_text(dump_config(config))
+    parser = argparse.ArgumentParser()
+    stages_cli.add_train_arguments(parser)
+    stages_cli.cmd_train(parser.parse_args([str(round_dir), "--seed", "5"]))  # a flag still overrides it
+    out, err = capsys.readouterr()
+    assert "rsft: no " not in err and json.loads(out)["steps"] == 1  # 8 rows, batch 8, 1 epoch
+    info = json.loads((round_dir / "checkpoint" / "rsft_train.json").read_text())
+    assert info["base_model"] == str(tiny_lm) and info["lora"] is None  # the run's model, full fine-tuning
+    assert info["config"] == {**dataclasses.asdict(config.train), "seed": 5}
 
 
 def test_missing_tracker_package_is_named(monkeypatch):

@@ -49,7 +49,7 @@ def find_round(path: Path, round_index: int | None = None) -> Path:
     return scored[-1]
 
 
-def report(round_dir: Path, threshold: float = 0.5) -> dict[str, Any]:
+def report(round_dir: Path, threshold: float = 1.0) -> dict[str, Any]:
     """The BoN curve of one round, with its shape and NaN count; JSON-ready."""
     prompts = matrix.read_prompts(round_dir / artifacts.PROMPTS)
     R, _ = matrix.read_rewards(round_dir / artifacts.REWARDS, [p.prompt_id for p in prompts])

@@ -296,9 +296,10 @@ class RoundsConfig:
 
     rounds: int = 1
     """Rounds of generate -> score -> select -> train -> eval."""
-    train: bool = False
-    """Fine-tune on each round's kept set and gate on the held-out eval (``rsft run --rounds K`` sets
-    it); False runs one round of data generation only (generate, score, select, export)."""
+    train: bool | None = None
+    """Fine-tune on each round's kept set and gate on the held-out eval; False runs one round of data
+    generation only (generate, score, select, export). Unset: true when ``rounds`` > 1, as
+    ``rsft run --rounds K`` sets it for any K; false with ``rounds`` > 1 is an error."""
     prompts_per_round: int | None = None
     """Prompts drawn from the pool each round (None: all of them every round)."""
     refresh: str = "subsample"
@@ -318,6 +319,13 @@ class RoundsConfig:
     rm_check: RmCheckConfig | None = None
     """Check the reward model on held-out preference pairs before each round of ``rsft run`` and stop
     when it falls below ``min_accuracy`` (None: no check)."""
+
+    def __post_init__(self) -> None:
+        if self.train is None:
+            self.train = self.rounds > 1
+        elif not self.train and self.rounds > 1:
+            raise RsftError(f"train: false contradicts rounds: {self.rounds} (every round trains): "
+                            "drop rounds.train or set rounds.rounds: 1 for one data-only round")
 
 
 @dataclass
@@ -364,6 +372,8 @@ class ServeConfig:
     """Model id reported to clients (None: ``--model``)."""
     api_key_env: str | None = None
     """Require ``Authorization: Bearer <key>`` with the key read from this environment variable (None: no auth)."""
+    n: int | None = None
+    """N of a request that gives neither ``n`` nor ``best_of`` (default: 8, or ``max_n`` when that is lower)."""
     max_n: int = 16
     """Largest N (``n`` or ``best_of``) a request may ask."""
     max_tokens: int = 256
@@ -380,9 +390,16 @@ class ServeConfig:
     """Seconds before 504."""
 
     def __post_init__(self) -> None:
-        for name in ("max_n", "max_tokens", "max_queue", "max_batch_prompts", "max_body_bytes"):
-            if getattr(self, name) < 1:
+        for name in ("n", "max_n", "max_tokens", "max_queue", "max_batch_prompts", "max_body_bytes"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise RsftError(f"serve.{name}: must be >= 1, got {getattr(self, name)}")
+        if self.n is not None and self.n > self.max_n:
+            raise RsftError(f"serve.n: {self.n} exceeds serve.max_n {self.max_n}")
+
+    @property
+    def default_n(self) -> int:
+        """The N of a request without ``n`` or ``best_of``: ``n``, else 8 capped at ``max_n``."""
+        return self.n if self.n is not None else min(8, self.max_n)
 
 
 @dataclass
@@ -455,8 +472,18 @@ def from_dict(cls: type, data: Any, where: str) -> Any:
             near = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(names)}"
             raise RsftError(f"{where}: unknown key {key!r}{hint}")
-        kwargs[key] = _convert(hints[key], value, f"{where}: {key}")
-    return cls(**kwargs)
+        kwargs[key] = _convert(hints[key], _yes_no(cls, key, value), f"{where}: {key}")
+    try:
+        return cls(**kwargs)
+    except RsftError as e:  # a __post_init__ check: name the file and section
+        raise RsftError(f"{where}: {e}") from None
+
+
+def _yes_no(cls: type, key: str, value: Any) -> Any:
+    """YAML reads an unquoted ``no``/``yes`` as a boolean: back to the word where the field's choices have it."""
+    word = {False: "no", True: "yes"}.get(value) if isinstance(value, bool) else None
+    field_choices = next(f.metadata.get("choices", ()) for f in dataclasses.fields(cls) if f.name == key)
+    return word if word in field_choices else value
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
@@ -472,7 +499,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
                 return _convert(arg, value, where)
             except RsftError:
                 continue
-        raise RsftError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+        raise RsftError(f"{where}: expected {_type_name(hint)}, got {value!r}{_quote_hint(hint, value)}")
     if hint is Any:
         return value
     if dataclasses.is_dataclass(hint):
@@ -490,7 +517,13 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return float(value)
     if hint in (int, str, bool) and type(value) is hint:
         return value
-    raise RsftError(f"{where}: expected {_type_name(hint)}, got {value!r}")
+    raise RsftError(f"{where}: expected {_type_name(hint)}, got {value!r}{_quote_hint(hint, value)}")
+
+
+def _quote_hint(hint: Any, value: Any) -> str:
+    if isinstance(value, bool) and (hint is str or str in typing.get_args(hint)):
+        return " (YAML reads unquoted yes/no/on/off as a boolean: quote the value)"
+    return ""
 
 
 def _type_name(hint: Any) -> str:

@@ -54,7 +54,7 @@ def demo_config(out: str, prompts: int, n: int) -> RunConfig:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rsft.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
     parser.add_argument("--prompts", type=int, default=DEMO_TASK.size, help="M, prompts (default 32)")
@@ -71,7 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--eval-n", type=int, default=4,
                       help="samples per held-out prompt at the demo's T=0.7/top-k 50; 1 means greedy (default 4)")
     tune.add_argument("--no-control", dest="control", action="store_false", help="skip the random-selection control arm")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
 
     started = time.time()
     config = demo_config(args.out, args.prompts, args.n)

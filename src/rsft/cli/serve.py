@@ -62,11 +62,9 @@ def main(args: argparse.Namespace) -> None:
     generator = build_generator(model)
     _plain_chat_template_if_missing(generator)
     app = create_app(generator, scorer, selector, model_name=server.model_name or model.model, api_key=api_key,
-                     max_n=server.max_n, max_tokens=server.max_tokens, max_body_bytes=server.max_body_bytes,
-                     max_queue=server.max_queue, batch_window_ms=server.batch_window_ms,
-                     max_batch_prompts=server.max_batch_prompts, request_timeout=server.request_timeout,
-                     extract=extract, equivalence=equivalence, adaptive=adaptive)
-    print(f"rsft: serving {model.model} ({selector}, N <= {server.max_n}) on http://{server.host}:{server.port}/v1"
+                     config=server, extract=extract, equivalence=equivalence, adaptive=adaptive)
+    print(f"rsft: serving {model.model} ({selector}, N {server.default_n} unless a request asks, at most {server.max_n}) "
+          f"on http://{server.host}:{server.port}/v1"
           f"{' (auth on)' if api_key else ''}", file=sys.stderr)
     uvicorn.run(app, host=server.host, port=server.port, log_level="warning", access_log=False)
 

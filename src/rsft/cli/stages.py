@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,17 +97,26 @@ def cmd_export(args: argparse.Namespace) -> None:
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """``rsft train ROUND_DIR``: the run config's ``train`` section and the starting checkpoint."""
     _round_dir(p, "the round folder: reads selected.jsonl, writes checkpoint/")
-    add_config_argument(p, help="YAML run config: its train section and generator model; flags override them")
+    add_config_argument(p, help="YAML run config: its train section and generator model; flags override them "
+                                "(default: the config.yaml of the run folder holding ROUND_DIR)")
     add_config_flags(p, [TRAINING])
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train on ROUND_DIR/selected.jsonl and print the summary as JSON."""
+    from rsft import artifacts
     from rsft.models import EMBEDDED_DEFAULT
     from rsft.train import train
 
+    run_config = args.round_dir.parent / artifacts.CONFIG  # the run's own settings, as rsft run wrote them
+    if args.config is None and run_config.is_file():
+        args.config = run_config
     config = config_from(args)
-    summary = train(args.round_dir, config.train, config.generation.generator.model or EMBEDDED_DEFAULT)
+    model = config.generation.generator.model or EMBEDDED_DEFAULT
+    if args.config is None:
+        print(f"rsft: no --config and no {run_config}: training {model} with the default train settings "
+              "and the flags given", file=sys.stderr)
+    summary = train(args.round_dir, config.train, model)
     print(json.dumps(summary, indent=2))
 
 

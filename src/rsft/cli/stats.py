@@ -14,8 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a round folder (runs/x/round-000), or a run folder: its latest scored round")
     parser.add_argument("--round", type=int, metavar="K", dest="round_index",
                         help="with a run folder: use round-K instead of the latest scored one")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="a reward >= this counts as a pass for pass@n (default 0.5, for 0/1 checkers)")
+    parser.add_argument("--threshold", type=float, default=1.0,
+                        help="a reward >= this counts as a pass for pass@n (default 1.0, as rsft rm-check: "
+                             "reasoning-gym gives wrong answers partial credit)")
     parser.add_argument("--plot", type=Path, metavar="PATH.png", help="also draw the curve into this PNG file")
     parser.add_argument("--json", action="store_true", help="print the curve as JSON instead of a table")
 

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 from rsft.adaptive import AdaptivePolicy
 from rsft.bon import Extract, KeyFn, answer_extractor, check_selector, resolve_equivalence
+from rsft.config import ServeConfig
 from rsft.generate import Generator
 from rsft.score import as_scorer
-from rsft.serve.batcher import BoNService
+from rsft.serve.batcher import BoNService, serve_config
 from rsft.serve.handlers import Handlers
 from rsft.serve.schemas import HTTPError
 
@@ -35,16 +36,11 @@ def create_app(
     *,
     model_name: str = "rsft",
     api_key: str | None = None,
-    max_n: int = 16,
-    max_tokens: int = 256,
-    max_body_bytes: int = 1_000_000,
-    max_queue: int = 64,
-    batch_window_ms: float = 10,
-    max_batch_prompts: int = 32,
-    request_timeout: float = 120.0,
+    config: ServeConfig | None = None,
     extract: Extract | str | None = None,
     equivalence: str | KeyFn = "exact",
     adaptive: AdaptivePolicy | None = None,
+    **limits: Any,
 ) -> "FastAPI":
     """Build the Best-of-N server.
 
@@ -54,29 +50,28 @@ def create_app(
         selector: ``argmax``, ``majority`` or ``weighted_majority`` (see ``rsft.bon``).
         model_name: the id reported by ``/v1/models`` and in responses.
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
-        max_n: largest N a request may ask for (422 above it).
-        max_tokens: largest ``max_tokens`` a request may ask for (422 above); also the default.
-        max_body_bytes: larger request bodies get 413.
-        max_queue: requests allowed to wait; more get 503 with ``Retry-After``.
-        batch_window_ms: how long the worker waits for more requests before generating.
-        max_batch_prompts: requests (prompts) per batch at most.
-        request_timeout: seconds a request may wait for its answer (504 after).
+        config: the server's limits (``rsft.config.ServeConfig``, whose defaults are the server's):
+            ``n`` (N of a request that gives neither ``n`` nor ``best_of``; None: 8, at most
+            ``max_n``), ``max_n`` (422 above it),
+            ``max_tokens`` (422 above; also the default), ``max_body_bytes`` (413 above), ``max_queue``
+            (503 with ``Retry-After`` above), ``batch_window_ms``, ``max_batch_prompts`` and
+            ``request_timeout`` (504 after); its ``host``, ``port`` and ``model_name`` are not read here.
         extract: the answer a completion votes for (majority selectors): ``first_line`` (also None),
             ``boxed``, ``pkg.module:name`` or a callable.
         equivalence: which answers vote together (majority selectors): ``exact``, ``math`` or a key
             function (see ``rsft.answers.answer_groups``).
         adaptive: settings of requests that send ``budget`` (adaptive N; each request's budget, and
             its ``min_n``/``supermajority`` when given, replace these); None: ``AdaptivePolicy``'s defaults.
+        limits: keyword arguments named as ``ServeConfig`` fields (``max_n=8``), replacing those of ``config``.
     """
     from fastapi import FastAPI
 
     scorer_obj = as_scorer(scorer) if scorer is not None else None
-    service = BoNService(generator, scorer_obj, selector, max_queue=max_queue, batch_window_ms=batch_window_ms,
-                         max_batch_prompts=max_batch_prompts, extract=answer_extractor(extract),
+    config = serve_config(config, limits)
+    service = BoNService(generator, scorer_obj, selector, config=config, extract=answer_extractor(extract),
                          equivalence=resolve_equivalence(equivalence), adaptive=adaptive)
     check_selector(selector, scorer_obj is not None)
-    handlers = Handlers(service, model_name=model_name, api_key=api_key, max_n=max_n, max_tokens=max_tokens,
-                        request_timeout=request_timeout)
+    handlers = Handlers(service, model_name=model_name, api_key=api_key)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: "FastAPI") -> Any:
@@ -87,7 +82,7 @@ def create_app(
     app.state.service = service
     app.state.handlers = handlers
     app.add_middleware(_AccessLog)
-    _add_routes(app, handlers, max_body_bytes)
+    _add_routes(app, handlers, config.max_body_bytes)
     return app
 
 

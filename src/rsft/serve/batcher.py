@@ -17,11 +17,18 @@ from typing import Any
 
 from rsft.adaptive import AdaptivePolicy
 from rsft.bon import BoNResult, Extract, KeyFn, adaptive_best_of_n, select_best
+from rsft.config import ServeConfig
 from rsft.errors import RsftError
 from rsft.generate import Generator, LocalModel
 from rsft.score import Scorer
 from rsft.serve.schemas import HTTPError
 from rsft.types import PromptValue, SamplingParams
+
+
+def serve_config(config: ServeConfig | None, limits: dict[str, Any]) -> ServeConfig:
+    """``config`` (None: ``ServeConfig()``, which holds the server's defaults) with ``limits``, keyword
+    arguments named as its fields, replacing its values."""
+    return dataclasses.replace(config or ServeConfig(), **limits)
 
 
 @dataclass
@@ -48,7 +55,11 @@ class Job:
 
 
 class BoNService:
-    """The queue, the single batching worker and the thread that runs generation and scoring."""
+    """The queue, the single batching worker and the thread that runs generation and scoring.
+
+    ``config`` (or keyword arguments named as its fields) gives ``max_queue``, ``batch_window_ms`` and
+    ``max_batch_prompts``; ``Handlers`` takes the request limits from the same ``config``.
+    """
 
     def __init__(
         self,
@@ -56,13 +67,13 @@ class BoNService:
         scorer: Scorer | None,
         selector: str,
         *,
-        max_queue: int = 64,
-        batch_window_ms: float = 10,
-        max_batch_prompts: int = 32,
+        config: ServeConfig | None = None,
         extract: Extract | None = None,
         equivalence: str | KeyFn = "exact",
         adaptive: AdaptivePolicy | None = None,
+        **limits: Any,
     ) -> None:
+        self.config = serve_config(config, limits)
         self.generator = generator
         self.scorer = scorer
         self.selector = selector
@@ -70,9 +81,9 @@ class BoNService:
         self.equivalence = equivalence
         self.adaptive = adaptive
         """Settings of adaptive requests (each request's ``budget`` replaces its budget); None: the defaults."""
-        self.max_queue = max_queue
-        self.batch_window = max(0.0, batch_window_ms / 1000)
-        self.max_batch_prompts = max(1, max_batch_prompts)
+        self.max_queue = self.config.max_queue
+        self.batch_window = max(0.0, self.config.batch_window_ms / 1000)
+        self.max_batch_prompts = self.config.max_batch_prompts
         self.queue: asyncio.Queue[Job] | None = None
         self.worker: asyncio.Task[None] | None = None
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rsft-serve")

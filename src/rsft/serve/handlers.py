@@ -12,8 +12,9 @@ import time
 from typing import Any
 
 from rsft.adaptive import AdaptivePolicy
+from rsft.config import ServeConfig
 from rsft.errors import RsftError
-from rsft.serve.batcher import BoNService, Job
+from rsft.serve.batcher import BoNService, Job, serve_config
 from rsft.serve.schemas import HTTPError, completion_response, message_text, parse_request, request_models
 from rsft.types import PromptValue, SamplingParams
 
@@ -25,19 +26,20 @@ class Handlers:
         service: the queue and worker that answer Best-of-N jobs.
         model_name: the id reported by ``/v1/models`` and in responses.
         api_key: when set, ``check_auth`` needs ``Bearer <api_key>``.
-        max_n: largest N a request may ask for (422 above it).
-        max_tokens: largest ``max_tokens`` a request may ask for (422 above); also the default.
-        request_timeout: seconds a request may wait for its answer (504 after).
+        config: the limits (default: the service's ``config``): ``default_n`` (N of a request that
+            gives neither ``n`` nor ``best_of``), ``max_n`` (422 above it), ``max_tokens`` (422 above; also
+            the default) and ``request_timeout`` (seconds before 504).
+        limits: keyword arguments named as ``ServeConfig`` fields, replacing those of ``config``.
     """
 
     def __init__(self, service: BoNService, *, model_name: str = "rsft", api_key: str | None = None,
-                 max_n: int = 16, max_tokens: int = 256, request_timeout: float = 120.0) -> None:
+                 config: ServeConfig | None = None, **limits: Any) -> None:
         self.service = service
         self.model_name = model_name
         self.api_key = api_key
-        self.max_n = max_n
-        self.max_tokens = max_tokens
-        self.request_timeout = request_timeout
+        self.config = serve_config(config or service.config, limits)
+        self.n, self.max_n, self.max_tokens = self.config.default_n, self.config.max_n, self.config.max_tokens
+        self.request_timeout = self.config.request_timeout
         self.created = int(time.time())
 
     def check_auth(self, authorization: str) -> None:
@@ -83,7 +85,7 @@ class Handlers:
         if req.stream:
             raise HTTPError(422, "stream=true is not supported: Best-of-N picks after all candidates finish",
                             code="unsupported")
-        n = req.budget if req.budget is not None else req.best_of if req.best_of is not None else (req.n or 1)
+        n = req.budget if req.budget is not None else req.best_of if req.best_of is not None else (req.n or self.n)
         if n > self.max_n:
             raise HTTPError(422, f"N={n} (n, best_of or budget) exceeds this server's max_n={self.max_n}",
                             code="n_too_large")
