@@ -246,17 +246,20 @@ def record_stage(
     manifest.setdefault("stages", {})[stage] = entry
     write_json(round_dir / MANIFEST, manifest)
     if entry.get("shard_key"):
-        drop_shards(round_dir, str(entry["shard_key"]), journals=stage == "generate")
+        drop_shards(round_dir, str(entry["shard_key"]), journals=JOURNALS.get(stage, ""))
     return entry
 
 
 SHARDS = ".shards"
 """Folder of a round holding the finished shards (``<kind>-<shard_key>/NNNNN.parquet``) of the
-stages in progress, and the journals of remote generators (``journal-*.jsonl``)."""
+stages in progress, and the journals of remote generators (``journal-*.jsonl``) and remote scorers
+(``score-journal-*.jsonl``)."""
+JOURNALS = {"generate": "journal-", "score": "score-journal-"}
+"""The file-name prefix of each stage's request journals under ``SHARDS``."""
 
 
-def drop_shards(round_dir: str | os.PathLike[str], shard_key: str, journals: bool = False) -> None:
-    """Remove a finished stage's shard folder(s) (and, for generation, the generator journals).
+def drop_shards(round_dir: str | os.PathLike[str], shard_key: str, journals: str = "") -> None:
+    """Remove a finished stage's shard folder(s) (and the journals whose names start with ``journals``).
 
     ``record_stage`` calls this only after the manifest records the stage, so a process killed
     between writing a stage's output and recording it still finds every shard on its rerun.
@@ -265,7 +268,7 @@ def drop_shards(round_dir: str | os.PathLike[str], shard_key: str, journals: boo
     for folder in shards.glob(f"*-{glob.escape(shard_key)}"):
         shutil.rmtree(folder, ignore_errors=True)
     if journals:
-        for journal in shards.glob("journal-*.jsonl"):
+        for journal in shards.glob(f"{glob.escape(journals)}*.jsonl"):
             journal.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         shards.rmdir()  # only when no other stage has shards in flight

@@ -385,6 +385,32 @@ class ServeConfig:
                 raise RsftError(f"serve.{name}: must be >= 1, got {getattr(self, name)}")
 
 
+@dataclass(frozen=True)
+class RewardServerConfig:
+    """``rsft serve-reward``: where the reward server listens and what a request may send (the scorer
+    flags are the run config's ``scoring`` ones)."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8001
+    """Port."""
+    api_key_env: str | None = None
+    """Require ``Authorization: Bearer <key>`` with the key read from this environment variable (None: no auth)."""
+    max_pairs: int = 4096
+    """Most (prompt, completion) pairs one request may send."""
+    max_queue: int = 64
+    """Requests allowed to wait; more get 503."""
+    max_body_bytes: int = 16_000_000
+    """Larger bodies get 413."""
+    request_timeout: float = 300.0
+    """Seconds before 504."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_pairs", "max_queue", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise RsftError(f"serve-reward.{name}: must be >= 1, got {getattr(self, name)}")
+
+
 @dataclass
 class SweepConfig:
     """``rsft sweep``: a grid over N, temperature, keep threshold and epochs (a missing list: the base
