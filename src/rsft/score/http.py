@@ -26,14 +26,11 @@ from typing import Any
 
 from rsft.artifacts import config_hash
 from rsft.errors import RsftError
+from rsft.score.pairs import PairFailed
 from rsft.types import PromptValue, Verdict
 
 ROUTES = {"rsft": "/score", "openrlhf": "/get_reward"}
 """The route each protocol posts to when the URL has no path (``rsft serve-reward`` serves both)."""
-
-
-class RemotePairFailed(Exception):
-    """The server scored a pair as failed; the score stage retries pair by pair to name it."""
 
 
 class HttpScorer:
@@ -85,9 +82,10 @@ class HttpScorer:
                            "journal_reused": (journal.reused - reused_before) if journal is not None else 0}
         verdicts = [v for batch in answers for v in batch]
         failed = [(k, v.details) for k, v in enumerate(verdicts) if v.details and v.details.startswith("error: ")]
-        if failed:
+        if failed:  # the score stage asks again pair by pair and records (or stops on) each failed one
             k, why = failed[0]
-            raise RemotePairFailed(f"{len(failed)} of {len(verdicts)} pairs failed on the server; pair {k}: {why}")
+            raise PairFailed(why.removeprefix("error: ") if len(verdicts) == 1 else
+                             f"{len(failed)} of {len(verdicts)} pairs failed on the server; pair {k}: {why}")
         return verdicts
 
     def body(self, prompts: list[PromptValue], completions: list[str],
