@@ -44,6 +44,10 @@ EVAL_SAMPLES = "eval"
 KL_SAMPLES = "kl"
 """The folders of the eval's and the KL estimate's generate/score stages, beside ``EVAL``."""
 ROUNDS = "rounds.json"
+METRICS = "metrics.jsonl"
+"""Per-run metrics of ``rsft.tracking``: one JSON line per record (a round, the base, a train step)."""
+TRACKING = "tracking.json"
+"""What each tracker of the run has received (its run id, the ``metrics.jsonl`` records sent)."""
 BASELINE = "baseline"
 """The run folder's eval of the base policy."""
 GREEDY = "greedy"
@@ -137,6 +141,19 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]])
             f.flush()
             os.fsync(f.fileno())
     return count
+
+
+def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Append one JSON line with a single ``write`` (concurrent appenders never interleave), fsynced:
+    a kill leaves the file with whole records, at most its last line torn."""
+    line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:

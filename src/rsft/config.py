@@ -269,6 +269,24 @@ class EvalConfig:
     """Estimate KL on the first this many held-out prompts only (None: all of them)."""
 
 
+TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")
+"""Values of ``tracking.report_to`` (``metrics.jsonl`` is always written)."""
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment trackers of ``rsft run``: one rsft run is one tracked run with the resolved config as
+    parameters, the config hash as a tag and every round's metrics (``rsft.tracking``)."""
+
+    report_to: list[str] = field(default_factory=list)
+    """Trackers besides ``metrics.jsonl`` (always written in the run folder): tensorboard, mlflow,
+    trackio, wandb; on the command line comma-separated or repeated (``--report-to tensorboard,mlflow``)."""
+    project: str = "rsft"
+    """Project (W&B, trackio) or experiment (MLflow) the run goes into; the run is named after ``name``."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking URI (None: ``$MLFLOW_TRACKING_URI``, else a file store in ``RUN_DIR/mlruns``)."""
+
+
 @dataclass
 class RmCheckConfig:
     """Re-validate the reward model at the start of each round (``rsft rm-check`` on fixed pairs) and
@@ -441,6 +459,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment trackers (``metrics.jsonl`` always; TensorBoard, MLflow, trackio, W&B on request)."""
     executor: str = "local"
     """Where generation and scoring shards run: ``local`` (this process) or ``ray`` (actor pools on a
     Ray cluster, see ``ray``); the artifacts are the same either way."""
