@@ -19,11 +19,13 @@ restarting at 0, so the run-level train curves are rsft's (the same losses TRL l
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib.util
 import json
+import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -143,25 +145,29 @@ class Tracker:
         """Send every tracker the ledger records it has not received, saving its progress after each."""
         for name in self.names:
             state = self.state.setdefault(name, {})
-            sent = int(state.get("sent", 0))
-            if sent >= len(self.records):
+            if int(state.get("sent", 0)) >= len(self.records):
                 continue
             try:
-                backend = self._backend(name, state)
-                for record in self.records[sent:]:
-                    backend.log(record["metrics"], int(record["step"]), record.get("axis", "round"))
-                    state["sent"] = int(state.get("sent", 0)) + 1
-                    artifacts.write_json(self.state_path, self.state)
+                with stdout_to_stderr():  # stdout is the command's JSON summary
+                    self._send(name, state)
             except RsftError:
                 raise
             except Exception as e:  # noqa: BLE001 - a tracker's outage must not stop the run: it catches up later
                 print(f"rsft: warning: {name}: {type(e).__name__}: {e} (metrics.jsonl has every record; the "
                       "next run of this config sends what is missing)", file=sys.stderr)
 
+    def _send(self, name: str, state: dict[str, Any]) -> None:
+        backend = self._backend(name, state)
+        for record in self.records[int(state.get("sent", 0)):]:
+            backend.log(record["metrics"], int(record["step"]), record.get("axis", "round"))
+            state["sent"] = int(state.get("sent", 0)) + 1
+            artifacts.write_json(self.state_path, self.state)
+
     def close(self) -> None:
         for name, backend in list(self.open.items()):
             try:
-                backend.close()
+                with stdout_to_stderr():
+                    backend.close()
             except Exception as e:  # noqa: BLE001 - closing a tracker must not fail the run
                 print(f"rsft: warning: closing {name}: {type(e).__name__}: {e}", file=sys.stderr)
             del self.open[name]
@@ -177,6 +183,22 @@ class Tracker:
     def _append(self, record: dict[str, Any]) -> None:
         artifacts.append_jsonl(self.ledger_path, record)
         self.records.append(record)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send what trackers print (their own and their helper processes', at the file-descriptor level)
+    to stderr, so stdout keeps only the command's output."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, str]:

@@ -128,7 +128,8 @@ class Trackio:
             raise missing(self.name, e) from None
         self.trackio = trackio
         config = {**info.params, "config_hash": info.config_hash}
-        self.run = trackio.init(project=info.project, name=info.run_name, config=config, resume="allow", embed=False)
+        self.run = trackio.init(project=info.project, name=info.run_name, config=config, resume="allow", embed=False,
+                                 auto_log_cpu=False, auto_log_gpu=False)
         state["run"] = info.run_name
 
     def log(self, metrics: Mapping[str, float], step: int, axis: str) -> None:
