@@ -325,3 +325,14 @@ def test_trackio_store_and_wandb_offline_files(tmp_path, tiny_lm):
 
 def ledger_hash(run: Path) -> str:
     return artifacts.config_hash(to_dict(load_config(run / "config.yaml")))
+
+
+def test_tracking_and_the_reward_server_import_no_heavy_library():
+    code = ("import sys, rsft.tracking, rsft.tracking.metrics, rsft.tracking.backends, rsft.serve.reward, "
+            "rsft.score.http, rsft.cli\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'fastapi', 'mlflow', 'wandb', 'trackio', "
+            "'tensorboard', 'httpx') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
