@@ -310,3 +310,36 @@ def test_rsft_serve_reward_needs_its_key_variable(tmp_path):
                        env={k: v for k, v in os.environ.items() if k != "RSFT_UNSET_VARIABLE_X"})
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "rsft: error: --api-key-env RSFT_UNSET_VARIABLE_X: that environment variable is unset or empty"]
+
+
+class DiesAfter:
+    """ASGI wrapper: answers the first ``answers`` POSTs, then 500 until ``revived``; counts what it answered."""
+
+    def __init__(self, app: Any, answers: int) -> None:
+        self.app, self.answers, self.answered, self.revived = app, answers, 0, False
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST":
+            if not self.revived and self.answered >= self.answers:
+                await send({"type": "http.response.start", "status": 500, "headers": []})
+                await send({"type": "http.response.body", "body": b"down"})
+                return
+            self.answered += 1
+        await self.app(scope, receive, send)
+
+
+def test_a_rerun_after_the_reward_service_failed_asks_only_for_what_it_never_answered(tmp_path):
+    server_app = DiesAfter(create_reward_app("math"), answers=5)
+    options = {"batch_size": 4, "concurrency": 1, "max_retries": 0}
+    with Running(server_app) as server:
+        spec = "http:" + server.url.removeprefix("http:")
+        with pytest.raises(RsftError, match="failed after 1 attempts; last error: HTTP 500"):
+            _round(tmp_path, "remote", spec, options)
+        (journal,) = (tmp_path / "remote" / "round-000" / ".shards").glob("score-journal-*.jsonl")
+        assert len(journal.read_text().splitlines()) == 5
+        server_app.revived = True
+        rd = _round(tmp_path, "remote", spec, options)
+    assert server_app.answered == 10  # 40 pairs in batches of 4: the 5 answered before were not asked again
+    local = pq.read_table(_round(tmp_path, "local", "math") / "rewards.parquet").column("reward").to_pylist()
+    assert pq.read_table(rd / "rewards.parquet").column("reward").to_pylist() == local
+    assert not (rd / ".shards").exists()

@@ -101,10 +101,11 @@ def build_scorer(config: ScoringConfig, round_dir: Path | None = None) -> Scorer
     return as_scorer(config.scorer, options)
 
 
-def scorer_factory(config: ScoringConfig, executor: Executor) -> Callable[[], Scorer] | None:
+def scorer_factory(config: ScoringConfig, executor: Executor,
+                   round_dir: Path | None = None) -> Callable[[], Scorer] | None:
     """How remote workers build their own scorer (on their own device); None when the executor's
     jobs run in this process and can use the driver's scorer."""
-    return None if executor.in_process else functools.partial(build_scorer, config)
+    return None if executor.in_process else functools.partial(build_scorer, config, round_dir=round_dir)
 
 
 @dataclass
@@ -141,7 +142,7 @@ def run_round(
     if generator is None:
         check_backends(config.generation)
     executor = make_executor(config.executor, config.ray)
-    make_scorer = None if scorer is not None else scorer_factory(config.scoring, executor)
+    make_scorer = None if scorer is not None else scorer_factory(config.scoring, executor, round_dir=out)
     scorer = scorer or build_scorer(config.scoring, round_dir=out)  # before generating: a bad scorer fails fast
     make_gen = (lambda: generator) if generator is not None else functools.partial(build_generator, config.generation, round_dir=out)
     if config.executor == "ray" and config.ray.overlap:  # score shard k while shard k+1 generates

@@ -76,9 +76,10 @@ def cmd_score(args: argparse.Namespace) -> None:
 
     config = config_from(args)
     executor = make_executor(config.executor, config.ray)
-    summary = stages.score(args.round_dir, config.scoring, pipeline.build_scorer(config.scoring),
+    summary = stages.score(args.round_dir, config.scoring, pipeline.build_scorer(config.scoring, args.round_dir),
                            shard_size=config.generation.shard_size, new_version=args.new_version,
-                           executor=executor, make_scorer=pipeline.scorer_factory(config.scoring, executor))
+                           executor=executor,
+                           make_scorer=pipeline.scorer_factory(config.scoring, executor, args.round_dir))
     print(stats.format_stats(summary))
 
 
