@@ -336,3 +336,16 @@ def test_tracking_and_the_reward_server_import_no_heavy_library():
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_single_round_run_is_tracked_too(tmp_path, tiny_lm):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    cfg = write_run(tmp_path, tiny_lm, "one")
+    r = rsft("run", "--config", str(cfg), "--report-to", "tensorboard", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = tmp_path / "runs" / "one"
+    (record,) = tracking.read_ledger(run / "metrics.jsonl")
+    assert (record["kind"], record["round"], record["step"]) == ("round", 0, 0)
+    assert record["metrics"]["generate/samples"] == 48 and record["metrics"]["keep/rows"] == 8
+    assert not any(k.startswith(("train/", "eval/", "gate/")) for k in record["metrics"])
+    assert [(e.step, e.value) for e in scalars(run).Scalars("keep/rows")] == [(0, 8.0)]

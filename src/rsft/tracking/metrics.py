@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from rsft import artifacts
 from rsft.config import RunConfig
+from rsft.matrix import UNSAMPLED
 
 STAGES = ("generate", "score", "select", "export", "train", "eval")
 """The stages whose prompts, samples, tokens, tokens/s and wall time are logged, in this order."""
@@ -82,14 +83,16 @@ def train_steps(rd: Path) -> list[dict[str, Any]]:
 
 
 def _samples(rd: Path) -> dict[str, Any]:
-    """The round's sampled cells: prompt id, sample index, tokens, finish reason, text and reward."""
+    """The round's sampled cells (adaptive N's unsampled ones left out): prompt id, sample index,
+    tokens, finish reason and reward; ``rows`` are their rows in ``completions.parquet``."""
     comps = pq.read_table(rd / artifacts.COMPLETIONS,
-                          columns=["prompt_id", "sample_idx", "text", "n_tokens", "finish_reason"]).to_pydict()
+                          columns=["prompt_id", "sample_idx", "n_tokens", "finish_reason"]).to_pydict()
     rewards = pq.read_table(rd / artifacts.REWARDS, columns=["prompt_id", "sample_idx", "reward"]).to_pydict()
     reward = dict(zip(zip(rewards["prompt_id"], rewards["sample_idx"], strict=True), rewards["reward"], strict=True))
-    keep = [k for k, text in enumerate(comps["text"]) if text is not None]  # None: unsampled (adaptive N)
-    cols = {name: [comps[name][k] for k in keep] for name in comps}
+    keep = [k for k, reason in enumerate(comps["finish_reason"]) if reason != UNSAMPLED]
+    cols: dict[str, Any] = {name: [comps[name][k] for k in keep] for name in comps}
     cols["reward"] = [reward.get((p, j), math.nan) for p, j in zip(cols["prompt_id"], cols["sample_idx"], strict=True)]
+    cols["rows"], cols["path"] = keep, rd / artifacts.COMPLETIONS
     return cols
 
 
@@ -152,8 +155,10 @@ def _check_metrics(config: RunConfig, samples: Mapping[str, Any]) -> dict[str, A
         rows.setdefault(pid, []).append(k)
     right = rewards >= config.scoring.pass_threshold
     maj = []
+    texts = pq.read_table(samples["path"], columns=["text"]).column("text").to_pylist()  # only for a checker
+    texts = [texts[k] for k in samples["rows"]]
     for cells in rows.values():
-        groups = answer_groups([extract(samples["text"][k]) for k in cells], a.equivalence)
+        groups = answer_groups([extract(texts[k]) for k in cells], a.equivalence)
         votes = [g for g in groups if g is not None]
         leader = max(dict.fromkeys(votes), key=votes.count) if votes else None
         maj.append(leader is not None and bool(right[cells[leader]]))
