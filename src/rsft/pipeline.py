@@ -95,17 +95,27 @@ def build_scorer(config: ScoringConfig, round_dir: Path | None = None) -> Scorer
     if not isinstance(config.scorer, str):
         raise RsftError(f"scoring.scorer: expected a name or a mapping, got {config.scorer!r}")
     options = dict(config.options)
-    if round_dir is not None and config.scorer.partition(":")[0] in ("http", "https") and "journal" not in options:
+    if round_dir is not None and journals(config):
         name = f"{artifacts.JOURNALS['score']}{artifacts.config_hash(config.scorer)}.jsonl"
         options["journal"] = str((Path(round_dir) / artifacts.SHARDS / name).absolute())
     return as_scorer(config.scorer, options)
 
 
+def journals(config: ScoringConfig) -> bool:
+    """Whether the scorer keeps a journal in the round (an ``http:URL`` scorer without its own ``journal``)."""
+    return (isinstance(config.scorer, str) and config.scorer.partition(":")[0] in ("http", "https")
+            and "journal" not in config.options)
+
+
 def scorer_factory(config: ScoringConfig, executor: Executor,
                    round_dir: Path | None = None) -> Callable[[], Scorer] | None:
     """How remote workers build their own scorer (on their own device); None when the executor's
-    jobs run in this process and can use the driver's scorer."""
-    return None if executor.in_process else functools.partial(build_scorer, config, round_dir=round_dir)
+    jobs run in this process and can use the driver's scorer. ``round_dir``: see ``build_scorer``."""
+    if executor.in_process:
+        return None
+    if round_dir is not None and journals(config):
+        return functools.partial(build_scorer, config, round_dir=round_dir)
+    return functools.partial(build_scorer, config)
 
 
 @dataclass
