@@ -44,15 +44,13 @@ def round_metrics(config: RunConfig, rd: Path, ev: Mapping[str, Any] | None) -> 
 
 
 def eval_metrics(ev: Mapping[str, Any], prefix: str = "eval") -> dict[str, float]:
-    """Held-out metric with its CI, KL, control, answer-shuffle baseline and the gate, from ``eval.json``."""
+    """Held-out metric with its CI, KL, control and the gate, from ``eval.json``."""
     out: dict[str, Any] = {}
     m = ev.get("metric") or {}
     if m:
         out[f"{prefix}/{m['name']}"] = m.get("value")
         out.update({f"{prefix}/ci_low": m.get("ci_low"), f"{prefix}/ci_high": m.get("ci_high"),
                     f"{prefix}/prompts": m.get("n")})
-    if ev.get("shuffled") is not None:
-        out[f"{prefix}/shuffle_baseline"] = ev["shuffled"]
     kl = ev.get("kl") if prefix == "eval" else None  # the base's KL from itself is 0
     if kl:
         out["kl/mean"], out["kl/stderr"] = kl.get("mean"), kl.get("stderr")
