@@ -44,6 +44,10 @@ EVAL_SAMPLES = "eval"
 KL_SAMPLES = "kl"
 """The folders of the eval's and the KL estimate's generate/score stages, beside ``EVAL``."""
 ROUNDS = "rounds.json"
+METRICS = "metrics.jsonl"
+"""Per-run metrics of ``rsft.tracking``: one JSON line per record (a round, the base, a train step)."""
+TRACKING = "tracking.json"
+"""What each tracker of the run has received (its run id, the ``metrics.jsonl`` records sent)."""
 BASELINE = "baseline"
 """The run folder's eval of the base policy."""
 GREEDY = "greedy"
@@ -137,6 +141,19 @@ def write_jsonl(path: str | os.PathLike[str], rows: Iterable[Mapping[str, Any]])
             f.flush()
             os.fsync(f.fileno())
     return count
+
+
+def append_jsonl(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """Append one JSON line with a single ``write`` (concurrent appenders never interleave), fsynced:
+    a kill leaves the file with whole records, at most its last line torn."""
+    line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        os.write(fd, line)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -246,17 +263,20 @@ def record_stage(
     manifest.setdefault("stages", {})[stage] = entry
     write_json(round_dir / MANIFEST, manifest)
     if entry.get("shard_key"):
-        drop_shards(round_dir, str(entry["shard_key"]), journals=stage == "generate")
+        drop_shards(round_dir, str(entry["shard_key"]), journals=JOURNALS.get(stage, ""))
     return entry
 
 
 SHARDS = ".shards"
 """Folder of a round holding the finished shards (``<kind>-<shard_key>/NNNNN.parquet``) of the
-stages in progress, and the journals of remote generators (``journal-*.jsonl``)."""
+stages in progress, and the journals of remote generators (``journal-*.jsonl``) and remote scorers
+(``score-journal-*.jsonl``)."""
+JOURNALS = {"generate": "journal-", "score": "score-journal-"}
+"""The file-name prefix of each stage's request journals under ``SHARDS``."""
 
 
-def drop_shards(round_dir: str | os.PathLike[str], shard_key: str, journals: bool = False) -> None:
-    """Remove a finished stage's shard folder(s) (and, for generation, the generator journals).
+def drop_shards(round_dir: str | os.PathLike[str], shard_key: str, journals: str = "") -> None:
+    """Remove a finished stage's shard folder(s) (and the journals whose names start with ``journals``).
 
     ``record_stage`` calls this only after the manifest records the stage, so a process killed
     between writing a stage's output and recording it still finds every shard on its rerun.
@@ -265,7 +285,7 @@ def drop_shards(round_dir: str | os.PathLike[str], shard_key: str, journals: boo
     for folder in shards.glob(f"*-{glob.escape(shard_key)}"):
         shutil.rmtree(folder, ignore_errors=True)
     if journals:
-        for journal in shards.glob("journal-*.jsonl"):
+        for journal in shards.glob(f"{glob.escape(journals)}*.jsonl"):
             journal.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         shards.rmdir()  # only when no other stage has shards in flight

@@ -269,6 +269,24 @@ class EvalConfig:
     """Estimate KL on the first this many held-out prompts only (None: all of them)."""
 
 
+TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")
+"""Values of ``tracking.report_to`` (``metrics.jsonl`` is always written)."""
+
+
+@dataclass
+class TrackingConfig:
+    """Experiment trackers of ``rsft run``: one rsft run is one tracked run with the resolved config as
+    parameters, the config hash as a tag and every round's metrics (``rsft.tracking``)."""
+
+    report_to: list[str] = field(default_factory=list)
+    """Trackers besides ``metrics.jsonl`` (always written in the run folder): tensorboard, mlflow,
+    trackio, wandb; on the command line comma-separated or repeated (``--report-to tensorboard,mlflow``)."""
+    project: str = "rsft"
+    """Project (W&B, trackio) or experiment (MLflow) the run goes into; the run is named after ``name``."""
+    mlflow_tracking_uri: str | None = None
+    """MLflow tracking URI (None: ``$MLFLOW_TRACKING_URI``, else a file store in ``RUN_DIR/mlruns``)."""
+
+
 @dataclass
 class RmCheckConfig:
     """Re-validate the reward model at the start of each round (``rsft rm-check`` on fixed pairs) and
@@ -402,6 +420,32 @@ class ServeConfig:
         return self.n if self.n is not None else min(8, self.max_n)
 
 
+@dataclass(frozen=True)
+class RewardServerConfig:
+    """``rsft serve-reward``: where the reward server listens and what a request may send (the scorer
+    flags are the run config's ``scoring`` ones)."""
+
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: int = 8001
+    """Port."""
+    api_key_env: str | None = None
+    """Require ``Authorization: Bearer <key>`` with the key read from this environment variable (None: no auth)."""
+    max_pairs: int = 4096
+    """Most (prompt, completion) pairs one request may send."""
+    max_queue: int = 64
+    """Requests allowed to wait; more get 503."""
+    max_body_bytes: int = 16_000_000
+    """Larger bodies get 413."""
+    request_timeout: float = 300.0
+    """Seconds before 504."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_pairs", "max_queue", "max_body_bytes"):
+            if getattr(self, name) < 1:
+                raise RsftError(f"serve-reward.{name}: must be >= 1, got {getattr(self, name)}")
+
+
 @dataclass
 class SweepConfig:
     """``rsft sweep``: a grid over N, temperature, keep threshold and epochs (a missing list: the base
@@ -432,6 +476,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    """Experiment trackers (``metrics.jsonl`` always; TensorBoard, MLflow, trackio, W&B on request)."""
     executor: str = "local"
     """Where generation and scoring shards run: ``local`` (this process) or ``ray`` (actor pools on a
     Ray cluster, see ``ray``); the artifacts are the same either way."""

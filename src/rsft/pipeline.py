@@ -84,19 +84,38 @@ def check_backends(config: GenerationConfig) -> None:
             raise RsftError(f"generation: unknown backend {g.backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
 
 
-def build_scorer(config: ScoringConfig) -> Scorer:
-    """A scorer from a spec string (``task``, ``math``, ``rm:PATH``, ``pkg.mod:fn``...) or a ``gate`` mapping."""
+def build_scorer(config: ScoringConfig, round_dir: Path | None = None) -> Scorer:
+    """A scorer from a spec string (``task``, ``math``, ``rm:PATH``, ``pkg.mod:fn``...) or a ``gate`` mapping.
+
+    Given the ``round_dir``, an ``http:URL`` scorer journals the answers it receives under the
+    round's ``.shards/`` (unless its options name a ``journal``), like the ``openai`` generator.
+    """
     if isinstance(config.scorer, Mapping):
         return as_scorer("gate", {**config.scorer, **config.options})
     if not isinstance(config.scorer, str):
         raise RsftError(f"scoring.scorer: expected a name or a mapping, got {config.scorer!r}")
-    return as_scorer(config.scorer, config.options)
+    options = dict(config.options)
+    if round_dir is not None and journals(config):
+        name = f"{artifacts.JOURNALS['score']}{artifacts.config_hash(config.scorer)}.jsonl"
+        options["journal"] = str((Path(round_dir) / artifacts.SHARDS / name).absolute())
+    return as_scorer(config.scorer, options)
 
 
-def scorer_factory(config: ScoringConfig, executor: Executor) -> Callable[[], Scorer] | None:
+def journals(config: ScoringConfig) -> bool:
+    """Whether the scorer keeps a journal in the round (an ``http:URL`` scorer without its own ``journal``)."""
+    return (isinstance(config.scorer, str) and config.scorer.partition(":")[0] in ("http", "https")
+            and "journal" not in config.options)
+
+
+def scorer_factory(config: ScoringConfig, executor: Executor,
+                   round_dir: Path | None = None) -> Callable[[], Scorer] | None:
     """How remote workers build their own scorer (on their own device); None when the executor's
-    jobs run in this process and can use the driver's scorer."""
-    return None if executor.in_process else functools.partial(build_scorer, config)
+    jobs run in this process and can use the driver's scorer. ``round_dir``: see ``build_scorer``."""
+    if executor.in_process:
+        return None
+    if round_dir is not None and journals(config):
+        return functools.partial(build_scorer, config, round_dir=round_dir)
+    return functools.partial(build_scorer, config)
 
 
 @dataclass
@@ -133,8 +152,8 @@ def run_round(
     if generator is None:
         check_backends(config.generation)
     executor = make_executor(config.executor, config.ray)
-    make_scorer = None if scorer is not None else scorer_factory(config.scoring, executor)
-    scorer = scorer or build_scorer(config.scoring)  # before generating: a bad scorer fails fast
+    make_scorer = None if scorer is not None else scorer_factory(config.scoring, executor, round_dir=out)
+    scorer = scorer or build_scorer(config.scoring, round_dir=out)  # before generating: a bad scorer fails fast
     make_gen = (lambda: generator) if generator is not None else functools.partial(build_generator, config.generation, round_dir=out)
     if config.executor == "ray" and config.ray.overlap:  # score shard k while shard k+1 generates
         generation, reward_stats = stages.generate_and_score(out, config.generation, make_gen, prompts, config.scoring,

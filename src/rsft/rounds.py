@@ -260,6 +260,9 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_text(run_dir / artifacts.CONFIG, dump_config(config))
+    from rsft.tracking import start as start_tracking
+
+    tracker = start_tracking(config)  # metrics.jsonl, and the trackers of tracking.report_to
     policies = Policies(config)
     base = config.generation.generator.model
     if generator is not None:
@@ -304,6 +307,7 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
                          f"+ margin {config.eval.margin:.3f}")
         ev["warnings"] = over_optimisation([*history, ev])
         artifacts.write_json(rd / artifacts.EVAL, ev)
+        tracker.round(k, rd, ev)
         history.append(ev)
         if promoted:
             best, current = value, checkpoint

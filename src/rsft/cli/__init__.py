@@ -1,5 +1,5 @@
 """``rsft``: one sub-command per stage, ``run`` for a whole round from a YAML config, and the tools
-around it (bon, serve, sweep, report, status, stats, rm-check, rm-train).
+around it (bon, serve, serve-reward, sweep, report, status, stats, rm-check, rm-train).
 
 Each module of this package holds the argparse code of one command group and the glue from parsed
 flags to the library call; flags that set config fields are generated from the config dataclasses

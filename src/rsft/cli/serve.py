@@ -22,7 +22,7 @@ from rsft.cli.bon import (
     scorer_from_args,
 )
 from rsft.cli.options import Command, Section, add_config_flags, apply_flags
-from rsft.config import RunConfig, ServeConfig
+from rsft.config import RewardServerConfig, RunConfig, ServeConfig
 from rsft.errors import RsftError
 
 if TYPE_CHECKING:
@@ -49,11 +49,7 @@ def main(args: argparse.Namespace) -> None:
     from rsft.serve.app import create_app
 
     server = apply_flags(args, ServeConfig())
-    api_key = None
-    if server.api_key_env:
-        api_key = os.environ.get(server.api_key_env)
-        if not api_key:
-            raise RsftError(f"--api-key-env {server.api_key_env}: that environment variable is unset or empty")
+    api_key = _api_key(server.api_key_env)
     model = apply_flags(args, RunConfig()).generation.generator
     scorer, selector = scorer_from_args(args)
     extract, equivalence = answer_extractor(args.answer), resolve_equivalence(args.equivalence)
@@ -92,5 +88,47 @@ def _plain_chat_template_if_missing(generator: Generator) -> None:
         print("rsft: the model has no chat template; chat messages are joined as plain text", file=sys.stderr)
 
 
+def add_reward_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags of ``rsft serve-reward``: the run config's scorer and the server's limits."""
+    add_config_flags(parser, [Section("scorer", ("scoring.scorer", "scoring.options"),
+                                      help={"scoring.scorer": "scorer spec to serve: math, task, code, exact, "
+                                                              "regex:PAT, rm:PATH, judge:MODEL or pkg.module:name"})])
+    add_config_flags(parser, [Section("server", ("",))], root=RewardServerConfig)
+
+
+def reward_main(args: argparse.Namespace) -> None:
+    """``rsft serve-reward``: build the scorer and serve it until interrupted."""
+    try:
+        import uvicorn
+    except ImportError as e:
+        raise RsftError(f"rsft serve-reward needs the 'server' extra: pip install 'rsft[server]' ({e})") from None
+    from rsft.serve.reward import create_reward_app
+
+    server = apply_flags(args, RewardServerConfig())
+    scoring = apply_flags(args, RunConfig()).scoring
+    if not isinstance(scoring.scorer, str):
+        raise RsftError("--scorer: give a scorer spec (a gate mapping goes in a YAML run config, not here)")
+    api_key = _api_key(server.api_key_env)
+    app = create_reward_app(scoring.scorer, options=scoring.options, api_key=api_key, max_pairs=server.max_pairs,
+                            max_queue=server.max_queue, max_body_bytes=server.max_body_bytes,
+                            request_timeout=server.request_timeout)
+    _log_to_stderr()
+    print(f"rsft: serving scorer {scoring.scorer} on http://{server.host}:{server.port} (/get_reward, /score)"
+          f"{' (auth on)' if api_key else ''}", file=sys.stderr)
+    uvicorn.run(app, host=server.host, port=server.port, log_level="warning", access_log=False)
+
+
+def _api_key(env: str | None) -> str | None:
+    """The key in environment variable ``env`` (None: no auth); an unset variable is an error."""
+    if not env:
+        return None
+    key = os.environ.get(env)
+    if not key:
+        raise RsftError(f"--api-key-env {env}: that environment variable is unset or empty")
+    return key
+
+
 COMMANDS = {"serve": Command("serve Best-of-N over the OpenAI API (/v1/completions, /v1/chat/completions)",
-                             add_arguments, main)}
+                             add_arguments, main),
+            "serve-reward": Command("serve a scorer over HTTP: OpenRLHF's remote reward protocol (/get_reward) "
+                                    "and rsft's (/score)", add_reward_arguments, reward_main)}

@@ -28,6 +28,7 @@ EXECUTOR = Section("executor", ("executor", "ray.address", "ray.generate.actors"
 TRAINING = Section("training", ("generation.generator.model", "train"), exclude=("train.lora_target_modules",),
                    help={"generation.generator.model": "starting checkpoint: model folder, cached hub id, or "
                                                        "gemma3-270m (default: the config's generator model)"})
+TRACKING = Section("tracking (metrics.jsonl always; TensorBoard, MLflow, trackio, W&B)", ("tracking",))
 RUN = Section("run", ("name", "out", "rounds.rounds"),
               help={"rounds.rounds": "full RSFT: K rounds of generate, score, select, train and held-out eval gate"})
 
@@ -76,9 +77,10 @@ def cmd_score(args: argparse.Namespace) -> None:
 
     config = config_from(args)
     executor = make_executor(config.executor, config.ray)
-    summary = stages.score(args.round_dir, config.scoring, pipeline.build_scorer(config.scoring),
+    summary = stages.score(args.round_dir, config.scoring, pipeline.build_scorer(config.scoring, args.round_dir),
                            shard_size=config.generation.shard_size, new_version=args.new_version,
-                           executor=executor, make_scorer=pipeline.scorer_factory(config.scoring, executor))
+                           executor=executor,
+                           make_scorer=pipeline.scorer_factory(config.scoring, executor, args.round_dir))
     print(stats.format_stats(summary))
 
 
@@ -123,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     add_config_argument(p)
     _new_version(p)
-    add_config_flags(p, [RUN, PROMPTS, GENERATION, ADAPTIVE, SCORING, SELECTION, EXECUTOR])
+    add_config_flags(p, [RUN, PROMPTS, GENERATION, ADAPTIVE, SCORING, SELECTION, EXECUTOR, TRACKING])
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -136,9 +138,12 @@ def cmd_run(args: argparse.Namespace) -> None:
         _print_json(rounds.run_rounds(config))
         return
     from rsft.rm import gate_round
+    from rsft.tracking import start as start_tracking
 
+    tracker = start_tracking(config)  # before any work: a missing tracker library fails at once
     gate_round(config, pipeline.round_dir(config))  # rounds.rm_check applies to a single round too
     result = pipeline.run_round(config, new_version=args.new_version)
+    tracker.round(0, result.round_dir)
     _print_json({"round_dir": str(result.round_dir), "selected": result.export["rows"],
                  "selected_jsonl": result.export["path"]})
 

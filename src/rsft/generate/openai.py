@@ -117,11 +117,7 @@ class OpenAIGenerator:
     async def _generate_all(
         self, prompts: list[PromptValue], n: int, sampling: SamplingParams
     ) -> list[list[Completion]]:
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
-        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-        async with httpx.AsyncClient(
-            headers=headers, timeout=httpx.Timeout(self.timeout), limits=limits
-        ) as client:
+        async with self._client() as client:
             sem = asyncio.Semaphore(self.concurrency)
             tasks = [asyncio.create_task(self._sample_prompt(client, sem, p, n, sampling)) for p in prompts]
             try:
@@ -131,6 +127,21 @@ class OpenAIGenerator:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
+
+    def _client(self) -> httpx.AsyncClient:
+        """An HTTP client with this backend's key, timeout and connection limit."""
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
+        return httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(self.timeout), limits=limits)
+
+    def post_json(self, url: str, body: dict[str, Any]) -> dict[str, Any]:
+        """POST ``body`` to ``url`` with this backend's key, retries and backoff (blocking); the
+        decoded JSON object, or ``RsftError`` (a 4xx, or still failing after ``max_retries``)."""
+        async def post() -> dict[str, Any]:
+            async with self._client() as client:
+                return await self._post(client, asyncio.Semaphore(1), url, body)
+
+        return _run_sync(post)
 
     async def _sample_prompt(
         self,
@@ -315,8 +326,11 @@ class Journal:
         return kept
 
     def add(self, key: str, completions: Sequence[Completion]) -> None:
-        choices = [{"text": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason, "logprob": c.logprob}
-                   for c in completions]
+        self.put(key, [{"text": c.text, "n_tokens": c.n_tokens, "finish_reason": c.finish_reason,
+                        "logprob": c.logprob} for c in completions])
+
+    def put(self, key: str, choices: list[dict[str, Any]]) -> None:
+        """Append one response's items (JSON objects) under ``key``, fsynced."""
         line = ("\n" if self._torn else "") + json.dumps({"key": key, "choices": choices}, ensure_ascii=False) + "\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,9 @@ an error, so a typo does not silently fall back to a default.
   batching options.
 - ``prm-fn:pkg.module:name``: the same with step scores from ``name(prompt, steps) -> list[float]``.
   Options: ``split``, ``aggregate``.
+- ``http:URL`` (also ``https:URL``): a remote reward service (``rsft serve-reward``, or OpenRLHF's
+  remote reward protocol). Options: ``protocol`` (``rsft`` | ``openrlhf``), ``api_key``,
+  ``api_key_env``, ``batch_size``, ``concurrency``, ``timeout``, ``max_retries``, ``backoff``, ``journal``.
 - ``sum``: weighted sum. Option ``terms``: ``{spec: weight}`` or a list of ``[spec, weight]`` or
   ``[spec, weight, options]``.
 """
@@ -208,7 +211,26 @@ def prm_fn(arg: str, options: Mapping[str, Any]) -> Scorer:
                                aggregate=str(o["aggregate"]))
 
 
+def http(arg: str, options: Mapping[str, Any], scheme: str = "http") -> Scorer:
+    import inspect
+
+    from rsft.score.http import HttpScorer
+
+    params = inspect.signature(HttpScorer).parameters
+    defaults = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY}
+    o = _options(scheme, options, defaults)
+    for key in ("batch_size", "concurrency", "max_retries"):
+        o[key] = int(o[key])
+    return HttpScorer(f"{scheme}:{arg}", **o)
+
+
+def https(arg: str, options: Mapping[str, Any]) -> Scorer:
+    return http(arg, options, scheme="https")
+
+
 REGISTRY: dict[str, Callable[[str, Mapping[str, Any]], Scorer]] = {
+    "http": http,
+    "https": https,
     "exact": exact,
     "regex": regex,
     "math": math,

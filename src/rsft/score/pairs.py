@@ -18,6 +18,11 @@ if TYPE_CHECKING:
     from rsft.score import Scorer
 
 
+class PairFailed(Exception):
+    """A scorer's way to fail a pair with the exact text to record (after ``error: ``): a remote
+    scorer passes on the server's own ``ValueError: ...``, so both record the same details."""
+
+
 def score_pairs(
     scorer: Scorer,
     prompts: Sequence[Any],
@@ -54,7 +59,8 @@ def score_pairs(
         except RsftError:
             raise
         except Exception as e:  # noqa: BLE001 - user code may raise anything
-            message = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
+            message = str(e) if isinstance(e, PairFailed) else \
+                f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
             if on_error == "fail":
                 raise RsftError(f"scorer {scorer.name!r} failed on {labels[k]}: {message} "
                                 "(scoring.on_error: record keeps going)") from e

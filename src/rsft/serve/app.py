@@ -18,7 +18,7 @@ from rsft.config import ServeConfig
 from rsft.generate import Generator
 from rsft.score import as_scorer
 from rsft.serve.batcher import BoNService, serve_config
-from rsft.serve.handlers import Handlers
+from rsft.serve.handlers import ChecksAuth, Handlers
 from rsft.serve.schemas import HTTPError
 
 if TYPE_CHECKING:
@@ -81,7 +81,7 @@ def create_app(
     app = FastAPI(title="rsft Best-of-N", lifespan=lifespan)
     app.state.service = service
     app.state.handlers = handlers
-    app.add_middleware(_AccessLog)
+    app.add_middleware(AccessLog)
     _add_routes(app, handlers, config.max_body_bytes)
     return app
 
@@ -93,12 +93,12 @@ def _add_routes(app: "FastAPI", handlers: Handlers, max_body_bytes: int) -> None
     @app.post("/v1/completions")
     async def completions(request: Request) -> Any:
         """OpenAI text completion; ``choices[0]`` is the best of N candidates."""
-        return await _post(request, handlers, handlers.completions, max_body_bytes)
+        return await post_route(request, handlers, handlers.completions, max_body_bytes)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         """OpenAI chat completion; ``choices[0]`` is the best of N candidates."""
-        return await _post(request, handlers, handlers.chat_completions, max_body_bytes)
+        return await post_route(request, handlers, handlers.chat_completions, max_body_bytes)
 
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
@@ -112,7 +112,7 @@ def _add_routes(app: "FastAPI", handlers: Handlers, max_body_bytes: int) -> None
         return handlers.health()
 
 
-async def _post(request: "Request", handlers: Handlers, handle: Callable[[Any, dict[str, Any]], Awaitable[Any]],
+async def post_route(request: "Request", handlers: ChecksAuth, handle: Callable[[Any, dict[str, Any]], Awaitable[Any]],
                 max_body_bytes: int) -> Any:
     """A POST route: auth, the JSON body, then ``handle(body, log fields)``."""
 
@@ -123,7 +123,7 @@ async def _post(request: "Request", handlers: Handlers, handle: Callable[[Any, d
     return await _guarded(request, handlers, answer)
 
 
-async def _guarded(request: "Request", handlers: Handlers, answer: Callable[[], Awaitable[Any]]) -> Any:
+async def _guarded(request: "Request", handlers: ChecksAuth, answer: Callable[[], Awaitable[Any]]) -> Any:
     """Check the API key, then answer; an ``HTTPError`` becomes its JSON error (and the log's ``error``)."""
     try:
         handlers.check_auth(request.headers.get("authorization", ""))
@@ -158,7 +158,7 @@ def _error_response(e: HTTPError) -> "JSONResponse":
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
-class _AccessLog:
+class AccessLog:
     """ASGI middleware: one JSON log line per HTTP request (handlers add ``n`` and ``batch_size``)."""
 
     def __init__(self, app: Any) -> None:

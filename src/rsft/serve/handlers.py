@@ -9,7 +9,7 @@ import asyncio
 import dataclasses
 import hmac
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from rsft.adaptive import AdaptivePolicy
 from rsft.config import ServeConfig
@@ -17,6 +17,43 @@ from rsft.errors import RsftError
 from rsft.serve.batcher import BoNService, Job, serve_config
 from rsft.serve.schemas import HTTPError, completion_response, message_text, parse_request, request_models
 from rsft.types import PromptValue, SamplingParams
+
+
+class ChecksAuth(Protocol):
+    """What the routes of ``rsft.serve.app`` need of a server's handlers: the bearer check."""
+
+    def check_auth(self, authorization: str) -> None: ...
+
+
+def check_bearer(api_key: str | None, authorization: str) -> None:
+    """401 unless ``authorization`` (the header's value) is ``Bearer <api_key>``; no key: open."""
+    if api_key is None:
+        return
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise HTTPError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
+                        "authentication_error", "invalid_api_key")
+
+
+def queue_full(max_queue: int) -> HTTPError:
+    """The 503 of a server whose ``max_queue`` requests are already waiting (clients retry after 1 s)."""
+    return HTTPError(503, f"server busy: {max_queue} requests already waiting; retry shortly",
+                     "server_error", "queue_full", headers={"Retry-After": "1"})
+
+
+async def answer_within(awaitable: Any, timeout: float) -> Any:
+    """The result of ``awaitable`` (a job's future); its failure as an ``HTTPError``: 504 after
+    ``timeout`` seconds, 400 for an ``RsftError`` (bad input), 500 for anything else."""
+    try:
+        return await asyncio.wait_for(awaitable, timeout)
+    except HTTPError:
+        raise
+    except asyncio.TimeoutError:
+        raise HTTPError(504, f"no answer within {timeout:g} s", "server_error", "timeout") from None
+    except RsftError as e:
+        raise HTTPError(400, str(e)) from None
+    except Exception as e:  # noqa: BLE001 - a generator or scorer bug: report, keep serving
+        raise HTTPError(500, f"{type(e).__name__}: {e}", "server_error") from None
 
 
 class Handlers:
@@ -44,12 +81,7 @@ class Handlers:
 
     def check_auth(self, authorization: str) -> None:
         """401 unless the ``Authorization`` header's value is ``Bearer <api_key>`` (no key set: open)."""
-        if self.api_key is None:
-            return
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), self.api_key.encode()):
-            raise HTTPError(401, "Incorrect or missing API key: send 'Authorization: Bearer <key>'.",
-                            "authentication_error", "invalid_api_key")
+        check_bearer(self.api_key, authorization)
 
     async def completions(self, body: Any, log: dict[str, Any] | None = None) -> dict[str, Any]:
         """``POST /v1/completions``: ``choices[0]`` is the best of N candidates for the one prompt.
@@ -129,18 +161,8 @@ class Handlers:
         try:
             self.service.submit(job)
         except asyncio.QueueFull:
-            raise HTTPError(503, f"server busy: {self.service.max_queue} requests already waiting; retry shortly",
-                            "server_error", "queue_full", headers={"Retry-After": "1"}) from None
-        try:
-            result, batch_size, prompt_tokens = await asyncio.wait_for(job.future, self.request_timeout)
-        except HTTPError:
-            raise
-        except asyncio.TimeoutError:
-            raise HTTPError(504, f"no answer within {self.request_timeout:g} s", "server_error", "timeout") from None
-        except RsftError as e:
-            raise HTTPError(400, str(e)) from None
-        except Exception as e:  # noqa: BLE001 - a generator or scorer bug: report, keep serving
-            raise HTTPError(500, f"{type(e).__name__}: {e}", "server_error") from None
+            raise queue_full(self.service.max_queue) from None
+        result, batch_size, prompt_tokens = await answer_within(job.future, self.request_timeout)
         log["batch_size"] = batch_size
         budget = job.adaptive.budget if job.adaptive is not None else None
         return completion_response(result, chat, self.model_name, prompt_tokens, budget)
