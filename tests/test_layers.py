@@ -37,7 +37,7 @@ SIBLINGS = {(3, 4), (4, 3)}
 """Layers that may not import each other although one number is lower."""
 
 ALLOWED = {
-    ("rsft.config", "rsft.select"): "SelectionConfig's choices are select's strategy names (select imports only errors)",
+    ("rsft.config.schema", "rsft.select"): "SelectionConfig's choices are select's strategy names (select imports only errors)",
     ("rsft.serve.__main__", "rsft.cli"): "python -m rsft.serve is an entry point: it runs the rsft serve command",
 }
 """Imports across the rule, each with its reason."""

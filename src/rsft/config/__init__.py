@@ -1,0 +1,43 @@
+"""The run configuration: dataclasses whose attribute docstrings are the documentation
+(``rsft.config.schema``), and YAML onto them and back (``rsft.config.yaml_io``).
+
+A YAML file maps onto ``RunConfig``; unknown keys are rejected with the nearest valid name, and
+values are type-checked, so a typo never silently falls back to a default. Every name below stays
+importable from ``rsft.config``.
+"""
+
+from rsft.config.schema import (
+    MIXED_PRECISION,
+    REPORT_TO,
+    TRACKERS,
+    ActorPoolConfig,
+    AdaptiveGenerationConfig,
+    EvalConfig,
+    GenerationConfig,
+    GeneratorConfig,
+    PromptsConfig,
+    RayConfig,
+    RewardServerConfig,
+    RmCheckConfig,
+    RoundsConfig,
+    RunConfig,
+    SamplingConfig,
+    ScoringConfig,
+    SelectionConfig,
+    ServeConfig,
+    SweepConfig,
+    TaskConfig,
+    TrackingConfig,
+    TrainConfig,
+    choices,
+    sampling_params,
+)
+from rsft.config.yaml_io import dump_config, field_docs, from_dict, key_value, load_config, to_dict
+
+__all__ = [
+    "MIXED_PRECISION", "REPORT_TO", "TRACKERS", "ActorPoolConfig", "AdaptiveGenerationConfig", "EvalConfig",
+    "GenerationConfig", "GeneratorConfig", "PromptsConfig", "RayConfig", "RewardServerConfig", "RmCheckConfig",
+    "RoundsConfig", "RunConfig", "SamplingConfig", "ScoringConfig", "SelectionConfig", "ServeConfig", "SweepConfig",
+    "TaskConfig", "TrackingConfig", "TrainConfig", "choices", "dump_config", "field_docs", "from_dict", "key_value",
+    "load_config", "sampling_params", "to_dict",
+]
