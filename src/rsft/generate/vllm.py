@@ -51,6 +51,8 @@ def engine_starts() -> int:
 
 
 def _import_vllm() -> Any:
+    # vLLM logs to stdout by default, where rsft's commands print their JSON summaries: send it to stderr
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     try:
         import vllm
     except ImportError as e:
