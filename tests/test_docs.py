@@ -261,9 +261,6 @@ def test_every_documented_import_works(where, statement):
 
 OUTSIDE = re.compile(r"/work/|\.\./shared|\bshared/DESIGN")
 REPO_PATH = re.compile(r"(?<![\w./-])((?:docs|bench|configs|tests|src)/[\w./-]*\w)")
-WRITTEN_ON_ANOTHER_BRANCH = {"docs/vllm.md"}
-"""Pages the docs link to that another branch adds (docs/vllm.md: the vLLM page, issue 22). Only
-their absence is forgiven; once merged they exist and this set can be emptied."""
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=[str(d.relative_to(ROOT)) for d in DOCS])
@@ -271,5 +268,5 @@ def test_docs_point_only_inside_the_repository(doc):
     text = doc.read_text(encoding="utf-8")
     outside = [f"{doc.name}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}" for m in OUTSIDE.finditer(text)]
     assert not outside, outside
-    missing = sorted({m.group(1) for m in REPO_PATH.finditer(text) if not (ROOT / m.group(1)).exists()} - WRITTEN_ON_ANOTHER_BRANCH)
+    missing = sorted({m.group(1) for m in REPO_PATH.finditer(text) if not (ROOT / m.group(1)).exists()})
     assert not missing, f"{doc.name} names paths that do not exist: {missing}"
