@@ -26,28 +26,15 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rsft import artifacts
 from rsft.config import TRACKERS, RunConfig, dump_config, to_dict
 from rsft.errors import RsftError
+from rsft.tracking.backends import RunInfo
 
 __all__ = ["Tracker", "read_ledger", "start"]
-
-
-@dataclass
-class RunInfo:
-    """What every tracker is told about the run."""
-
-    run_dir: Path
-    project: str
-    run_name: str
-    params: dict[str, str]
-    config_text: str
-    config_hash: str
-    mlflow_tracking_uri: str | None
 
 
 def backend_names(config: RunConfig) -> list[str]:

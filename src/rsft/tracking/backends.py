@@ -24,6 +24,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,7 +42,10 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-class RunInfo(Protocol):
+@dataclass
+class RunInfo:
+    """What every tracker is told about the run."""
+
     run_dir: Path
     project: str
     run_name: str
