@@ -74,7 +74,10 @@ HUMANEVAL_SAMPLING = dataclasses.replace(SAMPLING, max_new_tokens=256, stop=HUMA
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    run_dir = Path(args.out) / ("demo-real" if args.backend == "hf" else f"demo-real-{args.backend}")
+    suffix = "" if args.backend == "hf" else f"-{args.backend}"
+    suffix += f"-{args.checkpoints}" if args.checkpoints and args.checkpoints != ("merged" if args.backend == "hf"
+                                                                                  else "adapter") else ""
+    run_dir = Path(args.out) / f"demo-real{suffix}"
     timings: dict[str, float] = {}
     summary: dict[str, Any] = {"model": MODEL, "backend": args.backend, "timings_s": timings}
     started = time.time()
@@ -87,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     timings["model"] = _done("model ready", t0)
     print(f"rsft demo-real: {MODEL} ({summary['dtype']}, {args.backend}), run folder {run_dir}", flush=True)
 
-    generator = pipeline.build_generator(_generation(1, GREEDY, args.batch_size, backend=args.backend))
+    generator = pipeline.build_generator(_generation(1, GREEDY, args.batch_size, backend=args.backend,
+                                                     adapters=not _merged(args)))
     if args.humaneval:
         t0 = time.time()
         prompts = humaneval_prompts(args.humaneval_start, args.humaneval_start + args.humaneval, chat=False)
@@ -149,6 +153,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=("hf", "vllm"), default="hf",
                    help="generation engine: hf (rsft's loop) or vllm (one vLLM engine for the whole demo, each "
                         "round's policy a LoRA adapter on it; make demo-real-vllm)")
+    p.add_argument("--checkpoints", choices=("adapter", "merged"), default=None,
+                   help="each round's policy: a LoRA adapter on the base (vllm's default: one engine) or a merged "
+                        "full checkpoint (hf's default; on vllm each policy then starts an engine of its own)")
     return p
 
 
@@ -157,13 +164,14 @@ VLLM_OPTIONS = {"enable_lora": True, "max_lora_rank": TRAIN.lora_r}
 
 
 def _generation(n: int, sampling: SamplingConfig, batch_size: int | None = None,
-                shard_size: int = 64, backend: str = "hf") -> GenerationConfig:
+                shard_size: int = 64, backend: str = "hf", adapters: bool = True) -> GenerationConfig:
     """Generation of ``MODEL``. hf: without ``batch_size`` the backend batches 64 // n prompts, so the
     greedy evals (n = 1) of the rounds decode 64 rows at once like the sampling (3x faster than 8).
-    vllm: the engine batches by itself; every phase uses the same engine settings, so one engine is
-    started for the whole demo."""
+    vllm: the engine batches by itself; with ``adapters`` every phase uses the same LoRA-enabled
+    engine settings, so one engine is started for the whole demo."""
     if backend == "vllm":
-        return GenerationConfig(n=n, generator=GeneratorConfig("vllm", MODEL, dict(VLLM_OPTIONS)), sampling=sampling,
+        options = dict(VLLM_OPTIONS) if adapters else {}
+        return GenerationConfig(n=n, generator=GeneratorConfig("vllm", MODEL, options), sampling=sampling,
                                 shard_size=shard_size)
     options = {} if batch_size is None else {"batch_size": batch_size}
     return GenerationConfig(n=n, generator=GeneratorConfig("hf", MODEL, options), sampling=sampling,
@@ -187,7 +195,7 @@ def bon_curve(folder: Path, generator: Any, prompts: list[Prompt], scoring: Scor
     out: dict[str, Any] = {"prompts": len(prompts), "samples": args.bon_n}
     for name, n, params in (("greedy", 1, greedy), ("sampled", args.bon_n, sampling)):
         gen = _generation(n, params, args.batch_size if n == 1 else max(1, 64 // n), shard_size=16,
-                          backend=args.backend)
+                          backend=args.backend, adapters=not _merged(args))
         stages.generate(folder / name, gen, lambda: generator, prompts)
         stages.score(folder / name, scoring, pipeline.build_scorer(scoring))
         R, _ = matrix.read_rewards(folder / name / artifacts.REWARDS, ids)
@@ -218,16 +226,21 @@ def rsft_config(run_dir: Path, args: argparse.Namespace) -> RunConfig:
         name=run_dir.name,
         out=str(run_dir.parent),
         prompts=PromptsConfig(task=pool),
-        generation=_generation(args.n, SAMPLING, backend=args.backend),
+        generation=_generation(args.n, SAMPLING, backend=args.backend, adapters=not _merged(args)),
         scoring=ScoringConfig(scorer="math"),
         selection=SelectionConfig(strategy="best", threshold=1.0),
         # vllm: each round's policy stays a LoRA adapter on the base (no merged 2.4 GB checkpoint per round)
-        train=dataclasses.replace(TRAIN, learning_rate=args.lr, epochs=args.epochs, merge=args.backend != "vllm"),
+        train=dataclasses.replace(TRAIN, learning_rate=args.lr, epochs=args.epochs, merge=_merged(args)),
         eval=EvalConfig(prompts=PromptsConfig(task=held), scorer="math", n=1, sampling=GREEDY, pass_threshold=1.0,
                         kl_samples=1, kl_max_new_tokens=48, kl_prompts=KL_PROMPTS),
         rounds=RoundsConfig(rounds=args.rounds, train=True, prompts_per_round=args.prompts_per_round,
                             refresh="rotate", control=True, control_mode="chain"),
     )
+
+
+def _merged(args: argparse.Namespace) -> bool:
+    """Whether each round writes a merged checkpoint (hf's default) or keeps a LoRA adapter (vllm's)."""
+    return args.checkpoints == "merged" if args.checkpoints else args.backend != "vllm"
 
 
 def rsft_table(config: RunConfig, result: dict[str, Any]) -> dict[str, Any]:
