@@ -112,16 +112,24 @@ class Policies:
         return options
 
     def logprobs(self, model: str, prompts: list[str], completions: list[str]) -> list[float]:
-        """``log p(completion | prompt)`` under a checkpoint: by its generator when that can score
-        (``hf``, ``vllm``: the model already loaded), else by loading it with transformers."""
-        g = self.generator(model)
-        if isinstance(g, LocalModel):
-            return g.sequence_logprobs(prompts, completions)
+        """``log p(completion | prompt)`` under a checkpoint, for KL. ``hf``: by the generator (the
+        model it samples with). Other backends: by transformers for the policy and the base alike, so
+        the two sides of the estimate come from the same kernels (vLLM's and transformers' bf16
+        log-probs differ by more than KL's resolution) and no engine is started just to score."""
+        if self.config.generation.generator.backend == "hf":
+            g = self.generator(model)
+            if isinstance(g, LocalModel):
+                return g.sequence_logprobs(prompts, completions)
         from rsft.logprobs import sequence_logprobs
-        from rsft.models import load_causal_lm
+        from rsft.models import load_causal_lm, release_memory
 
         self.release()
-        return sequence_logprobs(*load_causal_lm(model), prompts, completions)
+        lm, tokenizer = load_causal_lm(model)
+        try:
+            return sequence_logprobs(lm, tokenizer, prompts, completions)
+        finally:
+            del lm
+            release_memory()
 
 
 # --- eval ----------------------------------------------------------------------------------------
