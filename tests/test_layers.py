@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "rsft.executor": 2, "rsft.ray_executor": 2, "rsft.stages": 2,
     # 3: rounds and runs
     "rsft.pipeline": 3, "rsft.rounds": 3, "rsft.train": 3, "rsft.rm": 3, "rsft.rm_train": 3,
-    "rsft.sweep": 3, "rsft.report": 3, "rsft.status": 3, "rsft.bon_report": 3, "rsft.tracking": 3,
+    "rsft.sweep": 3, "rsft.report": 3, "rsft.tables": 3, "rsft.status": 3, "rsft.bon_report": 3, "rsft.tracking": 3,
     # 4: Best-of-N at inference (beside layer 3, not above it)
     "rsft.bon": 4, "rsft.serve": 4,
     # 5: the command line
