@@ -2,7 +2,9 @@
 
 ``arg`` is the text after ``:`` in a spec such as ``"regex:PATTERN"`` or ``"rm:/path/to/model"``
 (empty when there is none); ``options`` are keyword options from the config. Unknown options are
-an error, so a typo does not silently fall back to a default.
+an error, so a typo does not silently fall back to a default. ``as_scorer`` (importable from
+``rsft.score``) looks a spec up here; it lives beside ``REGISTRY`` because ``gate`` and ``sum`` build
+their parts with it.
 
 - ``exact``: extracted answer == gold ``answer``. Options: ``extract`` (``first_line`` | ``last_line``
   | ``full``), ``case_sensitive`` (False).
