@@ -352,7 +352,7 @@ def test_rsft_bon_answer_and_equivalence_flags(monkeypatch, capsys, tmp_path):
     (tmp_path / "bon_keys.py").write_text("def parity(answer):\n    return answer.strip().isdigit() and int(answer) % 2\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     gen = ListGenerator(["\\boxed{3}", "\\boxed{4}", "\\boxed{6}", "\\boxed{1/2}", "\\boxed{0.5}", "\\boxed{0.50}"])
-    monkeypatch.setattr(bon_cli, "build_generator", lambda config: gen)
+    monkeypatch.setattr(bon_cli, "generator_from_config", lambda config: gen)
 
     def run(*flags: str) -> dict:
         monkeypatch.setattr(sys, "stdin", io.StringIO("q\n"))
@@ -376,7 +376,7 @@ def test_rsft_bon_adaptive_reports_samples_used_and_saved(monkeypatch, capsys):
     from test_adaptive import SCRIPT, ScriptedGenerator
 
     gen = ScriptedGenerator(SCRIPT)
-    monkeypatch.setattr(bon_cli, "build_generator", lambda config: gen)
+    monkeypatch.setattr(bon_cli, "generator_from_config", lambda config: gen)
     monkeypatch.setattr(sys, "stdin", io.StringIO("easy\nsplit\nlate\n"))
     bon_cli.main(parse(["--adaptive", "--budget", "8", "--min-n", "2", "--supermajority", "0.6", "--seed", "0"]))
     out = capsys.readouterr()

@@ -1,7 +1,9 @@
-"""The import layers of docs/architecture.md: a module imports only from its own layer or below.
+"""The import layers of docs/architecture.md: a module imports only from its own layer or below,
+no import circle (same layer included), and no module uses another's private (``_name``) names.
 
-The check reads every ``import`` in the package with ast (at module level and inside functions
-alike), so the table in the docs stays true; a new module must be given a layer here.
+The checks read every ``import`` in the package with ast (at module level, inside functions and
+under ``TYPE_CHECKING`` alike), so the table in the docs stays true; a new module must be given a
+layer here.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ LAYERS: dict[str, int] = {
     "rsft.executor": 2, "rsft.ray_executor": 2, "rsft.stages": 2,
     # 3: rounds and runs
     "rsft.pipeline": 3, "rsft.rounds": 3, "rsft.train": 3, "rsft.rm": 3, "rsft.rm_train": 3,
-    "rsft.sweep": 3, "rsft.report": 3, "rsft.status": 3, "rsft.bon_report": 3, "rsft.tracking": 3,
+    "rsft.sweep": 3, "rsft.report": 3, "rsft.tables": 3, "rsft.status": 3, "rsft.bon_report": 3, "rsft.tracking": 3,
     # 4: Best-of-N at inference (beside layer 3, not above it)
     "rsft.bon": 4, "rsft.serve": 4,
     # 5: the command line
@@ -43,9 +45,21 @@ ALLOWED = {
 """Imports across the rule, each with its reason."""
 
 
+PRIVATE_ALLOWED: dict[tuple[str, str], str] = {}
+"""``(module, private name it uses)`` pairs allowed, each with its reason (none so far)."""
+
+
 def _module_name(path: Path) -> str:
     parts = list(path.relative_to(SRC).with_suffix("").parts)
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {_module_name(p) for p in SRC.rglob("*.py")}
+"""Every module of the package; a package is its ``__init__``."""
+
+
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
 
 
 def layer_of(module: str) -> int:
@@ -57,17 +71,84 @@ def layer_of(module: str) -> int:
     raise KeyError(f"{module} has no layer in tests/test_layers.py")
 
 
+def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    return [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
+
+
 def rsft_imports(path: Path) -> set[str]:
-    """The ``rsft`` modules ``path`` imports (``from rsft import x`` names ``rsft.x``)."""
+    """The ``rsft`` modules ``path`` imports: ``from rsft.p import x`` names ``rsft.p.x`` when that is a
+    module (``from rsft import x`` always names ``rsft.x``), else ``rsft.p``."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.split(".")[0] == "rsft")
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        elif node.level == 0 and node.module:
             if node.module == "rsft":
                 out.update(f"rsft.{a.name}" for a in node.names)
             elif node.module.startswith("rsft."):
-                out.add(node.module)
+                for a in node.names:
+                    sub = f"{node.module}.{a.name}"
+                    out.add(sub if sub in MODULES else node.module)
+    return out
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (itself left out)."""
+    graph = {}
+    for path in sorted(SRC.rglob("*.py")):
+        module = _module_name(path)
+        graph[module] = {m for m in rsft_imports(path) if m in MODULES and m != module}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` as ``[a, b, ..., a]``, or None (depth-first, in sorted order)."""
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> list[str] | None:
+        for nxt in sorted(graph.get(node, ())):
+            if nxt in path:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in done and (cycle := visit(nxt, [*path, nxt])):
+                return cycle
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if start not in done and (cycle := visit(start, [start])):
+            return cycle
+    return None
+
+
+def private_uses(path: Path, module: str | None = None) -> set[str]:
+    """Private names of other rsft modules that ``path`` (module ``module``) uses: ``from rsft.x import
+    _name``, or ``x._name`` where ``x`` is bound to an rsft module (``import rsft.x``, ``from rsft import x``,
+    ``import ... as x``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    module = module or _module_name(path)
+    out: set[str] = set()
+    bound: dict[str, str] = {}  # local name -> the module it is bound to
+    for node in _imports(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name.split(".")[0] == "rsft":
+                    bound[a.asname or "rsft"] = a.name if a.asname else "rsft"
+        elif node.level == 0 and node.module and node.module.split(".")[0] == "rsft":
+            for a in node.names:
+                if f"{node.module}.{a.name}" in MODULES:
+                    bound[a.asname or a.name] = f"{node.module}.{a.name}"
+                elif _is_private(a.name) and node.module != module:
+                    out.add(f"{node.module}.{a.name}")
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and _is_private(node.attr):
+            chain, value = [], node.value
+            while isinstance(value, ast.Attribute):
+                chain.append(value.attr)
+                value = value.value
+            if isinstance(value, ast.Name) and value.id in bound:
+                target = ".".join([bound[value.id], *reversed(chain)])
+                if target in MODULES and target != module:
+                    out.add(f"{target}.{node.attr}")
     return out
 
 
@@ -87,3 +168,30 @@ def test_imports_go_down_the_layers() -> None:
             if b > a or (a, b) in SIBLINGS:
                 wrong.append(f"{module} (layer {a}) imports {imported} (layer {b})")
     assert not wrong, wrong
+
+
+def test_no_import_circles() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, f"import circle: {' -> '.join(cycle or [])}"
+
+
+def test_the_cycle_finder_finds_circles() -> None:
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"b"}, "d": set()}) == ["b", "c", "b"]
+    assert find_cycle({"x": {"y", "z"}, "y": {"z"}, "z": {"x"}}) == ["x", "y", "z", "x"]
+
+
+def test_no_private_names_of_other_modules() -> None:
+    wrong = sorted(f"{_module_name(path)} uses {name}" for path in SRC.rglob("*.py")
+                   for name in private_uses(path) if (_module_name(path), name) not in PRIVATE_ALLOWED)
+    assert not wrong, wrong
+
+
+def test_private_uses_sees_both_spellings(tmp_path: Path) -> None:
+    source = tmp_path / "m.py"
+    source.write_text("from rsft.score.checkers import _last_boxed, MATH_TIMEOUT_S, __doc__\n"
+                      "import rsft.rounds\nfrom rsft import report as r\n"
+                      "def f():\n    return rsft.rounds._fmt, r._num, r.format_kl, rsft.rounds.x\n")
+    assert private_uses(source, "rsft.probe") == {"rsft.score.checkers._last_boxed", "rsft.rounds._fmt",
+                                                  "rsft.report._num"}
+    assert private_uses(source, "rsft.rounds") == {"rsft.score.checkers._last_boxed", "rsft.report._num"}

@@ -44,11 +44,14 @@ POOL = ActorPoolConfig(actors=2, num_cpus=0.25)  # fractional CPUs: 4 whole-CPU 
 
 @pytest.fixture(scope="module")
 def ray_instance(tmp_path_factory):
-    """One local Ray instance for the module; workers import this module's helpers from tests/."""
-    tests_dir = str(Path(__file__).parent)
+    """One local Ray instance for the module; workers import this module's helpers from tests/ and the
+    rsft this process imported (not another checkout's installed one)."""
+    import rsft
+
+    path = os.pathsep.join([str(Path(__file__).parent), str(Path(rsft.__file__).resolve().parents[1])])
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 1024**2,
              _temp_dir=str(tmp_path_factory.mktemp("ray")), logging_level="WARNING",
-             runtime_env={"env_vars": {"PYTHONPATH": tests_dir, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}})
+             runtime_env={"env_vars": {"PYTHONPATH": path, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}})
     yield
     ray.shutdown()
 

@@ -179,9 +179,9 @@ def test_eval_is_redone_when_the_held_out_prompts_change(tmp_path, monkeypatch):
     config = RunConfig(name="x", out=str(tmp_path), eval=EvalConfig())
     a = [Prompt(prompt_id=f"id{i}", prompt=f"q{i}") for i in range(3)]
     info = {"round": -1, "checkpoint": "base"}
-    assert rounds._eval_file(tmp_path, info, config, None, "base", a)["metric"]["n"] == 3
-    assert rounds._eval_file(tmp_path, info, config, None, "base", a)["metric"]["n"] == 3  # reused
-    assert rounds._eval_file(tmp_path, info, config, None, "base", a[:2])["metric"]["n"] == 2
+    assert rounds.evaluate_checkpoint(tmp_path, info, config, None, "base", a)["metric"]["n"] == 3
+    assert rounds.evaluate_checkpoint(tmp_path, info, config, None, "base", a)["metric"]["n"] == 3  # reused
+    assert rounds.evaluate_checkpoint(tmp_path, info, config, None, "base", a[:2])["metric"]["n"] == 2
     assert calls == [["id0", "id1", "id2"], ["id0", "id1"]]
 
 

@@ -38,28 +38,18 @@ KeyFn = Callable[[str], Hashable]
 
 def last_boxed(text: str) -> str | None:
     """The ``boxed`` extractor: the content of the last ``\\boxed{...}``; None when there is none."""
-    from rsft.score.checkers import _last_boxed
+    from rsft.score.checkers import boxed_content
 
-    return _last_boxed(text) or None
+    return boxed_content(text) or None
 
 
 def _load_function(spec: str, what: str) -> Callable[..., Any]:
     """Import a user function ``"pkg.module:name"`` named by option ``what``."""
-    import importlib
+    from rsft.score.base import load_object
 
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise RsftError(f"{what} {spec!r}: expected 'pkg.module:name'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except ImportError as e:
-        raise RsftError(f"{what} {spec!r}: cannot import {module_name!r}: {e}") from None
-    except AttributeError:
-        raise RsftError(f"{what} {spec!r}: {module_name!r} has no attribute {attr!r}") from None
+    obj = load_object(spec, what)
     if not callable(obj):
-        raise RsftError(f"{what} {spec!r}: {attr!r} is not callable")
+        raise RsftError(f"{what} {spec!r}: {spec.partition(':')[2]!r} is not callable")
     return obj
 
 
@@ -116,7 +106,7 @@ def _math_groups(answers: Sequence[str | None]) -> list[int | None]:
 
     from math_verify import parse, verify
 
-    from rsft.score.checkers import MATH_TIMEOUT_S, _as_latex
+    from rsft.score.checkers import MATH_TIMEOUT_S, as_latex
 
     timeout = MATH_TIMEOUT_S if threading.current_thread() is threading.main_thread() else None
 
@@ -131,7 +121,7 @@ def _math_groups(answers: Sequence[str | None]) -> list[int | None]:
             out.append(None)
             continue
         if answer not in label:
-            parsed = parse(_as_latex(answer), parsing_timeout=timeout) if answer.strip() else []
+            parsed = parse(as_latex(answer), parsing_timeout=timeout) if answer.strip() else []
             group = next((g for g, rep in reps if parsed and same(rep, parsed)), None)
             if group is None:
                 group = j

@@ -14,23 +14,26 @@ completions are strings, or chat message lists for conversational datasets. It r
 per completion, or None where the reward does not apply (TRL then leaves that reward out of the sum).
 
 The other way, ``from_trl_reward(fn)`` (spec ``trl:pkg.module:name``, or ``trl:NAME`` for the rewards
-TRL ships in ``trl.rewards``) scores rsft rounds with any TRL reward function.
+TRL ships in ``trl.rewards``) scores rsft rounds with any TRL reward function; it lives in
+``rsft.score.trl_reward`` (the ``trl`` scorer) and is importable from here too.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import json
 import math
 import re
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rsft.errors import RsftError, first_line
-from rsft.score import Scorer, as_scorer, load_object
-from rsft.types import Prompt, PromptValue, Verdict
+from rsft.score import Scorer, as_scorer
+from rsft.score.pairs import score_batch, score_each
+from rsft.score.trl_reward import TrlRewardScorer as TrlRewardScorer
+from rsft.score.trl_reward import from_trl_reward as from_trl_reward
+from rsft.score.trl_reward import trl_reward_scorer as trl_reward_scorer
+from rsft.types import Prompt, PromptValue, unwrap_verdict
 
 TRL_ARGS = frozenset({"prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric",
                       "environments"})
@@ -121,20 +124,14 @@ class GrpoReward:
     def _score(self, prompts: list[PromptValue], texts: list[str], metadata: list[dict[str, Any]]) -> list[Any]:
         """The whole batch at once; on an error (``on_error="none"``) pair by pair, failures as None."""
         try:
-            out = list(self.scorer.score(prompts, texts, metadata))
-            if len(out) != len(texts):
-                raise RsftError(f"scorer {self.scorer.name!r} returned {len(out)} scores for {len(texts)} pairs")
-            return out
+            return score_batch(self.scorer, prompts, texts, metadata)
         except Exception:
             if self.on_error == "raise":
                 raise
         out = []
-        for prompt, text, meta in zip(prompts, texts, metadata, strict=True):
-            try:
-                (value,) = self.scorer.score([prompt], [text], [meta])
-            except Exception as e:  # noqa: BLE001 - TRL's convention: None where the reward does not apply
-                self._warn(e)
-                value = None
+        for value, error in score_each(self.scorer, prompts, texts, metadata):
+            if error is not None:  # TRL's convention: None where the reward does not apply
+                self._warn(error)
             out.append(value)
         return out
 
@@ -165,8 +162,7 @@ def as_grpo_reward(scorer: Any, options: Mapping[str, Any] | None = None, *,
 
 
 def _reward(value: Any) -> float | None:
-    if isinstance(value, Verdict):
-        value = value.score
+    value, _ = unwrap_verdict(value)
     if value is None or isinstance(value, bool):
         return None if value is None else float(value)
     try:
@@ -174,104 +170,3 @@ def _reward(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(value) else value
-
-
-# --- the other way: a TRL reward function as an rsft scorer --------------------------------------------
-
-
-def _noop(*args: Any, **kwargs: Any) -> None:
-    return None
-
-
-class TrlRewardScorer:
-    """An rsft Scorer calling a TRL reward function ``f(prompts, completions, **columns) -> list[float | None]``.
-
-    Metadata fields become the column keyword arguments (renamed by ``columns``); ``trainer_state`` is
-    None and ``log_extra``/``log_metric`` do nothing (there is no trainer); ``completion_ids`` are the
-    completions tokenized by ``tokenizer`` (a path; the policy's, for rewards that count tokens), else None.
-    Completions of chat prompts are passed as ``[{"role": "assistant", "content": text}]``, as TRL does
-    for conversational datasets (``conversational`` forces one form). A None reward becomes NaN, with
-    details saying so, which rsft counts as unscored.
-    """
-
-    def __init__(self, fn: Callable[..., Any], name: str | None = None, columns: Mapping[str, str] | None = None,
-                 conversational: bool | None = None, tokenizer: str | None = None) -> None:
-        if not callable(fn):
-            raise RsftError(f"trl: {fn!r} is not a reward function")
-        self.fn = fn
-        self.tokenizer = _load_tokenizer(tokenizer) if tokenizer else None
-        self.name = name or f"trl:{getattr(fn, '__name__', type(fn).__name__)}"
-        self.columns = dict(columns or {})
-        self.conversational = conversational
-        params = inspect.signature(fn).parameters.values()
-        self._takes_all = any(p.kind is p.VAR_KEYWORD for p in params)
-        self._named = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-
-    def score(self, prompts: Sequence[PromptValue], completions: Sequence[str],
-              metadata: Sequence[Mapping[str, Any]]) -> list[float | Verdict]:
-        chat = [self.conversational if self.conversational is not None else not isinstance(p, str) for p in prompts]
-        kwargs: dict[str, Any] = {
-            "prompts": list(prompts),
-            "completions": [[{"role": "assistant", "content": c}] if is_chat else c
-                            for c, is_chat in zip(completions, chat, strict=True)],
-            "completion_ids": None, "trainer_state": None, "log_extra": _noop, "log_metric": _noop,
-        }
-        if self.tokenizer is not None:
-            kwargs["completion_ids"] = self.tokenizer(list(completions), add_special_tokens=False)["input_ids"]
-        keys = dict.fromkeys(k for meta in metadata for k in meta)
-        for key in keys:
-            kwargs.setdefault(self.columns.get(key, key), [meta.get(key) for meta in metadata])
-        if not self._takes_all:
-            kwargs = {k: v for k, v in kwargs.items() if k in self._named}
-        out = self.fn(**kwargs)
-        if inspect.isawaitable(out):
-            out = asyncio.run(_awaited(out))
-        out = list(out)
-        if len(out) != len(completions):
-            raise RsftError(f"{self.name}: returned {len(out)} rewards for {len(completions)} completions")
-        return [Verdict(math.nan, "the TRL reward returned None (not applicable)") if v is None else v for v in out]
-
-
-async def _awaited(awaitable: Any) -> Any:
-    return await awaitable
-
-
-def _load_tokenizer(path: str) -> Any:
-    from transformers import AutoTokenizer
-
-    from rsft.models import resolve_model_path
-
-    try:
-        return AutoTokenizer.from_pretrained(resolve_model_path(path))
-    except (OSError, ValueError) as e:
-        raise RsftError(f"trl: cannot load a tokenizer from {path}: {first_line(e)}") from None
-
-
-def from_trl_reward(fn: Callable[..., Any], *, name: str | None = None, columns: Mapping[str, str] | None = None,
-                    conversational: bool | None = None, tokenizer: str | None = None) -> TrlRewardScorer:
-    """A TRL reward function (sync or async) as an rsft scorer; ``columns`` maps metadata field ->
-    the keyword TRL's function expects, e.g. ``{"answer": "solution"}`` for ``trl.rewards.accuracy_reward``;
-    ``tokenizer`` (a model path) gives rewards that read ``completion_ids`` their token ids."""
-    return TrlRewardScorer(fn, name=name, columns=columns, conversational=conversational, tokenizer=tokenizer)
-
-
-def trl_reward_scorer(arg: str, columns: Mapping[str, str] | None = None, conversational: bool | None = None,
-                      init: Mapping[str, Any] | None = None, tokenizer: str | None = None) -> TrlRewardScorer:
-    """The scorer of spec ``trl:pkg.module:name`` or ``trl:NAME`` (a function of ``trl.rewards``);
-    ``init`` calls the object first with these keyword arguments (TRL's reward factories such as
-    ``get_repetition_penalty_reward(ngram_size=3)`` return the reward function)."""
-    if not arg:
-        raise RsftError("scorer 'trl' needs a reward function: 'trl:pkg.module:name' or 'trl:NAME' (trl.rewards)")
-    if ":" in arg:
-        fn = load_object(arg)
-    else:
-        try:
-            import trl.rewards
-        except ImportError as e:
-            raise RsftError(f"scorer 'trl:{arg}' needs the trl package: pip install 'rsft[train]' ({e})") from e
-        fn = getattr(trl.rewards, arg, None)
-        if fn is None:
-            raise RsftError(f"scorer 'trl:{arg}': trl.rewards has no {arg!r}; user code goes as 'trl:pkg.module:name'")
-    if init is not None:
-        fn = fn(**dict(init))
-    return from_trl_reward(fn, name=f"trl:{arg}", columns=columns, conversational=conversational, tokenizer=tokenizer)

@@ -16,10 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from rsft import artifacts, stages, stats
-from rsft.config import GenerationConfig, PromptsConfig, RunConfig, ScoringConfig, dump_config
+from rsft.config import (
+    GenerationConfig,
+    GeneratorConfig,
+    PromptsConfig,
+    RunConfig,
+    ScoringConfig,
+    dump_config,
+)
 from rsft.errors import RsftError
 from rsft.executor import Executor, make_executor
-from rsft.generate import BACKENDS, Generator, make_generator
+from rsft.generate import BACKENDS, Generator, generator_from_config
 from rsft.prompts import FieldMap, TaskSpec, open_prompts, task_prompts
 from rsft.score import Scorer, as_scorer
 from rsft.types import Prompt
@@ -58,12 +65,11 @@ def build_generator(config: GenerationConfig, round_dir: Path | None = None) -> 
     round's ``.shards/`` (unless its options name a ``journal``), so a rerun after a server failure
     asks only for what is missing; the journal goes once the generate stage is recorded.
     """
-    def one(g: Any) -> Generator:
-        options = {"model": g.model, **g.options}
-        if g.backend == "openai" and round_dir is not None and "journal" not in options:
-            name = f"journal-{artifacts.config_hash(g.model)}.jsonl"  # not the address: a restarted server may move
-            options["journal"] = str((Path(round_dir) / artifacts.SHARDS / name).absolute())  # for Ray actors too
-        return make_generator(g.backend, options)
+    def one(g: GeneratorConfig) -> Generator:
+        if g.backend != "openai" or round_dir is None or "journal" in g.options:
+            return generator_from_config(g)
+        name = f"journal-{artifacts.config_hash(g.model)}.jsonl"  # not the address: a restarted server may move
+        return generator_from_config(g, journal=str((Path(round_dir) / artifacts.SHARDS / name).absolute()))  # Ray too
 
     check_backends(config)
     if not config.mix:

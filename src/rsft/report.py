@@ -14,7 +14,6 @@ import base64
 import html
 import io
 import json
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +23,9 @@ import numpy as np
 
 from rsft import artifacts, matrix
 from rsft.errors import RsftError
+from rsft.tables import DASH as DASH
+from rsft.tables import finite, format_kl, format_metric, sweep_table, sweep_table_note
 
-DASH = "—"
 COLUMNS = ["round", "kept", "reward all/kept", "eval (CI)", "control eval", "KL", "promoted"]
 _ROUND = re.compile(r"round-(\d+)")
 
@@ -115,7 +115,7 @@ def load_round(path: Path, index: int) -> RoundData:
         _read_tables(path, rd)
     except RsftError as e:
         rd.problems.append(str(e))
-    if rd.kept is None and _num((rd.eval or {}).get("kept")) is not None:
+    if rd.kept is None and finite((rd.eval or {}).get("kept")) is not None:
         rd.kept = int((rd.eval or {})["kept"])
     return rd
 
@@ -196,7 +196,7 @@ def _read_loss(path: Path, problems: list[str]) -> list[tuple[float, float]]:
             continue
         if not isinstance(record, dict):
             continue
-        step, loss = _num(record.get("step")), _num(record.get("loss"))
+        step, loss = finite(record.get("step")), finite(record.get("loss"))
         if step is not None and loss is not None:
             out.append((step, loss))
     return out
@@ -205,35 +205,8 @@ def _read_loss(path: Path, problems: list[str]) -> list[tuple[float, float]]:
 # --- the summary table ---------------------------------------------------------------------------
 
 
-def _num(x: Any) -> float | None:
-    """A finite float, or None for anything else (missing, null, NaN, text)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return float(x) if math.isfinite(x) else None
-
-
 def _mean(values: np.ndarray) -> float | None:
     return float(np.mean(values)) if values.size else None
-
-
-def format_metric(metric: Any) -> str:
-    """``0.310 [0.220, 0.410]``, or the value alone without a CI, or "—"."""
-    if not isinstance(metric, dict) or _num(metric.get("value")) is None:
-        return DASH
-    out = f"{_num(metric['value']):.3f}"
-    low, high = _num(metric.get("ci_low")), _num(metric.get("ci_high"))
-    if low is not None and high is not None:
-        out += f" [{low:.3f}, {high:.3f}]"
-    return out
-
-
-def format_kl(kl: Any) -> str:
-    """``0.120 ± 0.030``, or the mean alone without a stderr, or "—"."""
-    if not isinstance(kl, dict) or _num(kl.get("mean")) is None:
-        return DASH
-    out = f"{_num(kl['mean']):.3f}"
-    stderr = _num(kl.get("stderr"))
-    return out + (f" ± {stderr:.3f}" if stderr is not None else "")
 
 
 def _promoted(rd: RoundData, run: RunData) -> bool | None:
@@ -249,8 +222,8 @@ def _promoted(rd: RoundData, run: RunData) -> bool | None:
 def reward_means(rd: RoundData) -> tuple[float | None, float | None]:
     """Mean reward of all and of kept completions: from the Parquet files, else from eval.json."""
     ev = rd.eval or {}
-    every = _mean(rd.rewards_all) if rd.rewards_all.size else _num(ev.get("reward_mean_all"))
-    kept = _mean(rd.rewards_kept) if rd.rewards_kept.size else _num(ev.get("reward_mean_kept"))
+    every = _mean(rd.rewards_all) if rd.rewards_all.size else finite(ev.get("reward_mean_all"))
+    kept = _mean(rd.rewards_kept) if rd.rewards_kept.size else finite(ev.get("reward_mean_kept"))
     return every, kept
 
 
@@ -315,16 +288,16 @@ def _errorbar_series(points: list[tuple[float, float, float, float]], ax: Any, *
 
 
 def _metric_point(x: float, metric: Any) -> tuple[float, float, float, float] | None:
-    if not isinstance(metric, dict) or (y := _num(metric.get("value"))) is None:
+    if not isinstance(metric, dict) or (y := finite(metric.get("value"))) is None:
         return None
-    low, high = _num(metric.get("ci_low")), _num(metric.get("ci_high"))
+    low, high = finite(metric.get("ci_low")), finite(metric.get("ci_high"))
     return x, y, y if low is None else low, y if high is None else high
 
 
 def _kl_point(x: float, kl: Any) -> tuple[float, float, float, float] | None:
-    if not isinstance(kl, dict) or (y := _num(kl.get("mean"))) is None:
+    if not isinstance(kl, dict) or (y := finite(kl.get("mean"))) is None:
         return None
-    se = _num(kl.get("stderr")) or 0.0
+    se = finite(kl.get("stderr")) or 0.0
     return x, y, y - se, y + se
 
 
@@ -371,7 +344,7 @@ def _metric_name(run: RunData) -> str:
 def plot_kept(run: RunData) -> str | None:
     """Bars of the kept-set size per round (and the control arm's beside them, when it ran)."""
     rsft = [(rd.index, rd.kept) for rd in run.rounds if rd.kept is not None]
-    control = [(rd.index, int(k)) for rd in run.rounds if (k := _num((rd.control or {}).get("kept"))) is not None]
+    control = [(rd.index, int(k)) for rd in run.rounds if (k := finite((rd.control or {}).get("kept"))) is not None]
     if not rsft and not control:
         return None
     fig = _figure(height=3.0)
@@ -510,7 +483,7 @@ def _round_section(rd: RoundData, run: RunData, plots: bool) -> str:
         ["control eval (CI)", format_metric((rd.control or {}).get("metric"))],
         ["KL (± stderr)", format_kl(ev.get("kl"))],
         ["control KL", format_kl((rd.control or {}).get("kl"))],
-        ["best before / margin", " / ".join(DASH if _num(ev.get(k)) is None else f"{_num(ev.get(k)):.3f}"
+        ["best before / margin", " / ".join(DASH if finite(ev.get(k)) is None else f"{finite(ev.get(k)):.3f}"
                                             for k in ("best_before", "margin"))],
         ["final training loss", DASH if not rd.loss else f"{rd.loss[-1][1]:.4f}"],
         ["decision", status],
@@ -536,14 +509,12 @@ def _round_section(rd: RoundData, run: RunData, plots: bool) -> str:
 
 def _sweep_section(run: RunData) -> str:
     """The ``rsft sweep`` results table, when the run folder has a ``sweep.json``."""
-    from rsft import sweep
-
     summary = _read_json(run.run_dir / artifacts.SWEEP_JSON, run.problems)
     if summary is None:
         return ""
-    header, rows = sweep.table(summary)
+    header, rows = sweep_table(summary)
     return (f'<section id="sweep"><h2>Sweep</h2>{_html_table(header, rows, "sweep-table")}'
-            f"<p>{_e(sweep.table_note(summary))}</p></section>")
+            f"<p>{_e(sweep_table_note(summary))}</p></section>")
 
 
 def render_html(run: RunData) -> str:

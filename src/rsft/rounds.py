@@ -277,14 +277,14 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
         policies.add(base, generator)
     pool = pipeline.load_prompt_set(config.prompts)
     eval_prompts = held_out(pipeline.load_prompt_set(config.eval.prompts), pool)
-    baseline = _eval_file(run_dir / artifacts.BASELINE, {"round": -1, "checkpoint": base}, config, policies,
+    baseline = evaluate_checkpoint(run_dir / artifacts.BASELINE, {"round": -1, "checkpoint": base}, config, policies,
                           base, eval_prompts)
     best, current, history = baseline["metric"]["value"], base, []
     control_policy = base  # control_mode "chain": the control's own policy
     if config.rounds.control and config.rounds.control_mode not in ("round", "chain"):
         raise RsftError(f"rounds.control_mode: expected 'round' or 'chain', got {config.rounds.control_mode!r}")
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
-    say(f"base: {_fmt(baseline)}")
+    say(f"base: {format_eval(baseline)}")
     for k in range(config.rounds.rounds):
         rd = pipeline.round_dir(config, k)
         gate_round(config, rd)  # rounds.rm_check: refuse the round when the reward model fails its pairs
@@ -301,7 +301,7 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
         info = {"round": k, "checkpoint": checkpoint, "started_from": current, "kept": kept,
                 "reward_mean_all": result.reward_stats.get("mean"),
                 "reward_mean_kept": result.selection.get("mean_selected_reward")}
-        ev = _eval_file(rd, info, config, policies, base, eval_prompts)
+        ev = evaluate_checkpoint(rd, info, config, policies, base, eval_prompts)
         if config.rounds.control:
             chain = config.rounds.control_mode == "chain"
             ev["control"] = _control(config, policies, rd, kept, control_policy if chain else current, base, k,
@@ -319,7 +319,7 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
         history.append(ev)
         if promoted:
             best, current = value, checkpoint
-        say(f"round {k}: {_fmt(ev)} -> {'promoted' if promoted else 'kept ' + current}")
+        say(f"round {k}: {format_eval(ev)} -> {'promoted' if promoted else 'kept ' + current}")
         for w in ev["warnings"]:
             stages.warn(w)
     summary = {"base": base, "current": current, "best": best, "baseline": baseline,
@@ -349,7 +349,7 @@ def _control(config: RunConfig, policies: Policies, rd: Path, kept: int, start: 
     checkpoint = train_arm(rd / artifacts.CONTROL, config, start)
     info = {"round": k, "checkpoint": checkpoint, "kept": kept, "started_from": start,
             "mode": "chain" if sample_own else "round"}
-    ev = _eval_file(rd / artifacts.CONTROL, info, config, policies, base, eval_prompts)
+    ev = evaluate_checkpoint(rd / artifacts.CONTROL, info, config, policies, base, eval_prompts)
     return {key: ev.get(key) for key in ("metric", "kl", "kept", "checkpoint", "started_from", "mode")}
 
 
@@ -371,10 +371,11 @@ def write_own_control_set(rd: Path, config: RunConfig, policies: Policies, polic
     return artifacts.write_jsonl(out / artifacts.SELECTED, [sft_row(p, row[0]) for p, row in zip(picked, comps.texts, strict=True)])
 
 
-def _eval_file(folder: Path, info: dict[str, Any], config: RunConfig, policies: Policies, base: str,
+def evaluate_checkpoint(folder: Path, info: dict[str, Any], config: RunConfig, policies: Policies, base: str,
                prompts: list[Prompt]) -> dict[str, Any]:
-    """Evaluate ``info["checkpoint"]`` into ``folder/eval.json``, or reuse that file when it was
-    computed with the same eval config for the same checkpoint."""
+    """Evaluate ``info["checkpoint"]`` (on ``prompts``, KL against ``base``) into ``folder/eval.json``
+    and return the result merged with ``info``, or reuse that file when it was computed with the same
+    eval config for the same checkpoint and prompts (``rsft run`` and ``rsft sweep`` share it)."""
     settings = dataclasses.asdict(config.eval)
     if settings["kl_prompts"] is None:
         del settings["kl_prompts"]  # evals written before the option existed stay current
@@ -411,7 +412,8 @@ def over_optimisation(history: list[dict[str, Any]]) -> list[str]:
     return []
 
 
-def _fmt(ev: dict[str, Any]) -> str:
+def format_eval(ev: dict[str, Any]) -> str:
+    """An eval result in one line: ``name 0.310 [0.220, 0.410] (n=40), KL 0.0120 ± 0.0030``."""
     m = ev["metric"]
     kl = ev.get("kl")
     text = f"{m['name']} {m['value']:.3f} [{m['ci_low']:.3f}, {m['ci_high']:.3f}] (n={m['n']})"

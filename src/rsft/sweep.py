@@ -47,17 +47,17 @@ from typing import Any
 
 import numpy as np
 
-from rsft import artifacts, matrix, pipeline, report, rounds, select, stages, stats
+from rsft import artifacts, matrix, pipeline, rounds, select, stages, stats
 from rsft.config import RunConfig, dump_config
 from rsft.errors import RsftError
 from rsft.export import sft_row
 from rsft.generate import Generator
+from rsft.tables import finite, label
+from rsft.tables import sweep_markdown as format_markdown
 from rsft.types import Prompt
 
 SWEEP = "sweep"
 TRAIN = "train"
-COLUMNS = ["", "temperature", "n", "threshold", "epochs", "kept", "reward kept", "pass rate", "{metric} [95% CI]",
-           "KL ± stderr", "train loss first → last", "wall s"]
 
 
 # --- the grid ------------------------------------------------------------------------------------
@@ -79,11 +79,6 @@ class Grid:
     @property
     def cells(self) -> int:
         return len(self.temperature) * len(self.n) * len(self.threshold) * len(self.epochs)
-
-
-def label(value: float | None) -> str:
-    """How a grid value is written in folder names and the table: ``0.7``, ``1``, ``none``."""
-    return "none" if value is None else f"{value:g}"
 
 
 def grid_of(config: RunConfig) -> Grid:
@@ -235,7 +230,7 @@ def train_and_eval(config: RunConfig, epochs: float, text: str, digest: str, pol
     checkpoint = rounds.train_arm(folder, cfg, base)
     before = _mtime(folder / artifacts.EVAL)
     started = time.time()
-    ev = rounds._eval_file(folder, {"checkpoint": checkpoint, "epochs": epochs}, cfg, policies, base, eval_prompts)
+    ev = rounds.evaluate_checkpoint(folder, {"checkpoint": checkpoint, "epochs": epochs}, cfg, policies, base, eval_prompts)
     timing = _read_json(folder / artifacts.TIMING)
     if _mtime(folder / artifacts.EVAL) != before:  # the eval ran now: record how long it took
         timing = {"eval_s": round(time.time() - started, 3)}
@@ -287,9 +282,9 @@ def run_sweep(config: RunConfig, generator: Generator | None = None, quiet: bool
     for t in grid.temperature:
         say(f"sweep: generation at temperature {label(t)} ({len(prompts)} prompts x {grid.n_max})")
         generations.append(generate_at(config, t, grid.n_max, prompts, policies, scorer, new_version))
-    baseline = rounds._eval_file(run_dir / artifacts.BASELINE, {"round": -1, "checkpoint": base}, config,
+    baseline = rounds.evaluate_checkpoint(run_dir / artifacts.BASELINE, {"round": -1, "checkpoint": base}, config,
                                  policies, base, eval_prompts)
-    say(f"sweep: base {rounds._fmt(baseline)}")
+    say(f"sweep: base {rounds.format_eval(baseline)}")
     cells = []
     trained: dict[tuple[str, float], dict[str, Any]] = {}
     for gen in generations:
@@ -340,7 +335,7 @@ def _cells_at(config: RunConfig, grid: Grid, gen: dict[str, Any], prompts: list[
                     cell["reused_from"] = owner["id"]
                     result["wall_s"] = None
                 out.append({**cell, **result})
-                say(f"sweep: {cell['id']}: kept {len(pairs)}, {rounds._fmt(result) if result['metric'] else '-'}")
+                say(f"sweep: {cell['id']}: kept {len(pairs)}, {rounds.format_eval(result) if result['metric'] else '-'}")
     return out
 
 
@@ -348,52 +343,7 @@ def best_cell(cells: list[dict[str, Any]]) -> str | None:
     """The id of the cell with the highest held-out metric (ties: the first in grid order)."""
     best, value = None, -math.inf
     for c in cells:
-        v = report._num((c.get("metric") or {}).get("value"))
+        v = finite((c.get("metric") or {}).get("value"))
         if v is not None and v > value:
             best, value = c["id"], v
     return best
-
-
-# --- the table -----------------------------------------------------------------------------------
-
-
-def table(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the results table: the baseline, then every cell in grid order."""
-    cells = [c for c in summary.get("cells") or [] if isinstance(c, dict)]
-    name = next((m["name"] for m in [summary.get("baseline", {}).get("metric")] + [c.get("metric") for c in cells]
-                 if isinstance(m, dict) and m.get("name")), "metric")
-    header = [h.format(metric=name) for h in COLUMNS]
-    dash = report.DASH
-    base = summary.get("baseline") or {}
-    rows = [["base", dash, dash, dash, dash, dash, dash, dash, report.format_metric(base.get("metric")),
-             report.format_kl(base.get("kl")), dash, dash]]
-
-    def num(x: Any, fmt: str = ".3f") -> str:
-        v = report._num(x)
-        return dash if v is None else format(v, fmt)
-
-    for c in cells:
-        first, last = report._num(c.get("train_loss_first")), report._num(c.get("train_loss_last"))
-        loss = dash if first is None or last is None else f"{first:.3f} → {last:.3f}"
-        wall = "shared" if c.get("reused_from") else num(c.get("wall_s"), ".1f")
-        rows.append(["*" if c.get("id") == summary.get("best") else "", num(c.get("temperature"), "g"),
-                     str(c.get("n", dash)), label(report._num(c.get("threshold"))), num(c.get("epochs"), "g"),
-                     str(c.get("kept", dash)), num(c.get("mean_reward_kept")), num(c.get("pass_rate")),
-                     report.format_metric(c.get("metric")), report.format_kl(c.get("kl")), loss, wall])
-    return header, rows
-
-
-def table_note(summary: dict[str, Any]) -> str:
-    """What the table's columns mean, under it."""
-    return (f"* best held-out metric. Each temperature was generated once at N_max={summary.get('n_max')} and "
-            f"scored once; a cell selects on its first n samples. Pass rate: share of those samples with reward "
-            f">= {summary.get('pass_threshold')}. CI: the eval metric's 95% CI over "
-            f"{summary.get('eval_prompts')} held-out prompts. Wall s: the cell's training and eval "
-            "(shared: another cell trained the same kept set).")
-
-
-def format_markdown(summary: dict[str, Any]) -> str:
-    header, rows = table(summary)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n\n" + table_note(summary) + "\n"

@@ -77,3 +77,11 @@ class Verdict:
 
     score: float
     details: str | None = None
+
+
+def unwrap_verdict(value: Any) -> tuple[Any, str | None]:
+    """A scorer's output as ``(score, details)``: a ``Verdict``'s two fields, anything else (a float,
+    or a bad value the caller reports) as it is, without details."""
+    if isinstance(value, Verdict):
+        return value.score, value.details
+    return value, None

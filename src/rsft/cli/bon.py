@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from rsft.bon import SELECTORS
 from rsft.cli.options import Command, Section, Spelling, add_config_flags, apply_flags, given_flags
-from rsft.config import GenerationConfig, GeneratorConfig, RunConfig, key_value, sampling_params
+from rsft.config import GenerationConfig, RunConfig, key_value, sampling_params
 from rsft.errors import RsftError
+from rsft.generate import generator_from_config
 
 if TYPE_CHECKING:
     from rsft.adaptive import AdaptivePolicy
@@ -90,13 +91,6 @@ def scorer_from_args(args: argparse.Namespace) -> tuple[Scorer | None, str]:
     return scorer, selector
 
 
-def build_generator(config: GeneratorConfig) -> Generator:
-    """The generator of ``--backend``, ``--model`` and ``--option``."""
-    from rsft.generate import make_generator
-
-    return make_generator(config.backend, {"model": config.model, **config.options})
-
-
 # --- ``rsft bon`` ----------------------------------------------------------------------------------
 
 
@@ -142,7 +136,7 @@ def main(args: argparse.Namespace) -> None:
     policy = _adaptive_policy(args, config.n)
     source = getattr(args, "prompts", None)
     prompts = read_prompt_lines(sys.stdin) if source in (None, "-") else load_prompts(source)
-    generator = build_generator(config.generator)
+    generator = generator_from_config(config.generator)
     choose = {"scorer": scorer, "selector": selector, "sampling": sampling, "extract": extract,
               "equivalence": equivalence}
     if policy is None:

@@ -58,8 +58,6 @@ class Spelling:
     help_prefix: str = ""
 
 
-_POOLS = ("ray.generate", "ray.score")
-
 SPELLINGS: dict[str, Spelling] = {
     "prompts.path": Spelling(("--prompts",), sets=(("prompts.task", None),)),
     "prompts.task.name": Spelling(("--task",), sets=(("prompts.path", None), ("prompts.task", None)), creates=True),

@@ -18,12 +18,12 @@ from rsft.cli.bon import (
     add_adaptive_arguments,
     add_selection_arguments,
     add_voting_arguments,
-    build_generator,
     scorer_from_args,
 )
 from rsft.cli.options import Command, Section, add_config_flags, apply_flags
 from rsft.config import RewardServerConfig, RunConfig, ServeConfig
 from rsft.errors import RsftError
+from rsft.generate import generator_from_config
 
 if TYPE_CHECKING:
     from rsft.generate import Generator
@@ -55,7 +55,7 @@ def main(args: argparse.Namespace) -> None:
     extract, equivalence = answer_extractor(args.answer), resolve_equivalence(args.equivalence)
     adaptive = adaptive_policy(args, budget=server.max_n)
     _log_to_stderr()
-    generator = build_generator(model)
+    generator = generator_from_config(model)
     _plain_chat_template_if_missing(generator)
     app = create_app(generator, scorer, selector, model_name=server.model_name or model.model, api_key=api_key,
                      config=server, extract=extract, equivalence=equivalence, adaptive=adaptive)

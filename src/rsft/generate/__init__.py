@@ -7,10 +7,13 @@ when called, so ``import rsft`` stays light and ``vllm`` is needed only by the `
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from rsft.errors import RsftError
 from rsft.types import Completion, PromptValue, SamplingParams
+
+if TYPE_CHECKING:
+    from rsft.config import GeneratorConfig
 
 
 @runtime_checkable
@@ -94,3 +97,9 @@ def make_generator(backend: str, options: Mapping[str, Any] | None = None) -> Ge
         return factory(**dict(options or {}))
     except TypeError as e:
         raise RsftError(f"backend {backend!r}: bad option: {e}") from e
+
+
+def generator_from_config(config: GeneratorConfig, **options: Any) -> Generator:
+    """The generator a ``GeneratorConfig`` names: its ``backend`` with ``model`` and its ``options``
+    (``--backend``, ``--model``, ``--option``); keyword ``options`` are added over those."""
+    return make_generator(config.backend, {"model": config.model, **config.options, **options})

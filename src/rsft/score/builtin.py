@@ -2,7 +2,9 @@
 
 ``arg`` is the text after ``:`` in a spec such as ``"regex:PATTERN"`` or ``"rm:/path/to/model"``
 (empty when there is none); ``options`` are keyword options from the config. Unknown options are
-an error, so a typo does not silently fall back to a default.
+an error, so a typo does not silently fall back to a default. ``as_scorer`` (importable from
+``rsft.score``) looks a spec up here; it lives beside ``REGISTRY`` because ``gate`` and ``sum`` build
+their parts with it.
 
 - ``exact``: extracted answer == gold ``answer``. Options: ``extract`` (``first_line`` | ``last_line``
   | ``full``), ``case_sensitive`` (False).
@@ -37,11 +39,12 @@ an error, so a typo does not silently fall back to a default.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from rsft.errors import RsftError
-from rsft.score import Scorer
+from rsft.score.base import CallableScorer, Scorer, load_object
 from rsft.score.checkers import ExactMatchScorer, MathScorer, RegexScorer, TaskScorer
 
 
@@ -117,7 +120,6 @@ def reward_model(arg: str, options: Mapping[str, Any]) -> Scorer:
 
 
 def gate(arg: str, options: Mapping[str, Any]) -> Scorer:
-    from rsft.score import as_scorer
     from rsft.score.combine import GatedScorer
 
     _no_arg("gate", arg)
@@ -148,7 +150,6 @@ def gate(arg: str, options: Mapping[str, Any]) -> Scorer:
 
 
 def weighted_sum(arg: str, options: Mapping[str, Any]) -> Scorer:
-    from rsft.score import as_scorer
     from rsft.score.combine import WeightedSum
 
     _no_arg("sum", arg)
@@ -169,8 +170,6 @@ def weighted_sum(arg: str, options: Mapping[str, Any]) -> Scorer:
 
 
 def judge(arg: str, options: Mapping[str, Any]) -> Scorer:
-    import inspect
-
     from rsft.score.judge import JudgeScorer
 
     params = inspect.signature(JudgeScorer).parameters  # its keyword arguments are the options
@@ -202,7 +201,6 @@ def prm(arg: str, options: Mapping[str, Any]) -> Scorer:
 
 
 def prm_fn(arg: str, options: Mapping[str, Any]) -> Scorer:
-    from rsft.score import load_object
     from rsft.score.prm import CallableStepScorer, ProcessRewardScorer
 
     o = _options("prm-fn", options, {"split": "lines", "aggregate": "min"})
@@ -212,8 +210,6 @@ def prm_fn(arg: str, options: Mapping[str, Any]) -> Scorer:
 
 
 def http(arg: str, options: Mapping[str, Any], scheme: str = "http") -> Scorer:
-    import inspect
-
     from rsft.score.http import HttpScorer
 
     params = inspect.signature(HttpScorer).parameters
@@ -251,10 +247,37 @@ def trl_reward(arg: str, options: Mapping[str, Any]) -> Scorer:
     ``conversational`` (pass completions as messages; default: when the prompt is chat), ``init``
     (keyword arguments of a reward factory such as ``get_repetition_penalty_reward``), ``tokenizer`` (a
     model path: its token ids go to rewards that read ``completion_ids``)."""
-    from rsft.grpo import trl_reward_scorer
+    from rsft.score.trl_reward import trl_reward_scorer
 
     o = _options("trl", options, {"columns": None, "conversational": None, "init": None, "tokenizer": None})
     return trl_reward_scorer(arg, **o)
 
 
 REGISTRY["trl"] = trl_reward
+
+
+def builtin_names() -> list[str]:
+    """The built-in scorers' names, sorted."""
+    return sorted(REGISTRY)
+
+
+def as_scorer(obj: Any, options: Mapping[str, Any] | None = None) -> Scorer:
+    """Turn a spec string, a Scorer, a class or a plain callable into a ``Scorer``."""
+    options = dict(options or {})
+    if isinstance(obj, str):
+        head, sep, arg = obj.partition(":")
+        if head in REGISTRY:
+            return REGISTRY[head](arg, options)
+        if sep:
+            obj = load_object(obj)
+            if inspect.isclass(obj):
+                obj = obj(**options)
+            return as_scorer(obj)
+        raise RsftError(
+            f"unknown scorer {obj!r}; built in: {', '.join(builtin_names())}, or user code as 'pkg.module:name'"
+        )
+    if isinstance(obj, Scorer) and not inspect.isclass(obj):
+        return obj
+    if callable(obj):
+        return CallableScorer(obj)
+    raise RsftError(f"not a scorer: {obj!r}")

@@ -12,12 +12,11 @@ import json
 import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from rsft.errors import RsftError
 from rsft.types import PromptValue, Verdict
 
-ExtractMode = Literal["first_line", "last_line", "full"]
 EXTRACT_MODES: tuple[str, ...] = ("first_line", "last_line", "full")
 
 MATH_TIMEOUT_S = 5
@@ -108,8 +107,9 @@ _GSM8K = re.compile(r"####\s*(.+)")
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 
 
-def _last_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced."""
+def boxed_content(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced and stripped; None
+    when there is none or it is not closed."""
     start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
     if start < 0:
         return None
@@ -127,7 +127,7 @@ def _last_boxed(text: str) -> str | None:
 
 def extract_math_answer(text: str) -> str | None:
     """The final answer of a maths solution: the last ``\\boxed{}``, else ``#### x``, else the last number."""
-    boxed = _last_boxed(text)
+    boxed = boxed_content(text)
     if boxed:
         return boxed
     gsm = _GSM8K.findall(text)
@@ -146,7 +146,8 @@ def _gold_answer(gold: str) -> str:
     return gold
 
 
-def _as_latex(s: str) -> str:
+def as_latex(s: str) -> str:
+    """``s`` as math-verify parses it: wrapped in ``$...$`` unless it already has maths delimiters."""
     return s if "$" in s or "\\(" in s or "\\[" in s else f"${s}$"
 
 
@@ -176,13 +177,13 @@ class MathScorer:
         for completion, meta in zip(completions, metadata, strict=True):
             gold_text = str(_require(meta, "answer", self.name)).strip()
             if gold_text not in golds:
-                golds[gold_text] = parse(_as_latex(_gold_answer(gold_text)), parsing_timeout=timeout)
+                golds[gold_text] = parse(as_latex(_gold_answer(gold_text)), parsing_timeout=timeout)
             gold = golds[gold_text]
             answer = extract_math_answer(completion)
             if answer is None:
                 out.append(Verdict(0.0, "no answer found"))
                 continue
-            parsed = parse(_as_latex(answer), parsing_timeout=timeout)
+            parsed = parse(as_latex(answer), parsing_timeout=timeout)
             ok = bool(gold) and bool(parsed) and verify(gold, parsed, timeout_seconds=timeout)
             out.append(Verdict(float(ok), f"answer: {answer!r}"))
         return out

@@ -7,30 +7,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rsft.errors import RsftError
-from rsft.score import Scorer, ScoreValue
-from rsft.types import PromptValue, Verdict
+from rsft.score.base import Scorer, ScoreValue
+from rsft.score.pairs import score_batch
+from rsft.types import PromptValue, Verdict, unwrap_verdict
 
 
 def score_value(value: ScoreValue) -> float:
     """The number in a scorer's output, whether a bare float or a ``Verdict``."""
-    return float(value.score if isinstance(value, Verdict) else value)
-
-
-def details_of(value: ScoreValue) -> str | None:
-    return value.details if isinstance(value, Verdict) else None
-
-
-def run_scorer(
-    scorer: Scorer,
-    prompts: Sequence[PromptValue],
-    completions: Sequence[str],
-    metadata: Sequence[Mapping[str, Any]],
-) -> list[ScoreValue]:
-    """``scorer.score`` with its output length checked against the batch."""
-    values = list(scorer.score(prompts, completions, metadata))
-    if len(values) != len(completions):
-        raise RsftError(f"scorer {scorer.name!r} returned {len(values)} scores for {len(completions)} pairs")
-    return values
+    return float(unwrap_verdict(value)[0])
 
 
 def sigmoid(x: float) -> float:
@@ -71,10 +55,10 @@ class GatedScorer:
         completions: Sequence[str],
         metadata: Sequence[Mapping[str, Any]],
     ) -> list[Verdict]:
-        gate_out = run_scorer(self.gate, prompts, completions, metadata)
+        gate_out = score_batch(self.gate, prompts, completions, metadata)
         passing = [i for i, v in enumerate(gate_out) if score_value(v) >= self.threshold]
         inner_out = (
-            run_scorer(
+            score_batch(
                 self.inner,
                 [prompts[i] for i in passing],
                 [completions[i] for i in passing],
@@ -86,9 +70,8 @@ class GatedScorer:
         inner_by_index = dict(zip(passing, inner_out, strict=True))
         out = []
         for i, g in enumerate(gate_out):
-            gate_note = f"{self.gate.name}={score_value(g):g}" + (
-                f" ({details_of(g)})" if details_of(g) else ""
-            )
+            gate_value, gate_details = unwrap_verdict(g)
+            gate_note = f"{self.gate.name}={float(gate_value):g}" + (f" ({gate_details})" if gate_details else "")
             if i not in inner_by_index:
                 out.append(Verdict(self.fail_value, gate_note))
                 continue
@@ -116,7 +99,7 @@ class WeightedSum:
         totals = [0.0] * len(completions)
         notes: list[list[str]] = [[] for _ in completions]
         for scorer, weight in self.terms:
-            for i, v in enumerate(run_scorer(scorer, prompts, completions, metadata)):
+            for i, v in enumerate(score_batch(scorer, prompts, completions, metadata)):
                 totals[i] += weight * score_value(v)
                 notes[i].append(f"{scorer.name}={score_value(v):.6g}")
         return [Verdict(t, "; ".join(n)) for t, n in zip(totals, notes, strict=True)]
