@@ -1,4 +1,4 @@
-"""Size limits of the package (shared/STYLE.md): no module over 600 lines, no function over 80.
+"""Size limits of the package (the project's style rules): no module over 600 lines, no function over 80.
 
 A module or function past the limit is a sign it holds more than one job; split it rather than
 raise the limit. Functions are measured from ``def`` to their last line (decorators not counted),

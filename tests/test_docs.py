@@ -259,7 +259,8 @@ def test_every_documented_import_works(where, statement):
 
 # --- paths ------------------------------------------------------------------------------------------
 
-OUTSIDE = re.compile(r"/work/|\.\./shared|\bshared/DESIGN")
+OUTSIDE = re.compile(r"(?<![\w.])/(?:work|home|root)/|\.\.[/]shared|\bshared[/](?:DESIGN|STYLE)")
+"""A path of the machine the docs were written on, or the team's notes beside the repository."""
 REPO_PATH = re.compile(r"(?<![\w./-])((?:docs|bench|configs|tests|src)/[\w./-]*\w)")
 
 

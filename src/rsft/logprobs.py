@@ -35,17 +35,9 @@ def sequence_logprobs(
     """
     import torch
 
-    if len(prompts) != len(completions):
-        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    prompt_ids = _encode(tokenizer, prompts, special=True)
-    completion_ids = _encode(tokenizer, completions, special=False)
-    for i, ids in enumerate(prompt_ids):
-        if not ids:
-            if tokenizer.bos_token_id is None:
-                raise ValueError(f"prompt {i} is empty and the tokenizer has no BOS token to condition on")
-            prompt_ids[i] = [tokenizer.bos_token_id]
+    prompt_ids, completion_ids = pair_token_ids(tokenizer, prompts, completions)
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -90,6 +82,37 @@ def sequence_logprobs(
             for row, i in enumerate(chunk):
                 out[i] = float(sums[row])
     return out
+
+
+def pair_token_ids(tokenizer: Any, prompts: Sequence[str],
+                   completions: Sequence[str]) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each prompt (with the tokenizer's special tokens; BOS alone for an empty prompt)
+    and of each completion (without), tokenized apart so the boundary is where the caller put it.
+    Every engine that scores ``log p(completion | prompt)`` for rsft tokenizes through this."""
+    if len(prompts) != len(completions):
+        raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
+    prompt_ids = _encode(tokenizer, prompts, special=True)
+    completion_ids = _encode(tokenizer, completions, special=False)
+    for i, ids in enumerate(prompt_ids):
+        if not ids:
+            if tokenizer.bos_token_id is None:
+                raise ValueError(f"prompt {i} is empty and the tokenizer has no BOS token to condition on")
+            prompt_ids[i] = [tokenizer.bos_token_id]
+    return prompt_ids, completion_ids
+
+
+def checkpoint_logprobs(spec: str, prompts: Sequence[str], completions: Sequence[str], dtype: str = "auto",
+                        device: str = "auto") -> list[float]:
+    """:func:`sequence_logprobs` under a checkpoint loaded for this call with transformers
+    (``rsft.models.load_causal_lm``: a folder, an embedded model or a LoRA adapter folder), freed after."""
+    from rsft.models import load_causal_lm, release_memory
+
+    model, tokenizer = load_causal_lm(spec, dtype=dtype, device=device)
+    try:
+        return sequence_logprobs(model, tokenizer, prompts, completions)
+    finally:
+        del model
+        release_memory()
 
 
 def _encode(tokenizer: Any, texts: Sequence[str], special: bool) -> list[list[int]]:

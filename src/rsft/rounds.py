@@ -120,16 +120,10 @@ class Policies:
             g = self.generator(model)
             if isinstance(g, LocalModel):
                 return g.sequence_logprobs(prompts, completions)
-        from rsft.logprobs import sequence_logprobs
-        from rsft.models import load_causal_lm, release_memory
+        from rsft.logprobs import checkpoint_logprobs
 
         self.release()
-        lm, tokenizer = load_causal_lm(model)
-        try:
-            return sequence_logprobs(lm, tokenizer, prompts, completions)
-        finally:
-            del lm
-            release_memory()
+        return checkpoint_logprobs(model, prompts, completions)
 
 
 # --- eval ----------------------------------------------------------------------------------------

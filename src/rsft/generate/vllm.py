@@ -195,20 +195,16 @@ class VLLMGenerator:
     def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """``log p(completion | prompt)`` of each pair under this policy (adapter included), from
         vLLM's prompt log-probabilities; tokenized as ``rsft.logprobs.sequence_logprobs`` does."""
+        from rsft.logprobs import checkpoint_logprobs, pair_token_ids
+
         vllm = _import_vllm()
-        if len(prompts) != len(completions):
-            raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         if self.lora_engine:
-            return self._transformers_logprobs(prompts, completions)
-        tok = self.tokenizer
-        heads = [list(ids) for ids in tok(list(prompts), add_special_tokens=True)["input_ids"]] if prompts else []
-        tails = [list(ids) for ids in tok(list(completions), add_special_tokens=False)["input_ids"]] if prompts else []
+            # vLLM 0.32 cannot return prompt log-probs from an engine with LoRA enabled (its LoRA
+            # logits kernel maps one row per request, not per prompt token: the engine dies)
+            return checkpoint_logprobs(self.model_spec, prompts, completions, dtype=self.dtype, device=self.device)
+        heads, tails = pair_token_ids(self.tokenizer, prompts, completions)
         todo = [i for i, t in enumerate(tails) if t]
         for i in todo:
-            if not heads[i]:
-                if tok.bos_token_id is None:
-                    raise ValueError(f"prompt {i} is empty and the tokenizer has no BOS token to condition on")
-                heads[i] = [tok.bos_token_id]
             self._check_length(i, len(heads[i]) + len(tails[i]), 1)
         params = vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
         inputs = [{"prompt_token_ids": heads[i] + tails[i]} for i in todo]
@@ -219,20 +215,6 @@ class VLLMGenerator:
             lps = o.prompt_logprobs
             out[i] = float(sum(lps[p][ids[p]].logprob for p in range(len(heads[i]), len(ids))))
         return out
-
-    def _transformers_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        """The same scores with transformers: vLLM 0.32 cannot return prompt log-probs from an engine
-        with LoRA enabled (its LoRA logits kernel maps one row per request, not per prompt token:
-        the engine dies), so policies on such an engine are scored by loading them here."""
-        from rsft.logprobs import sequence_logprobs
-        from rsft.models import load_causal_lm, release_memory
-
-        model, tokenizer = load_causal_lm(self.model_spec, dtype=self.dtype, device=self.device)
-        try:
-            return sequence_logprobs(model, tokenizer, prompts, completions)
-        finally:
-            del model
-            release_memory()
 
     # --- generation ----------------------------------------------------------------------------
 
