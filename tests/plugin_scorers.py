@@ -27,3 +27,8 @@ class DropsOne:
 def non_finite(prompt, completion, answer):
     """Prompt 0: NaN for every sample; prompt 1: +inf for every sample; the others: the length."""
     return {"0": math.nan, "1": math.inf}.get(answer, float(len(completion)))
+
+
+def even_length(prompt, completion):
+    """1 for a completion of even length, else 0: a checker that a random tiny model passes about half the time."""
+    return float(len(completion) % 2 == 0)

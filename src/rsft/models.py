@@ -358,9 +358,14 @@ def load_causal_lm(spec: str, dtype: str = "auto", device: str = "auto") -> tupl
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # its "Loading weights" bars: rsft shows its own progress
+    base = adapter_base(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(resolve_model_path(base) if base else path, dtype=torch_dtype)
+        if base is not None:  # a LoRA adapter folder: its base with the adapter merged in, to decode at full speed
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, path).merge_and_unload()
     except Exception as exc:  # any failure becomes one line for the user
         raise RsftError(f"model {spec!r}: cannot load: {one_line(exc)}") from exc
     model.to(dev)

@@ -34,12 +34,14 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from rsft import artifacts
-from rsft.config import MIXED_PRECISION, REPORT_TO, TrainConfig
+from rsft.config import MIXED_PRECISION, REPORT_TO, SamplingConfig, TrainConfig
 from rsft.errors import RsftError, one_line
+from rsft.types import Prompt
 
 ADAPTER = "adapter"
 _REPORT_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",), "mlflow": ("mlflow",)}
@@ -276,8 +278,9 @@ def checkpointing_argument(args_class: Any, enabled: bool) -> dict[str, bool]:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
-def _attach_logger(trainer: Any, path: Path) -> Any:
-    """A callback that appends each logged step to ``path`` (flushed, so it can be tailed live)."""
+def _attach_logger(trainer: Any, path: Path, extra: tuple[str, ...] = ()) -> Any:
+    """A callback that appends each logged step to ``path`` (flushed, so it can be tailed live); the
+    trainer's logged values named in ``extra`` (e.g. GRPO's ``reward``) are kept beside the loss."""
     from transformers import TrainerCallback
 
     from rsft.progress import progress
@@ -303,6 +306,7 @@ def _attach_logger(trainer: Any, path: Path) -> Any:
                       "learning_rate": logs.get("learning_rate"), "epoch": logs.get("epoch"),
                       "grad_norm": _float_or_none(logs.get("grad_norm")),
                       "elapsed_s": round(time.time() - self.started, 3)}
+            record.update({key: _float_or_none(logs.get(key)) for key in extra if key in logs})
             self.records.append(record)
             with open(path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
@@ -404,3 +408,118 @@ def _record_manifest(round_dir: Path, out_dir: Path, base_model: str, config: Tr
                            inputs=[artifacts.SELECTED], outputs=[artifacts.TRAIN_LOG, info_name],
                            started=started, counts={"rows": info["rows"], "steps": info["steps"]},
                            extra={"final_loss": info["final_loss"], "tail_loss": info["tail_loss"]})
+
+
+# --- GRPO ----------------------------------------------------------------------------------------
+
+GRPO_LOGGED = ("reward", "reward_std", "completions/mean_length", "completions/clipped_ratio", "kl", "entropy")
+"""Values of GRPOTrainer's log kept in ``train_log.jsonl`` beside the loss."""
+
+
+def grpo_key(prompts: Sequence[Prompt], scorer: str, config: TrainConfig, sampling: SamplingConfig,
+             num_generations: int, base_model: str) -> str:
+    """What a GRPO checkpoint was trained from and how: equal keys mean the checkpoint can be reused."""
+    return artifacts.config_hash({"base_model": base_model, "scorer": scorer, "train": dataclasses.asdict(config),
+                                  "sampling": dataclasses.asdict(sampling), "num_generations": num_generations,
+                                  "prompts": [p.prompt_id for p in prompts]})
+
+
+def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: TrainConfig, sampling: SamplingConfig,
+               num_generations: int, base_model: str) -> dict[str, Any]:
+    """GRPO with TRL's ``GRPOTrainer``: ``base_model`` samples ``num_generations`` completions per
+    prompt with ``sampling`` (temperature, top-k, top-p, ``max_new_tokens``), the rsft ``scorer``
+    (a spec such as ``math``) is the reward, and ``config`` gives the rest as for SFT (LoRA, learning
+    rate, batch and accumulation, epochs over the prompts, precision, activation checkpointing,
+    seed); everything else is TRL's default (no KL penalty, the ``dapo`` loss, group-scaled
+    advantages). ``batch_size`` and ``grad_accum`` count completions; one generation batch feeds one
+    optimizer step when ``num_generations`` divides their product.
+
+    Writes ``out_dir/checkpoint`` (with ``rsft_train.json``: steps, samples, completion tokens, the
+    reward per step) and ``out_dir/train_log.jsonl`` atomically, like :func:`train`. An intact
+    checkpoint trained with the same key (:func:`grpo_key`) is reused."""
+    started = time.time()
+    out_dir = Path(out_dir)
+    checkpoint = out_dir / artifacts.CHECKPOINT
+    key = grpo_key(prompts, scorer, config, sampling, num_generations, base_model)
+    info_path = checkpoint / artifacts.TRAIN_INFO
+    if info_path.is_file():
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        if info.get("key") == key:
+            return info
+    check_config(config)
+    if sampling.temperature <= 0 or num_generations < 2:
+        raise RsftError("grpo: needs sampling (temperature > 0) and at least 2 generations per prompt to compare")
+    if sampling.stop:
+        raise RsftError("grpo: stop strings are not supported; the completion ends at EOS or max_new_tokens")
+    try:
+        import datasets
+        import torch
+        from trl import GRPOConfig, GRPOTrainer
+    except ImportError as e:
+        raise RsftError(f"GRPO needs the 'train' extra: pip install 'rsft[train]' ({e})") from e
+    from rsft.grpo import as_grpo_reward, grpo_rows
+
+    datasets.disable_progress_bars()
+    reward = as_grpo_reward(scorer)
+    counts = {"samples": 0, "completion_tokens": 0}
+
+    def counted(prompts: Any, completions: Any, **kwargs: Any) -> list[float | None]:
+        counts["samples"] += len(completions)
+        counts["completion_tokens"] += sum(len(ids) for ids in kwargs.get("completion_ids") or [])
+        return reward(prompts, completions, **kwargs)
+
+    counted.__name__ = reward.__name__  # TRL logs rewards/<__name__>/mean
+    model, tokenizer, model_path = _load_base(base_model)
+    cuda = torch.cuda.is_available()
+    bf16 = use_bf16(config, base_model, cuda)
+    per_step = config.batch_size * config.grad_accum
+    args = GRPOConfig(
+        output_dir=str(out_dir / ".grpo-trainer"), num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        generation_batch_size=math.lcm(per_step, num_generations), num_generations=num_generations,
+        max_completion_length=sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
+        top_p=sampling.top_p, learning_rate=config.learning_rate, bf16=bf16, use_cpu=not cuda,
+        **checkpointing_argument(GRPOConfig, config.activation_checkpointing), logging_steps=1, save_strategy="no",
+        report_to=[], seed=config.seed, data_seed=config.seed, dataloader_num_workers=0)
+    peft_config = None
+    if config.lora and not _is_peft(model):
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                                 target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{checkpoint.name}.tmp-", dir=out_dir))
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            trainer = GRPOTrainer(model=model, reward_funcs=counted, args=args,
+                                  train_dataset=datasets.Dataset.from_list(grpo_rows(list(prompts))),
+                                  processing_class=tokenizer, peft_config=peft_config)
+            from transformers import PrinterCallback, ProgressCallback
+
+            trainer.remove_callback(ProgressCallback)
+            trainer.remove_callback(PrinterCallback)
+            log = _attach_logger(trainer, work / artifacts.TRAIN_LOG, extra=GRPO_LOGGED)
+            train_started = time.time()
+            result = trainer.train()
+        train_s = time.time() - train_started
+        staged = work / artifacts.CHECKPOINT
+        _save(trainer.model, tokenizer, staged, config)
+        rewards = [r["reward"] for r in log.records if r.get("reward") is not None]
+        info = {"method": "grpo", "key": key, "base_model": base_model, "base_model_path": model_path,
+                "rows": len(prompts), "num_generations": num_generations, **counts,
+                "steps": trainer.state.global_step, "epochs": config.epochs, "train_loss": result.training_loss,
+                "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
+                "reward_mean": sum(rewards) / len(rewards) if rewards else None,
+                "loss_type": args.loss_type, "beta": args.beta, "sampling": dataclasses.asdict(sampling),
+                "lora": _lora_info(config), "merged": bool(config.lora and config.merge),
+                "device": "cuda" if cuda else "cpu", "mixed_precision": "bf16" if bf16 else "no",
+                "peak_rss_mb": peak_rss_mb(), "config": dataclasses.asdict(config), "versions": _versions(),
+                "train_s": round(train_s, 3), "wall_s": round(time.time() - started, 3)}
+        artifacts.write_json(staged / artifacts.TRAIN_INFO, info)
+        os.replace(work / artifacts.TRAIN_LOG, out_dir / artifacts.TRAIN_LOG)
+        _swap_in(staged, checkpoint)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(out_dir / ".grpo-trainer", ignore_errors=True)
+    return info
