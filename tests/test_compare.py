@@ -16,7 +16,8 @@ from rsft.compare import Study, grpo_round_dir, main, mean_ci, paired_test, run,
 @pytest.fixture(scope="module")
 def study(tiny_lm, tmp_path_factory):
     s = Study(out=tmp_path_factory.mktemp("compare") / "study", model=str(tiny_lm), scorer="plugin_scorers:even_length",
-              seeds=(0, 1), rounds=1, prompts_per_round=4, n=2, eval_prompts=6, budget=6, long_budget=12, kl_prompts=2)
+              seeds=(0, 1), rounds=1, prompts_per_round=4, n=2, eval_prompts=6, budget=6, long_budget=12, kl_prompts=2,
+              grpo_generation_batch=8)
     return s, run(s)
 
 
@@ -117,3 +118,15 @@ def test_bad_budgets_exit_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "rsft compare: --long-budget (10) must be above --budget (20)"
     assert not (tmp_path / "s").exists()
+
+
+def test_grpo_generation_batch_must_fit_the_steps_and_groups(tmp_path, tiny_lm):
+    from rsft.config import SamplingConfig, TrainConfig
+    from rsft.errors import RsftError
+    from rsft.train import train_grpo
+
+    with pytest.raises(RsftError, match=r"generation batch \(6\) must be a multiple of the completions per optimizer "
+                                        r"step \(8\)"):
+        train_grpo(tmp_path / "g", [], "math", TrainConfig(batch_size=4, grad_accum=2), SamplingConfig(), 2,
+                   str(tiny_lm), generation_batch=6)
+    assert not (tmp_path / "g").exists()

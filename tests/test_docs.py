@@ -2,7 +2,7 @@
 loader and package.
 
 - every `rsft ...` command in a fenced block (also `python -m rsft.cli|rsft.serve|rsft.demo|
-  rsft.demo_real ...`) parses with that command's own argparse parser; nothing is executed.
+  rsft.demo_real|rsft.compare ...`) parses with that command's own argparse parser; nothing is executed.
   Line continuations are joined, comments dropped, pipelines and `&&`/`;`/`&` lists split, and
   environment prefixes (`OMP_NUM_THREADS=1 rsft ...`) and redirections skipped. Placeholders such
   as ROUND_DIR pass as positional values.
@@ -83,7 +83,7 @@ def _rsft_parser() -> Callable[[list[str]], object]:
 
 @functools.cache
 def _module_parsers() -> dict[str, Callable[[list[str]], object]]:
-    from rsft import demo, demo_real
+    from rsft import compare, demo, demo_real
 
     rsft = _rsft_parser()
     return {
@@ -91,6 +91,7 @@ def _module_parsers() -> dict[str, Callable[[list[str]], object]]:
         "rsft.serve": lambda argv: rsft(["serve", *argv]),
         "rsft.demo": demo._parser().parse_args,
         "rsft.demo_real": demo_real._parser().parse_args,
+        "rsft.compare": compare._parser().parse_args,
     }
 
 
