@@ -475,6 +475,11 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
     model, tokenizer, model_path = _load_base(base_model)
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(config, base_model, cuda)
+    if bf16 and not cuda:  # TRL samples with the training model: keep the frozen weights in bf16 (their matmuls
+        model.to(torch.bfloat16)  # run in bf16 under autocast anyway) so decoding is bf16's speed, not float32's
+        for param in model.parameters():
+            if param.requires_grad:  # a LoRA policy's adapter: the trained weights stay float32
+                param.data = param.data.float()
     per_step = config.batch_size * config.grad_accum
     generation_batch = generation_batch or math.lcm(per_step, num_generations)
     if generation_batch % per_step or generation_batch % num_generations:
