@@ -25,10 +25,10 @@ from rsft.config import (
     dump_config,
 )
 from rsft.errors import RsftError
-from rsft.executor import Executor, make_executor
 from rsft.generate import BACKENDS, Generator, generator_from_config
 from rsft.prompts import FieldMap, TaskSpec, open_prompts, task_prompts
 from rsft.score import Scorer, as_scorer
+from rsft.stages.executor import Executor, make_executor
 from rsft.types import Prompt
 
 

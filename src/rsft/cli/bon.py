@@ -1,4 +1,4 @@
-"""``rsft bon``: Best-of-N over a prompt file or stdin, one JSON line per prompt (``rsft.bon``).
+"""``rsft bon``: Best-of-N over a prompt file or stdin, one JSON line per prompt (``rsft.bon.infer``).
 
 The generator and sampling flags are the ``generation`` fields of the run config (their defaults
 are ``GenerationConfig``'s: N 8, temperature 1.0, top_k 50, 64 new tokens); the scorer, selector
@@ -12,14 +12,14 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from rsft.bon import SELECTORS
+from rsft.bon.infer import SELECTORS
 from rsft.cli.options import Command, Section, Spelling, add_config_flags, apply_flags, given_flags
 from rsft.config import GenerationConfig, RunConfig, key_value, sampling_params
 from rsft.errors import RsftError
 from rsft.generate import generator_from_config
 
 if TYPE_CHECKING:
-    from rsft.adaptive import AdaptivePolicy
+    from rsft.bon.adaptive import AdaptivePolicy
     from rsft.generate import Generator
     from rsft.score import Scorer
     from rsft.types import Prompt
@@ -61,7 +61,7 @@ def add_voting_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_adaptive_arguments(parser: argparse.ArgumentParser, budget: bool = True) -> None:
     """The ``AdaptivePolicy`` flags, with ``--adaptive`` and ``--budget`` for ``rsft bon``."""
-    from rsft.adaptive import AdaptivePolicy
+    from rsft.bon.adaptive import AdaptivePolicy
 
     section = ADAPTIVE if budget else Section(ADAPTIVE.title, ADAPTIVE.include, exclude=("budget",),
                                               description="for requests that send the budget extension field")
@@ -75,14 +75,14 @@ def add_adaptive_arguments(parser: argparse.ArgumentParser, budget: bool = True)
 
 def adaptive_policy(args: argparse.Namespace, budget: int) -> AdaptivePolicy:
     """The ``AdaptivePolicy`` of the flags given, for ``budget`` samples unless ``--budget`` says otherwise."""
-    from rsft.adaptive import AdaptivePolicy
+    from rsft.bon.adaptive import AdaptivePolicy
 
     return apply_flags(args, AdaptivePolicy(budget=budget))
 
 
 def scorer_from_args(args: argparse.Namespace) -> tuple[Scorer | None, str]:
     """The scorer (or None) and the selector named by ``add_selection_arguments`` flags, checked together."""
-    from rsft.bon import check_selector
+    from rsft.bon.infer import check_selector
     from rsft.score import as_scorer
 
     selector = args.selector or ("argmax" if args.scorer else "majority")
@@ -108,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _adaptive_policy(args: argparse.Namespace, n: int) -> AdaptivePolicy | None:
     """``--adaptive``'s policy (budget: --budget, else -n); None without it (other adaptive flags refused)."""
-    from rsft.adaptive import AdaptivePolicy
+    from rsft.bon.adaptive import AdaptivePolicy
 
     if not getattr(args, "adaptive", False):
         given = given_flags(args, AdaptivePolicy)
@@ -120,7 +120,7 @@ def _adaptive_policy(args: argparse.Namespace, n: int) -> AdaptivePolicy | None:
 
 def main(args: argparse.Namespace) -> None:
     """``rsft bon``: Best-of-N over a prompt file (or stdin), one JSON line per prompt."""
-    from rsft.bon import answer_extractor, read_prompt_lines, resolve_equivalence
+    from rsft.bon.infer import answer_extractor, read_prompt_lines, resolve_equivalence
     from rsft.prompts import load_prompts
 
     config: GenerationConfig = apply_flags(args, RunConfig()).generation
@@ -147,7 +147,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _fixed_rows(prompts: list[Prompt], n: int, generator: Generator, choose: dict[str, Any]) -> list[dict[str, Any]]:
-    from rsft.bon import best_of_n, result_row
+    from rsft.bon.infer import best_of_n, result_row
 
     results = best_of_n(prompts, n, generator, **choose)
     return [result_row(p, r) for p, r in zip(prompts, results, strict=True)]
@@ -155,7 +155,7 @@ def _fixed_rows(prompts: list[Prompt], n: int, generator: Generator, choose: dic
 
 def _adaptive_rows(prompts: list[Prompt], policy: AdaptivePolicy, generator: Generator,
                    choose: dict[str, Any]) -> list[dict[str, Any]]:
-    from rsft.bon import adaptive_best_of_n, result_row
+    from rsft.bon.infer import adaptive_best_of_n, result_row
 
     run = adaptive_best_of_n(prompts, policy, generator, **choose)
     rows = [{**result_row(p, r), "samples": k} for p, r, k in zip(prompts, run.results, run.samples, strict=True)]

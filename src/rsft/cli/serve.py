@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     """``rsft serve``: load the model and serve Best-of-N until interrupted."""
-    from rsft.bon import answer_extractor, resolve_equivalence
+    from rsft.bon.infer import answer_extractor, resolve_equivalence
 
     try:
         import uvicorn

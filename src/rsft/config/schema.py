@@ -99,7 +99,7 @@ class SamplingConfig:
 class AdaptiveGenerationConfig:
     """Adaptive N in the generate stage: each prompt samples in growing batches (``min_n``, then
     x ``growth``) and stops once its answers agree, up to ``generation.n``; the cells it did not
-    sample are recorded as unsampled (no text, NaN reward, never selected). ``rsft.adaptive``."""
+    sample are recorded as unsampled (no text, NaN reward, never selected). ``rsft.bon.adaptive``."""
 
     enabled: bool = False
     """Sample adaptively (``generation.n`` is then the most samples per prompt)."""

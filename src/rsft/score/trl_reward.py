@@ -1,5 +1,5 @@
 """TRL reward functions as rsft scorers: spec ``trl:pkg.module:name``, or ``trl:NAME`` for the rewards
-TRL ships in ``trl.rewards`` (the other way, rsft scorers as TRL rewards, is ``rsft.grpo``).
+TRL ships in ``trl.rewards`` (the other way, rsft scorers as TRL rewards, is ``rsft.train.grpo``).
 
 TRL calls a reward function as ``f(prompts=..., completions=..., completion_ids=..., trainer_state=...,
 log_extra=..., log_metric=..., **dataset_columns)`` with one list entry per completion and takes one

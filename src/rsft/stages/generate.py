@@ -4,7 +4,7 @@
 (``rsft.stages.shards``), shard ``s`` sampling with seed offset ``1009 * s``. Prompts are streamed
 into that file and read back a shard at a time, so memory does not grow with their number.
 
-With ``config.adaptive.enabled`` a shard samples adaptively (``rsft.adaptive``): each prompt stops
+With ``config.adaptive.enabled`` a shard samples adaptively (``rsft.bon.adaptive``): each prompt stops
 once its answers agree, and its row is filled up to N with unsampled cells (``matrix.UNSAMPLED``:
 null text, scored NaN without calling the scorer, never selected). The counts say how many
 completions were drawn and how many were saved.
@@ -24,14 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rsft import artifacts, matrix
-from rsft.adaptive import AdaptivePolicy, sample_adaptively
-from rsft.answers import answer_extractor, resolve_equivalence
+from rsft.bon.adaptive import AdaptivePolicy, sample_adaptively
+from rsft.bon.answers import answer_extractor, resolve_equivalence
 from rsft.config import GenerationConfig, sampling_params
 from rsft.errors import RsftError
-from rsft.executor import Executor, LocalExecutor
 from rsft.generate import Generator, generator_gpus
 from rsft.progress import progress
-from rsft.shard_job import ShardResult
+from rsft.stages.executor import Executor, LocalExecutor
+from rsft.stages.shard_job import ShardResult
 from rsft.stages.shards import finish_shards, hash_with_ids, run_shards
 from rsft.types import Completion, Prompt, SamplingParams
 

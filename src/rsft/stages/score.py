@@ -13,11 +13,10 @@ from typing import Any
 from rsft import artifacts, matrix, stats
 from rsft.config import GenerationConfig, ScoringConfig
 from rsft.errors import RsftError
-from rsft.executor import Executor, LocalExecutor
 from rsft.generate import Generator
 from rsft.progress import progress
 from rsft.score import ReportsStats, Scorer, as_scorer, score_pairs, scorer_gpus
-from rsft.shard_job import ShardResult
+from rsft.stages.executor import Executor, LocalExecutor
 from rsft.stages.generate import (
     GenerationPlan,
     GenerationShards,
@@ -26,6 +25,7 @@ from rsft.stages.generate import (
     generation_gpus,
     plan_generation,
 )
+from rsft.stages.shard_job import ShardResult
 from rsft.stages.shards import LazyTasks, finish_shards, missing_shards, run_shards, shard_dir, shard_path
 from rsft.types import Prompt, SamplingParams
 

@@ -117,7 +117,7 @@ def _assistant_text(value: Any, where: str, key: str) -> str:
     if len(messages) != 1 or messages[0]["role"] != "assistant":
         raise RsftError(f"{where}: field {key!r} must be one assistant message, got roles "
                         f"{[m['role'] for m in messages]}")
-    from rsft.grpo import message_text
+    from rsft.train.grpo import message_text
 
     return message_text(messages[0]["content"])
 

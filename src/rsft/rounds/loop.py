@@ -34,7 +34,7 @@ from rsft.config import (
 )
 from rsft.errors import RsftError
 from rsft.generate import Generator, LocalModel
-from rsft.rm import gate_round
+from rsft.rounds.rm_check import gate_round
 from rsft.types import Prompt
 
 # --- prompt refresh ------------------------------------------------------------------------------
@@ -120,7 +120,7 @@ class Policies:
             g = self.generator(model)
             if isinstance(g, LocalModel):
                 return g.sequence_logprobs(prompts, completions)
-        from rsft.logprobs import checkpoint_logprobs
+        from rsft.train.logprobs import checkpoint_logprobs
 
         self.release()
         return checkpoint_logprobs(model, prompts, completions)
@@ -199,7 +199,7 @@ def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, p
     e = config.eval
     if e.kl_samples < 1:
         return None
-    from rsft.logprobs import kl_estimate
+    from rsft.train.logprobs import kl_estimate
 
     if e.kl_prompts is not None:
         if e.kl_prompts < 1:
@@ -230,7 +230,7 @@ def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, p
 
 def train_arm(arm_dir: Path, config: RunConfig, start: str) -> str:
     """Fine-tune ``start`` on ``arm_dir/selected.jsonl`` unless an intact checkpoint exists; returns it."""
-    from rsft.train import train
+    from rsft.train.sft import train
 
     checkpoint = arm_dir / artifacts.CHECKPOINT
     key = {"base_model": start, **dataclasses.asdict(config.train)}
@@ -246,7 +246,7 @@ def write_control_set(round_dir: Path, count: int, seed: int) -> int:
     comps = matrix.read_completions(round_dir / artifacts.COMPLETIONS, prompts)
     rng = random.Random(seed)
     rows_idx = sorted(rng.sample(range(len(prompts)), min(count, len(prompts))))
-    from rsft.export import sft_row
+    from rsft.train.rows import sft_row
 
     rows = []
     for i in rows_idx:
@@ -360,7 +360,7 @@ def write_own_control_set(rd: Path, config: RunConfig, policies: Policies, polic
     out = rd / artifacts.CONTROL
     stages.generate(out, gen, lambda: policies.generator(policy), picked)
     comps = matrix.read_completions(out / artifacts.COMPLETIONS, picked)
-    from rsft.export import sft_row
+    from rsft.train.rows import sft_row
 
     return artifacts.write_jsonl(out / artifacts.SELECTED, [sft_row(p, row[0]) for p, row in zip(picked, comps.texts, strict=True)])
 

@@ -3,7 +3,7 @@
 An extractor maps a completion to its answer (``first_line``, ``boxed`` or a user function; None
 abstains); ``answer_groups`` puts equivalent answers in one group: ``exact`` (equal texts), ``math``
 (math-verify equivalence, so ``1/2``, ``0.5`` and ``\\frac{1}{2}`` vote together) or a user key
-function. Used by the voting selectors of ``rsft.bon`` and by adaptive N (``rsft.adaptive``), which
+function. Used by the voting selectors of ``rsft.bon.infer`` and by adaptive N (``rsft.bon.adaptive``), which
 the generate stage runs too.
 """
 

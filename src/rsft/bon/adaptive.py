@@ -5,10 +5,10 @@ samples disagree. Here each prompt gets at most ``budget`` samples, drawn in bat
 first, then the samples so far grow by ``growth`` (4, 8, 16, ... capped at the budget). After each
 batch a prompt whose answers already agree stops and leaves the later batches, which run over the
 prompts still open (one ``generate`` call per batch). Answers are grouped exactly as the voting
-selectors of ``rsft.bon`` group them (``rsft.answers``: the same ``extract`` and ``equivalence``);
+selectors of ``rsft.bon.infer`` group them (``rsft.bon.answers``: the same ``extract`` and ``equivalence``);
 with ``weighted_majority`` each vote weighs its reward (negative and NaN rewards count 0 here).
 
-Two users: ``rsft.bon.adaptive_best_of_n`` (``rsft bon --adaptive``, ``rsft serve``'s ``budget``)
+Two users: ``rsft.bon.infer.adaptive_best_of_n`` (``rsft bon --adaptive``, ``rsft serve``'s ``budget``)
 then picks among the samples drawn, as ``best_of_n`` would; the generate stage
 (``generation.adaptive``) writes them into the round's M x N matrix, the cells a prompt did not
 sample marked unsampled.
@@ -36,7 +36,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from rsft.answers import Extract, KeyFn, answer_groups
+from rsft.bon.answers import Extract, KeyFn, answer_groups
 from rsft.config import choices
 from rsft.errors import RsftError
 from rsft.generate import Generator
@@ -96,7 +96,7 @@ def vote_totals(
     """(leading group's votes, runner-up group's votes, all samples' votes) for the stopping rule.
 
     A vote weighs 1, or its weight clipped at 0 (NaN counts 0): a share needs non-negative votes.
-    Abstaining samples (answer None) add to the total only. Groups are ``rsft.answers.answer_groups``.
+    Abstaining samples (answer None) add to the total only. Groups are ``rsft.bon.answers.answer_groups``.
     """
     clipped = [1.0] * len(answers) if weights is None else [
         0.0 if math.isnan(w) else max(0.0, float(w)) for w in weights]

@@ -1,6 +1,6 @@
 """Where a stage's shards are computed: in this process (``local``) or on Ray actor pools (``ray``).
 
-A stage hands an executor a ``ShardJob`` (``rsft.shard_job``) and the tasks of its missing shards.
+A stage hands an executor a ``ShardJob`` (``rsft.stages.shard_job``) and the tasks of its missing shards.
 The driver writes each result atomically as it arrives, so an interrupted stage resumes at the
 first missing shard and every executor writes the same artifacts.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from rsft.errors import RsftError
-from rsft.shard_job import OnDone, ShardJob, StreamedScoring, Tasks
+from rsft.stages.shard_job import OnDone, ShardJob, StreamedScoring, Tasks
 
 EXECUTORS = ("local", "ray")
 
@@ -63,7 +63,7 @@ def make_executor(name: str, ray_config: Any = None) -> Executor:
     if name == "local":
         return LocalExecutor()
     if name == "ray":
-        from rsft.ray_executor import RayExecutor
+        from rsft.stages.ray_executor import RayExecutor
 
         return RayExecutor(ray_config)
     raise RsftError(f"executor: unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
