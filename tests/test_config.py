@@ -65,18 +65,18 @@ def test_missing_config_file(tmp_path):
 def test_defaults_and_docs():
     c = from_dict(RunConfig, {}, "x")
     assert c == RunConfig()
-    assert "one per prompt" in field_docs(SelectionConfig)["strategy"]
+    assert "Which completions to keep" in field_docs(SelectionConfig)["strategy"]
 
 
-def test_selection_strategies_declared_once_in_select():
+def test_selection_strategies_declared_once_in_the_registry():
     from dataclasses import fields
 
-    from rsft import select
+    from rsft import registry, select
 
     strategy = next(f for f in fields(SelectionConfig) if f.name == "strategy")
-    assert strategy.metadata["choices"] == select.SELECTION_STRATEGIES
-    assert select.SELECTION_STRATEGIES == select.STRATEGIES + ("dpo_pairs",)
-    assert all(callable(getattr(select, name)) for name in select.PAIR_STRATEGIES)
+    assert strategy.metadata["choices"] is registry.STRATEGIES
+    assert tuple(registry.STRATEGIES) == select.SELECTION_STRATEGIES == select.STRATEGIES + ("dpo_pairs",)
+    assert all(registry.STRATEGIES[name].pairs for name in select.PAIR_STRATEGIES)
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "rsft.yaml"])

@@ -25,8 +25,9 @@ from rsft.config import (
     dump_config,
 )
 from rsft.errors import RsftError
-from rsft.generate import BACKENDS, Generator, generator_from_config
+from rsft.generate import Generator, generator_from_config
 from rsft.prompts import FieldMap, TaskSpec, open_prompts, task_prompts
+from rsft.registry import BACKENDS, SCORERS
 from rsft.score import Scorer, as_scorer
 from rsft.stages.executor import Executor, make_executor
 from rsft.types import Prompt
@@ -86,8 +87,7 @@ def build_generator(config: GenerationConfig, round_dir: Path | None = None) -> 
 def check_backends(config: GenerationConfig) -> None:
     """Fail on an unknown backend name before anything is written or loaded."""
     for g in config.mix or [config.generator]:
-        if g.backend not in BACKENDS:
-            raise RsftError(f"generation: unknown backend {g.backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
+        BACKENDS.get(g.backend, "generation: ")
 
 
 def build_scorer(config: ScoringConfig, round_dir: Path | None = None) -> Scorer:
@@ -109,8 +109,8 @@ def build_scorer(config: ScoringConfig, round_dir: Path | None = None) -> Scorer
 
 def journals(config: ScoringConfig) -> bool:
     """Whether the scorer keeps a journal in the round (an ``http:URL`` scorer without its own ``journal``)."""
-    return (isinstance(config.scorer, str) and config.scorer.partition(":")[0] in ("http", "https")
-            and "journal" not in config.options)
+    entry, _ = SCORERS.split(config.scorer)
+    return entry is not None and entry.journal and "journal" not in config.options
 
 
 def scorer_factory(config: ScoringConfig, executor: Executor,

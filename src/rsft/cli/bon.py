@@ -17,6 +17,7 @@ from rsft.cli.options import Command, Section, Spelling, add_config_flags, apply
 from rsft.config import GenerationConfig, RunConfig, key_value, sampling_params
 from rsft.errors import RsftError
 from rsft.generate import generator_from_config
+from rsft.registry import ANSWERS, EQUIVALENCES, SCORERS
 
 if TYPE_CHECKING:
     from rsft.bon.adaptive import AdaptivePolicy
@@ -39,7 +40,7 @@ ADAPTIVE = Section("adaptive N (sample in growing batches until the answers agre
 def add_selection_arguments(p: argparse.ArgumentParser) -> None:
     """--scorer/--scorer-option/--selector."""
     g = p.add_argument_group("scoring and selection")
-    g.add_argument("--scorer", help="scorer spec: math, exact, regex:PAT, task, rm:PATH or pkg.module:name "
+    g.add_argument("--scorer", help=f"scorer spec: {SCORERS.help()} or pkg.module:name "
                                     "(default: none, which means --selector majority)")
     g.add_argument("--scorer-option", type=key_value, action="append", metavar="KEY=VALUE",
                    help="scorer option (repeatable), e.g. batch_size=16")
@@ -52,11 +53,11 @@ def add_voting_arguments(parser: argparse.ArgumentParser) -> None:
     """--answer and --equivalence."""
     g = parser.add_argument_group("voting (majority, weighted_majority)")
     g.add_argument("--answer", default="first_line",
-                   help="the answer a completion votes for: first_line, boxed (the last \\boxed{...}) or "
-                        "pkg.module:name, a function of the completion text (default: first_line)")
+                   help=f"the answer a completion votes for: {ANSWERS.describe()}; or pkg.module:name, a "
+                        "function of the completion text (default: first_line)")
     g.add_argument("--equivalence", default="exact",
-                   help="answers that vote together: exact (same text), math (math-verify equivalent) or "
-                        "pkg.module:name, a function mapping an answer to a hashable key (default: exact)")
+                   help=f"answers that vote together: {EQUIVALENCES.describe()}; or pkg.module:name, a "
+                        "function mapping an answer to a hashable key (default: exact)")
 
 
 def add_adaptive_arguments(parser: argparse.ArgumentParser, budget: bool = True) -> None:

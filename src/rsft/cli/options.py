@@ -197,8 +197,13 @@ def _new_section(obj: Any, name: str) -> Any:
 
 
 def _help(leaf: Leaf, spelling: Spelling, override: str | None, default: Any) -> str:
+    """The field's docstring (or ``override``), the names of its registry (each with its help line,
+    or just the names for a long list) and its default."""
     text = override if override is not None else spelling.help_prefix + field_docs(leaf.owner).get(leaf.name, "")
     text = text.replace("``", "").rstrip().removesuffix(".")
+    registry = leaf.field.metadata.get("registry")
+    if registry is not None and override is None:
+        text += f" ({registry.describe()})" if len(registry) <= 10 else f" (built in: {registry.help()})"
     if default is not None and default != [] and default != {} and "(default" not in text:
         shown = str(default).lower() if isinstance(default, bool) else default
         text += f" (default: {shown})"

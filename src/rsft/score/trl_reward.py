@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rsft.errors import RsftError, first_line
-from rsft.score.base import load_object
+from rsft.registry import load_object
 from rsft.types import PromptValue, Verdict
 
 
