@@ -37,12 +37,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rsft.bon.answers import Extract, KeyFn, answer_groups
-from rsft.config import choices
+from rsft.config import STOP_RULES, check_adaptive_policy, choices
 from rsft.errors import RsftError
 from rsft.generate import Generator
 from rsft.types import Completion, PromptValue, SamplingParams
 
-STOP_RULES = ("share", "beta")
 """Stopping rules accepted by ``AdaptivePolicy.rule``."""
 
 
@@ -64,18 +63,7 @@ class AdaptivePolicy:
     """beta rule: posterior probability that the leading answer beats the runner-up needed to stop."""
 
     def __post_init__(self) -> None:
-        for name in ("budget", "min_n"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RsftError(f"adaptive {name} must be a positive integer, got {value!r}")
-        if not self.supermajority > 0:  # also NaN
-            raise RsftError(f"adaptive supermajority must be > 0, got {self.supermajority!r}")
-        if not (self.growth >= 1 and math.isfinite(self.growth)):
-            raise RsftError(f"adaptive growth must be a finite number >= 1, got {self.growth!r}")
-        if self.rule not in STOP_RULES:
-            raise RsftError(f"adaptive rule {self.rule!r} is unknown; choose {' or '.join(STOP_RULES)}")
-        if not 0 < self.confidence < 1:
-            raise RsftError(f"adaptive confidence must be in (0, 1), got {self.confidence!r}")
+        check_adaptive_policy(self.budget, self.min_n, self.supermajority, self.growth, self.rule, self.confidence)
 
     def schedule(self) -> list[int]:
         """Samples per prompt after each batch, e.g. ``[4, 8, 16]`` for budget 16, min_n 4, growth 2."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rsft.config import RunConfig, field_docs, key_value, load_config
+from rsft.config import RunConfig, check_run, field_docs, key_value, load_config
 
 FLAGS = "_config_flags"
 """Namespace attribute listing the generated flags of a parser (set as a parser default)."""
@@ -305,4 +305,4 @@ def add_config_argument(parser: argparse.ArgumentParser, **kwargs: Any) -> None:
 def config_from(args: argparse.Namespace) -> RunConfig:
     """The ``--config`` file (or the defaults) with every given flag applied on top."""
     config = load_config(args.config) if getattr(args, "config", None) else RunConfig()
-    return apply_flags(args, config)
+    return check_run(apply_flags(args, config))

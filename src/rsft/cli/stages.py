@@ -64,7 +64,6 @@ def cmd_generate(args: argparse.Namespace) -> None:
     config = config_from(args)
     executor = make_executor(config.executor, config.ray)
     prompts = pipeline.open_prompt_set(config.prompts)  # streamed into prompts.parquet, as in rsft run
-    pipeline.check_backends(config.generation)
     counts = stages.generate(args.round_dir, config.generation,
                              functools.partial(pipeline.build_generator, config.generation, round_dir=args.round_dir),
                              prompts, new_version=args.new_version, executor=executor)

@@ -15,6 +15,16 @@ MIXED_PRECISION = ("auto", "bf16", "no")
 """Values of ``train.mixed_precision``."""
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 """Values of ``train.report_to``."""
+STOP_RULES = ("share", "beta")
+"""The stopping rules of adaptive N (``generation.adaptive.rule``, ``AdaptivePolicy.rule``)."""
+ON_ERROR = ("fail", "record")
+"""Values of ``scoring.on_error``."""
+REFRESH = ("subsample", "rotate")
+"""Values of ``rounds.refresh``."""
+CONTROL_MODES = ("round", "chain")
+"""Values of ``rounds.control_mode``."""
+EXECUTORS = ("local", "ray")
+"""Values of ``executor``."""
 
 
 def choices(*values: str) -> dict[str, tuple[str, ...]]:
@@ -115,7 +125,7 @@ class AdaptiveGenerationConfig:
     """share rule: stop once the leading answer holds at least this fraction of the samples."""
     growth: float = 2.0
     """Each later batch grows a prompt's samples to ceil(growth x samples so far), up to N."""
-    rule: str = field(default="share", metadata=choices("share", "beta"))
+    rule: str = field(default="share", metadata=choices(*STOP_RULES))
     """Stopping rule: share (supermajority of the votes) or beta (P(leader beats runner-up) >= confidence)."""
     confidence: float = 0.95
     """beta rule: posterior probability that the leading answer beats the runner-up needed to stop."""
@@ -145,7 +155,12 @@ class GenerationConfig:
 def sampling_params(config: GenerationConfig, seed_offset: int = 0) -> SamplingParams:
     """What a generator is handed for ``config.sampling``, its seed moved by ``seed_offset`` (one per
     shard); raises ValueError on an invalid setting."""
-    s = config.sampling
+    return sampling_of(config.sampling, seed_offset)
+
+
+def sampling_of(s: SamplingConfig, seed_offset: int = 0) -> SamplingParams:
+    """``SamplingParams`` of a ``SamplingConfig``, its seed moved by ``seed_offset``; raises ValueError
+    on an invalid setting."""
     return SamplingParams(
         temperature=s.temperature,
         top_p=s.top_p,
@@ -165,7 +180,7 @@ class ScoringConfig:
     mapping such as ``{gate: math, inner: "rm:PATH"}``."""
     options: dict[str, Any] = field(default_factory=dict)
     """Scorer options (e.g. ``batch_size`` for ``rm``)."""
-    on_error: str = field(default="fail", metadata=choices("fail", "record"))
+    on_error: str = field(default="fail", metadata=choices(*ON_ERROR))
     """``fail``: a scorer exception stops the stage; ``record``: the pair gets NaN and is counted."""
     pass_threshold: float = 0.5
     """Reward at or above which a completion counts as passing, for the statistics."""

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rsft import artifacts
+from rsft.config.checks import check_rounds
 from rsft.errors import RsftError, first_line
 from rsft.registry import SCORERS
 from rsft.stats import wilson_interval
@@ -393,8 +394,7 @@ def gate_round(config: RunConfig, round_dir: Path) -> dict[str, Any] | None:
     c = config.rounds.rm_check
     if c is None:
         return None
-    if not c.pairs:
-        raise RsftError("rounds.rm_check.pairs: give a chosen/rejected JSONL file")
+    check_rounds(config.rounds)
     spec = rm_spec_for(config)
     key = artifacts.config_hash({"rm_check": dataclasses.asdict(c), "rm": spec, "files": _model_fingerprint(spec),
                                  "pairs": artifacts.file_sha256(c.pairs) if Path(c.pairs).is_file() else None})

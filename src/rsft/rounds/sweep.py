@@ -277,7 +277,6 @@ def run_sweep(config: RunConfig, generator: Generator | None = None, quiet: bool
     pool = pipeline.load_prompt_set(config.prompts)
     prompts = rounds.round_prompts(pool, 0, config)
     eval_prompts = rounds.held_out(pipeline.load_prompt_set(config.eval.prompts), pool)
-    pipeline.check_backends(config.generation)
     scorer = pipeline.build_scorer(config.scoring)  # before generating: a bad scorer fails fast
     generations = []
     for t in grid.temperature:

@@ -27,6 +27,7 @@ from rsft import artifacts, matrix
 from rsft.bon.adaptive import AdaptivePolicy, sample_adaptively
 from rsft.bon.answers import answer_extractor, resolve_equivalence
 from rsft.config import GenerationConfig, sampling_params
+from rsft.config.checks import check_generation
 from rsft.errors import RsftError
 from rsft.generate import Generator, generator_gpus
 from rsft.progress import progress
@@ -94,13 +95,8 @@ def plan_generation(
 ) -> GenerationPlan | dict[str, Any]:
     """Check the config, write the prompts; the finished stage's counts when it is current, else the plan."""
     started = time.time()
-    try:
-        sampling_params(config)
-    except ValueError as e:
-        raise RsftError(f"generation.sampling: {e}") from None
-    if config.n < 1:
-        raise RsftError(f"generation.n: must be >= 1, got {config.n}")
-    adaptive_sampling(config)  # a bad adaptive setting fails before any prompt is written
+    check_generation(config)
+    adaptive_sampling(config)  # answer and equivalence code is imported before any prompt is written
     path = round_dir / artifacts.PROMPTS
     if prompts is not None:
         update_prompts(path, prompts, lambda: artifacts.guard_outputs(round_dir, "generate", None, new_version,
@@ -127,12 +123,11 @@ def stage_config(config: GenerationConfig) -> dict[str, Any]:
 
 
 def adaptive_sampling(config: GenerationConfig) -> AdaptiveSampling | None:
-    """The adaptive sampling of ``config.adaptive`` (budget ``config.n``), checked; None when it is off."""
+    """The adaptive sampling of ``config.adaptive`` (budget ``config.n``; the settings checked by
+    ``check_generation``), with its user code imported; None when it is off."""
     a = config.adaptive
     if not a.enabled:
         return None
-    if config.mix:
-        raise RsftError("generation.adaptive: not with generation.mix (each generator owns fixed columns)")
     try:
         policy = AdaptivePolicy(budget=config.n, min_n=a.min_n, supermajority=a.supermajority, growth=a.growth,
                                 rule=a.rule, confidence=a.confidence)

@@ -31,6 +31,7 @@ from typing import Any
 
 from rsft import artifacts
 from rsft.config import RunConfig, dump_config, to_dict
+from rsft.config.checks import tracker_names
 from rsft.errors import RsftError
 from rsft.registry import TRACKERS
 from rsft.tracking.backends import RunInfo
@@ -39,11 +40,8 @@ __all__ = ["Tracker", "read_ledger", "start"]
 
 
 def backend_names(config: RunConfig) -> list[str]:
-    """``tracking.report_to`` as a list of known names (``a,b`` entries split), checked."""
-    names = [n.strip() for entry in config.tracking.report_to for n in entry.split(",") if n.strip()]
-    for name in names:
-        TRACKERS.get(name, "tracking.report_to: ")
-    return list(dict.fromkeys(names))
+    """``tracking.report_to`` as a list of registered trackers (``a,b`` entries split), checked."""
+    return tracker_names(config.tracking)
 
 
 def start(config: RunConfig) -> Tracker:

@@ -38,7 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from rsft import artifacts
-from rsft.config import MIXED_PRECISION, REPORT_TO, TrainConfig
+from rsft.config import TrainConfig
+from rsft.config.checks import check_train
 from rsft.errors import RsftError, one_line
 
 ADAPTER = "adapter"
@@ -87,24 +88,9 @@ def _is_messages(value: Any) -> bool:
 
 
 def check_config(config: TrainConfig) -> None:
-    """Reject values that would fail deep inside the trainer, naming the field."""
-    positive = {"learning_rate": config.learning_rate, "epochs": config.epochs, "batch_size": config.batch_size,
-                "grad_accum": config.grad_accum, "logging_steps": config.logging_steps}
-    if config.lora:
-        positive.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha)
-    for name, value in (("max_steps", config.max_steps), ("max_length", config.max_length)):
-        if value is not None:
-            positive[name] = value
-    for name, value in positive.items():
-        if not value > 0:
-            raise RsftError(f"train.{name}: must be positive, got {value!r}")
-    if not 0 <= config.lora_dropout < 1:
-        raise RsftError(f"train.lora_dropout: must be in [0, 1), got {config.lora_dropout!r}")
-    if config.mixed_precision not in MIXED_PRECISION:
-        raise RsftError(f"train.mixed_precision: expected one of {', '.join(MIXED_PRECISION)}, "
-                        f"got {config.mixed_precision!r}")
-    if config.report_to not in REPORT_TO:
-        raise RsftError(f"train.report_to: expected one of {', '.join(REPORT_TO)}, got {config.report_to!r}")
+    """Reject values that would fail deep inside the trainer, naming the field (``check_train``), and a
+    ``report_to`` whose library is not installed."""
+    check_train(config)
     packages = _REPORT_PACKAGES.get(config.report_to, ())
     if packages and not any(importlib.util.find_spec(p) for p in packages):
         raise RsftError(f"train.report_to {config.report_to!r} needs the {packages[0]} package: "
