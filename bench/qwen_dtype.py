@@ -22,9 +22,9 @@ import numpy as np
 
 from rsft import artifacts, matrix, pipeline, stages
 from rsft.config import GenerationConfig, GeneratorConfig, PromptsConfig, ScoringConfig
-from rsft.demo_real import CHAIN_TASK, GREEDY, HUMANEVAL_SAMPLING, MODEL
+from rsft.demos.demo_real import CHAIN_TASK, GREEDY, HUMANEVAL_SAMPLING, MODEL
 from rsft.prompts import humaneval_prompts
-from rsft.rounds import metric_with_ci
+from rsft.rounds.loop import metric_with_ci
 
 
 def greedy_pass(folder: Path, dtype: str, prompts, sampling, scorer: str) -> dict:

@@ -62,7 +62,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     one_thread()
-    from rsft import bon_stats, select
+    from rsft import select
+    from rsft.bon import stats as bon_stats
 
     header(f"3. Selection and statistics on a {args.rows:,} x {args.cols} float32 reward matrix", ["numpy"])
     rng = np.random.default_rng(0)

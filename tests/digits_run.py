@@ -13,6 +13,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import rsft
+
+RSFT_SRC = str(Path(rsft.__file__).resolve().parents[1])
+
 SCORERS = '''
 def digits(prompt, completion):
     text = completion.strip()
@@ -57,6 +61,6 @@ def write_run(d: Path, tiny_lm: Path, name: str, *, train_scorer: str = "digits"
 
 def rsft_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``python -m rsft.cli ARGS`` in ``cwd`` (which is on PYTHONPATH, for ``myscorers``), offline."""
-    env = {**os.environ, "PYTHONPATH": str(cwd), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), RSFT_SRC]), "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "rsft.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)

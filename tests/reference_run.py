@@ -3,6 +3,9 @@
     python tests/reference_run.py OUT_DIR                      # run, print {file: sha256} as JSON
     python tests/reference_run.py OUT_DIR --compare REF.json   # same OUT_DIR; exit 1 on any differing file
 
+The rsft under test is the one this script imports: set PYTHONPATH to the checkout's src/ (the
+``rsft`` commands it runs import that one too, not the checkout installed in the venv).
+
 The run covers every stage through the CLI on a tiny random model built locally: `rsft run` with two
 RSFT rounds, held-out eval, KL and the control arm; the single-stage commands (generate, score,
 select, export) on a second run folder; `rsft stats` and `rsft bon`. Files whose bytes carry time,
@@ -21,8 +24,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import rsft
+
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+RSFT_SRC = str(Path(rsft.__file__).resolve().parents[1])
+"""The rsft that runs: the one this script imports (PYTHONPATH), also in the ``rsft`` subprocesses."""
 
 SCORERS = '''
 def digits(prompt, completion):
@@ -78,7 +85,7 @@ def digests(root: Path) -> dict[str, str]:
 
 
 def _rsft(*args: str, cwd: Path, stdin: str | None = None) -> str:
-    env = {**os.environ, "PYTHONPATH": str(cwd), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(cwd), RSFT_SRC]), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     r = subprocess.run([sys.executable, "-m", "rsft.cli", *args], cwd=cwd, env=env, capture_output=True,
                        text=True, input=stdin)
     if r.returncode != 0:

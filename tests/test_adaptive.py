@@ -1,4 +1,4 @@
-"""Adaptive N: scripted answers through the real ``rsft.bon`` path, the stopping rules, seeds, samples saved."""
+"""Adaptive N: scripted answers through the real ``rsft.bon.infer`` path, the stopping rules, seeds, samples saved."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rsft.adaptive import AdaptivePolicy, leader_probability, should_stop, vote_totals
-from rsft.bon import adaptive_best_of_n, best_of_n
+from rsft.bon.adaptive import AdaptivePolicy, leader_probability, should_stop, vote_totals
+from rsft.bon.infer import adaptive_best_of_n, best_of_n
 from rsft.errors import RsftError
 from rsft.types import Completion, Prompt, PromptValue, SamplingParams
 

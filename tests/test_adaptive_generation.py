@@ -12,9 +12,10 @@ import pytest
 from test_adaptive import SCRIPT, ScriptedGenerator
 from test_cli import rsft
 
-from rsft import artifacts, bon_report, matrix, stages, stats
-from rsft.adaptive import AdaptivePolicy
-from rsft.bon import adaptive_best_of_n
+from rsft import artifacts, matrix, stages, stats
+from rsft.bon import report as bon_report
+from rsft.bon.adaptive import AdaptivePolicy
+from rsft.bon.infer import adaptive_best_of_n
 from rsft.config import (
     AdaptiveGenerationConfig,
     GenerationConfig,
@@ -114,7 +115,7 @@ def test_scoring_skips_unsampled_cells_and_statistics_leave_them_out(tmp_path):
 
 
 def test_streamed_generate_and_score_writes_the_same_files(tmp_path):
-    from rsft.executor import LocalExecutor
+    from rsft.stages.executor import LocalExecutor
 
     staged, streamed = tmp_path / "staged", tmp_path / "streamed"
     stages.generate(staged, _config(), lambda: ScriptedGenerator(SCRIPT_LONG), PROMPTS)

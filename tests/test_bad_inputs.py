@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from test_cli import rsft
+from test_cli import pythonpath, rsft
 
 from rsft import pipeline
 from rsft.artifacts import file_sha256
@@ -222,7 +222,7 @@ def test_file_size_limit_fails_the_write_cleanly(base: Path, tmp_path: Path):
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (512, 512))
 
-    env = {**os.environ, "PYTHONPATH": str(base), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONPATH": pythonpath(base), "PYTHONDONTWRITEBYTECODE": "1"}
     r = subprocess.run([sys.executable, "-m", "rsft.cli", "score", str(round_dir), "--scorer", "plug:length"],
                        cwd=base, env=env, capture_output=True, text=True, timeout=120, preexec_fn=limit)
     _check_disk_failure(r.returncode, r.stderr, before, _snapshot(round_dir), "File too large")
@@ -282,7 +282,7 @@ def test_full_or_read_only_disk_fails_cleanly(base: Path, tmp_path: Path, mode: 
         pytest.skip("needs unshare(1)")
     (tmp_path / "driver.py").write_text(DRIVER)
     (tmp_path / "mnt").mkdir()
-    env = {**os.environ, "PYTHONPATH": str(base), "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {**os.environ, "PYTHONPATH": pythonpath(base), "PYTHONDONTWRITEBYTECODE": "1"}
     r = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, str(tmp_path / "driver.py"),
                         mode, str(src), str(tmp_path / "mnt"), sys.executable, "-m", "rsft.cli", "score",
                         "--scorer", "plug:length"], cwd=base, env=env, capture_output=True, text=True, timeout=120)

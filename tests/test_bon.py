@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from rsft import answers as rsft_answers
-from rsft.bon import BoNResult, best_of_n, choose, first_line, vote
+from rsft.bon import answers as rsft_answers
+from rsft.bon.infer import BoNResult, best_of_n, choose, first_line, vote
 from rsft.cli import bon as bon_cli
 from rsft.errors import RsftError
 from rsft.types import Completion, Prompt, PromptValue, SamplingParams

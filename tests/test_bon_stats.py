@@ -11,8 +11,9 @@ import struct
 import numpy as np
 import pytest
 
-from rsft import artifacts, bon_stats, matrix
-from rsft.bon_stats import (
+from rsft import artifacts, matrix
+from rsft.bon import stats as bon_stats
+from rsft.bon.stats import (
     bon_curve,
     bon_distribution,
     bon_kl_bound,

@@ -13,7 +13,17 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import rsft
 from rsft.artifacts import file_sha256
+
+RSFT_SRC = str(Path(rsft.__file__).resolve().parents[1])
+"""The source folder of the rsft this process imported: subprocesses import the same one (not the
+checkout installed in the venv)."""
+
+
+def pythonpath(*dirs: Path) -> str:
+    """A PYTHONPATH of ``dirs`` (user scorers) and then ``RSFT_SRC``."""
+    return os.pathsep.join([*map(str, dirs), RSFT_SRC])
 
 ROUND_FILES = {"prompts.parquet", "completions.parquet", "rewards.parquet", "selection.parquet",
                "selected.jsonl", "manifest.json"}
@@ -21,7 +31,7 @@ M, N = 5, 4
 
 
 def rsft(*args: str, cwd: Path, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(cwd), **(env_extra or {})}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath(cwd), **(env_extra or {})}
     return subprocess.run([sys.executable, "-m", "rsft.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
 

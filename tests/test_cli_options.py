@@ -12,6 +12,7 @@ import pytest
 from rsft.cli import build_parser
 from rsft.cli.options import Section, add_config_flags, apply_flags, config_from
 from rsft.config import RunConfig, SamplingConfig, TaskConfig, TrainConfig
+from rsft.errors import RsftError
 from rsft.types import SamplingParams
 
 SPELLINGS = {
@@ -97,8 +98,8 @@ def test_what_a_flag_replaces(yaml_config):
     assert (c.prompts.path, c.prompts.task) == ("p.jsonl", None)
     c = parse("run", "--config", str(yaml_config), "--task", "chain_sum")
     assert c.prompts.task == TaskConfig(name="chain_sum")  # a fresh task, not the YAML's
-    c = parse("run", "--prompts", "p.jsonl", "--task", "chain_sum")
-    assert c.prompts.path == "p.jsonl" and c.prompts.task is not None  # both: load_prompt_set refuses it
+    with pytest.raises(RsftError, match="prompts: give either 'path' or 'task', not both"):
+        parse("run", "--prompts", "p.jsonl", "--task", "chain_sum")  # the config checks, as for YAML
     assert parse("run", "--size", "3").prompts.task is None  # a task flag without a task is ignored
     c = parse("run", "--rounds", "2")
     assert (c.rounds.rounds, c.rounds.train) == (2, True)

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from rsft.config import RunConfig, SelectionConfig, dump_config, field_docs, from_dict, load_config
+from rsft.config import (
+    RunConfig,
+    SelectionConfig,
+    TrainConfig,
+    dump_config,
+    field_docs,
+    from_dict,
+    load_config,
+)
 from rsft.errors import RsftError
 
 
@@ -65,18 +73,18 @@ def test_missing_config_file(tmp_path):
 def test_defaults_and_docs():
     c = from_dict(RunConfig, {}, "x")
     assert c == RunConfig()
-    assert "one per prompt" in field_docs(SelectionConfig)["strategy"]
+    assert "Which completions to keep" in field_docs(SelectionConfig)["strategy"]
 
 
-def test_selection_strategies_declared_once_in_select():
+def test_selection_strategies_declared_once_in_the_registry():
     from dataclasses import fields
 
-    from rsft import select
+    from rsft import registry, select
 
     strategy = next(f for f in fields(SelectionConfig) if f.name == "strategy")
-    assert strategy.metadata["choices"] == select.SELECTION_STRATEGIES
-    assert select.SELECTION_STRATEGIES == select.STRATEGIES + ("dpo_pairs",)
-    assert all(callable(getattr(select, name)) for name in select.PAIR_STRATEGIES)
+    assert strategy.metadata["choices"] is registry.STRATEGIES
+    assert tuple(registry.STRATEGIES) == select.SELECTION_STRATEGIES == select.STRATEGIES + ("dpo_pairs",)
+    assert all(registry.STRATEGIES[name].pairs for name in select.PAIR_STRATEGIES)
 
 
 @pytest.mark.parametrize("name", ["demo.yaml", "rsft.yaml"])
@@ -171,3 +179,72 @@ def test_rsft_run_with_two_yaml_rounds_runs_the_rounds_not_one_data_round(tmp_pa
     err = capsys.readouterr().err
     assert err.startswith("rsft: error: ") and "train: false contradicts rounds: 2" in err and err.count("\n") == 1
     assert not (tmp_path / "runs").exists()
+
+
+# --- the checks of config/checks.py: one line naming section.field, from YAML and from flags alike --------
+
+CHECKS = [
+    ("generation: {n: 0}", ["-n", "0"], "generation.n: must be >= 1, got 0"),
+    ("generation: {sampling: {top_p: 0}}", ["--top-p", "0"], "generation.sampling: "),
+    ("generation: {generator: {backend: nope}}", ["--backend", "nope"],
+     "generation: unknown backend 'nope'; choose one of hf, openai, vllm"),
+    ("generation: {n: 4, mix: [{model: a, n: 1}, {model: b, n: 2}]}", None,
+     "generation.mix: each entry needs n >= 1 and they must sum to generation.n=4, got [1, 2]"),
+    ("generation: {adaptive: {enabled: true, min_n: 0}}", ["--adaptive", "--min-n", "0"],
+     "generation.adaptive: adaptive min_n must be a positive integer, got 0"),
+    ("generation: {adaptive: {enabled: true, equivalence: nope}}", ["--adaptive", "--equivalence", "nope"],
+     "generation.adaptive: unknown equivalence 'nope'; choose exact, math or pkg.module:name"),
+    ("scoring: {scorer: nope}", ["--scorer", "nope"], "scoring.scorer: unknown scorer 'nope'; built in: code, exact"),
+    ("scoring: {scorer: 3}", None, "scoring.scorer: expected a name or a mapping, got 3"),
+    ("scoring: {on_error: skip}", None, "scoring.on_error: expected 'fail' or 'record', got 'skip'"),
+    ("selection: {strategy: nope}", None, "selection.strategy: unknown selection strategy 'nope'; valid: best, top_k"),
+    ("train: {learning_rate: 0}", None, "train.learning_rate: must be positive, got 0"),
+    ("train: {lora_dropout: 1.0}", None, "train.lora_dropout: must be in [0, 1), got 1.0"),
+    ("eval: {kl_prompts: 0}", None, "eval.kl_prompts: must be >= 1 (or null for all), got 0"),
+    ("eval: {scorer: nope}", None, "eval.scorer: unknown scorer 'nope'"),
+    ("rounds: {refresh: shuffle}", None, "rounds.refresh: expected 'subsample' or 'rotate', got 'shuffle'"),
+    ("rounds: {control: true, control_mode: chian}", None,
+     "rounds.control_mode: expected 'round' or 'chain', got 'chian'"),
+    ("rounds: {rm_check: {min_accuracy: 0.5}}", None, "rounds.rm_check.pairs: give a chosen/rejected JSONL file"),
+    ("tracking: {report_to: [neptune]}", ["--report-to", "neptune"],
+     "tracking.report_to: unknown tracker 'neptune'; choose from tensorboard, mlflow, trackio, wandb"),
+    ("prompts: {path: p.jsonl, task: {name: chain_sum}}", ["--prompts", "p.jsonl", "--task", "chain_sum"],
+     "prompts: give either 'path' or 'task', not both"),
+    ("prompts: {task: {size: 0}}", ["--task", "chain_sum", "--size", "0"], "prompts.task.size: must be >= 1, got 0"),
+    ("executor: dask", ["--executor", "dask"], "executor: unknown executor 'dask'; choose one of local, ray"),
+]
+
+
+@pytest.mark.parametrize("text, flags, message", CHECKS, ids=[c[2].split(":")[0] for c in CHECKS])
+def test_a_bad_value_is_one_line_naming_its_field_from_yaml_and_flags(tmp_path, text, flags, message):
+    from rsft.cli import build_parser, main
+    from rsft.cli.options import config_from
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(RsftError) as e:
+        load_config(path)
+    assert str(e.value).startswith(f"{path}: {message}") and "\n" not in str(e.value)
+    if flags is None:
+        return
+    with pytest.raises(RsftError) as e:
+        config_from(build_parser().parse_args(["run", *flags]))
+    assert str(e.value).startswith(message)
+    assert main(["select", str(tmp_path / "round"), "--config", str(path)]) == 2  # exit 2, before any work
+
+
+def test_the_library_checks_a_section_changed_after_it_was_made(tmp_path):
+    from rsft import pipeline, stages
+    from rsft.config import check_run
+    from rsft.train.sft import check_config
+
+    config = RunConfig(out=str(tmp_path))
+    assert check_run(config) is config
+    config.generation.n = 0
+    with pytest.raises(RsftError, match="generation.n: must be >= 1, got 0"):
+        pipeline.run_round(config, quiet=True)
+    with pytest.raises(RsftError, match="generation.n: must be >= 1, got 0"):
+        stages.generate(tmp_path / "r", config.generation, lambda: None, [])
+    with pytest.raises(RsftError, match="train.lora_dropout"):
+        check_config(TrainConfig(lora_dropout=2.0))
+    assert not (tmp_path / "run").exists() and not (tmp_path / "r").exists()

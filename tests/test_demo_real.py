@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from rsft import demo_real, stages
+from rsft import stages
 from rsft.config import GenerationConfig, GeneratorConfig, SamplingConfig, dump_config, load_config
+from rsft.demos import demo_real
 from rsft.types import Completion, Prompt
 
 

@@ -2,13 +2,15 @@
 loader and package.
 
 - every `rsft ...` command in a fenced block (also `python -m rsft.cli|rsft.serve|rsft.demo|
-  rsft.demo_real|rsft.compare ...`) parses with that command's own argparse parser; nothing is executed.
+  rsft.demo_real|rsft.demos.compare ...`) parses with that command's own argparse parser; nothing is executed.
   Line continuations are joined, comments dropped, pipelines and `&&`/`;`/`&` lists split, and
   environment prefixes (`OMP_NUM_THREADS=1 rsft ...`) and redirections skipped. Placeholders such
   as ROUND_DIR pass as positional values.
 - every fenced YAML block with a top-level key of the run config loads through `rsft.config`
   (unknown keys and wrong types fail there).
-- every `import rsft...` / `from rsft... import ...` in a fenced Python block imports.
+- every `import rsft...` / `from rsft... import ...` in a fenced Python block imports, and every
+  dotted name `rsft.x.y` the docs mention resolves (a module, or a name in one): the old flat paths
+  included (`rsft.grpo`, `rsft.bon_stats.pass_at_k`, ...).
 - no doc points outside the repository, and every repository path a doc names exists.
 """
 
@@ -83,7 +85,7 @@ def _rsft_parser() -> Callable[[list[str]], object]:
 
 @functools.cache
 def _module_parsers() -> dict[str, Callable[[list[str]], object]]:
-    from rsft import compare, demo, demo_real
+    from rsft.demos import compare, demo, demo_real
 
     rsft = _rsft_parser()
     return {
@@ -91,7 +93,7 @@ def _module_parsers() -> dict[str, Callable[[list[str]], object]]:
         "rsft.serve": lambda argv: rsft(["serve", *argv]),
         "rsft.demo": demo._parser().parse_args,
         "rsft.demo_real": demo_real._parser().parse_args,
-        "rsft.compare": compare._parser().parse_args,
+        "rsft.demos.compare": compare._parser().parse_args,
     }
 
 
@@ -256,6 +258,41 @@ def test_every_documented_import_works(where, statement):
         exec(statement, {})
     except ImportError as e:
         pytest.fail(f"{where}: {statement}: {e}")
+
+
+NOT_PYTHON = {"rsft.config_hash": "the tag a tracker gets",
+              "rsft.select.first_pass": "the module docs/architecture.md's worked example adds (test_registry runs it)"}
+"""Dotted ``rsft.`` words in the docs that are no Python name, each with what it is."""
+DOTTED = re.compile(r"(?<![\w/.-])rsft(?:\.[A-Za-z_]\w*)+")
+
+
+def doc_names() -> list[str]:
+    found = {m.group(0) for doc in DOCS for m in DOTTED.finditer(doc.read_text(encoding="utf-8"))}
+    return sorted(n for n in found if n not in NOT_PYTHON and not n.endswith((".yaml", ".yml", ".jsonl", ".json")))
+
+
+DOC_NAMES = doc_names()
+
+
+def test_the_docs_have_names_to_check():
+    assert {"rsft.bon_stats.pass_at_k", "rsft.logprobs", "rsft.sweep.run_sweep"} <= set(DOC_NAMES)
+
+
+@pytest.mark.parametrize("name", DOC_NAMES)
+def test_every_documented_name_resolves(name):
+    import importlib
+
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:end]))
+        except ModuleNotFoundError:
+            continue
+        for attr in parts[end:]:
+            assert hasattr(obj, attr), f"{name}: {'.'.join(parts[:end])} has no {attr}"
+            obj = getattr(obj, attr)
+        return
+    pytest.fail(f"{name} names no module")
 
 
 # --- paths ------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ def test_embedded_default_generates_and_scores(tmp_path):
 
 
 def test_demo_runs_and_reports_three_accuracies(tmp_path, capsys):
-    from rsft import demo
+    from rsft.demos import demo
 
     assert demo.main(["--out", str(tmp_path), "--prompts", "8", "-n", "4", "--no-rsft"]) == 0
     out = capsys.readouterr().out
@@ -48,7 +48,7 @@ def test_demo_runs_and_reports_three_accuracies(tmp_path, capsys):
 
 def test_demo_rsft_round_compares_base_rsft_and_control(tmp_path, capsys):
     """The make-demo path with the RSFT round, shrunk: LoRA on Gemma, held-out eval of three arms."""
-    from rsft import demo
+    from rsft.demos import demo
 
     args = ["--out", str(tmp_path), "--prompts", "8", "-n", "4", "--epochs", "1", "--eval-prompts", "12",
             "--eval-n", "1"]

@@ -351,7 +351,7 @@ def test_cli_resumes_from_the_journal_after_the_server_dies(tmp_path) -> None:
     and writes the completions of a run that never failed; the journal is gone afterwards."""
     from test_cli import rsft
 
-    from rsft import status
+    from rsft.report import status
 
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"q{i}"}) + "\n" for i in range(5)))

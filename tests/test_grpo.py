@@ -9,9 +9,9 @@ import warnings
 import pytest
 
 from rsft.errors import RsftError
-from rsft.grpo import GrpoReward, as_grpo_reward, completion_text, from_trl_reward, grpo_rows
 from rsft.prompts import TaskSpec, task_prompts
 from rsft.score import as_scorer
+from rsft.train.grpo import GrpoReward, as_grpo_reward, completion_text, from_trl_reward, grpo_rows
 from rsft.types import Verdict
 
 

@@ -25,9 +25,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_cli import pythonpath
 
-from rsft import pipeline, status
+from rsft import pipeline
 from rsft.config import load_config
+from rsft.report import status
 
 HOOK = Path(__file__).with_name("crash_hook.py")
 ROUND_FILES = {"prompts.parquet", "completions.parquet", "rewards.parquet", "selection.parquet",
@@ -59,7 +61,7 @@ KILL_POINTS = [
 
 
 def _env(workdir: Path, **extra: str) -> dict[str, str]:
-    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(workdir), **extra}
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": pythonpath(workdir), **extra}
 
 
 def _rsft(workdir: Path, *args: str) -> subprocess.CompletedProcess:

@@ -15,23 +15,24 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 
 LAYERS: dict[str, int] = {
     # 0: foundations: plain data, errors, options, file names and writes
-    "rsft": 0, "rsft.types": 0, "rsft.errors": 0, "rsft.config": 0, "rsft.artifacts": 0,
-    "rsft.progress": 0, "rsft.shard_job": 0,
+    "rsft": 0, "rsft.types": 0, "rsft.errors": 0, "rsft.config": 0, "rsft.artifacts": 0, "rsft.progress": 0,
+    "rsft.registry": 0,
     # 1: building blocks: no flow, no CLI
-    "rsft.select": 1, "rsft.stats": 1, "rsft.bon_stats": 1, "rsft.matrix": 1, "rsft.export": 1, "rsft.prompts": 1,
-    "rsft.models": 1, "rsft.logprobs": 1, "rsft.generate": 1, "rsft.score": 1, "rsft.grpo": 1,
-    "rsft.answers": 1, "rsft.adaptive": 1,
+    "rsft.select": 1, "rsft.stats": 1, "rsft.matrix": 1, "rsft.prompts": 1, "rsft.models": 1,
+    "rsft.generate": 1, "rsft.score": 1,
+    "rsft.bon.answers": 1, "rsft.bon.adaptive": 1, "rsft.bon.stats": 1,
+    "rsft.train.rows": 1, "rsft.train.logprobs": 1, "rsft.train.grpo": 1,
     # 2: running a stage over shards
-    "rsft.executor": 2, "rsft.ray_executor": 2, "rsft.stages": 2,
+    "rsft.stages": 2,
     # 3: rounds and runs
-    "rsft.pipeline": 3, "rsft.rounds": 3, "rsft.train": 3, "rsft.rm": 3, "rsft.rm_train": 3,
-    "rsft.sweep": 3, "rsft.report": 3, "rsft.tables": 3, "rsft.status": 3, "rsft.bon_report": 3, "rsft.tracking": 3,
+    "rsft.pipeline": 3, "rsft.rounds": 3, "rsft.train": 3, "rsft.report": 3, "rsft.bon.report": 3,
+    "rsft.tracking": 3,
     # 4: Best-of-N at inference (beside layer 3, not above it)
     "rsft.bon": 4, "rsft.serve": 4,
     # 5: the command line
     "rsft.cli": 5,
     # 6: programs built on everything
-    "rsft.demo": 6, "rsft.demo_real": 6,
+    "rsft.demos": 6,
 }
 """Each module's layer, by the longest listed prefix of its name (a package gives its modules its layer)."""
 
@@ -39,7 +40,6 @@ SIBLINGS = {(3, 4), (4, 3)}
 """Layers that may not import each other although one number is lower."""
 
 ALLOWED = {
-    ("rsft.config.schema", "rsft.select"): "SelectionConfig's choices are select's strategy names (select imports only errors)",
     ("rsft.serve.__main__", "rsft.cli"): "python -m rsft.serve is an entry point: it runs the rsft serve command",
 }
 """Imports across the rule, each with its reason."""
@@ -75,11 +75,35 @@ def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
     return [node for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)]
 
 
-def rsft_imports(path: Path) -> set[str]:
+def _module_level_imports(tree: ast.Module) -> list[ast.Import | ast.ImportFrom]:
+    """The imports that run when the module is imported: not those inside functions or under
+    ``if TYPE_CHECKING``."""
+    out: list[ast.Import | ast.ImportFrom] = []
+
+    def visit(body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                out.append(node)
+            elif isinstance(node, ast.If) and not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                visit(node.body)
+                visit(node.orelse)
+            elif isinstance(node, ast.Try):
+                for part in (node.body, *(h.body for h in node.handlers), node.orelse, node.finalbody):
+                    visit(part)
+            elif isinstance(node, ast.ClassDef):
+                visit(node.body)
+
+    visit(tree.body)
+    return out
+
+
+def rsft_imports(path: Path, module_level: bool = False) -> set[str]:
     """The ``rsft`` modules ``path`` imports: ``from rsft.p import x`` names ``rsft.p.x`` when that is a
-    module (``from rsft import x`` always names ``rsft.x``), else ``rsft.p``."""
+    module (``from rsft import x`` always names ``rsft.x``), else ``rsft.p``. ``module_level``: only
+    the imports that run when ``path`` is imported."""
     out: set[str] = set()
-    for node in _imports(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in _module_level_imports(tree) if module_level else _imports(tree):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.split(".")[0] == "rsft")
         elif node.level == 0 and node.module:
@@ -167,6 +191,34 @@ def test_imports_go_down_the_layers() -> None:
             a, b = layer_of(module), layer_of(imported)
             if b > a or (a, b) in SIBLINGS:
                 wrong.append(f"{module} (layer {a}) imports {imported} (layer {b})")
+    assert not wrong, wrong
+
+
+def test_the_top_level_holds_at_most_12_modules() -> None:
+    top = sorted(p.name for p in (SRC / "rsft").glob("*.py"))
+    assert len(top) <= 12, f"{len(top)} modules directly in src/rsft (a sub-package is the place): {top}"
+
+
+def test_a_package_init_loads_nothing_above_its_lowest_module() -> None:
+    """Importing ``rsft.bon.answers`` (layer 1) runs ``rsft/bon/__init__.py`` first: a package whose
+    modules span layers imports, when imported, nothing above the lowest of them (its re-exports are
+    lazy), so a low module never drags a higher layer in."""
+    wrong = []
+    for init in sorted(SRC.rglob("__init__.py")):
+        package = _module_name(init)
+        lowest = min(layer_of(m) for m in MODULES if m == package or m.startswith(package + "."))
+        for imported in sorted(rsft_imports(init, module_level=True)):
+            if layer_of(imported) > lowest:
+                wrong.append(f"{package} (lowest module: layer {lowest}) imports {imported} (layer {layer_of(imported)})")
+    assert not wrong, wrong
+
+
+def test_the_package_imports_no_old_path() -> None:
+    """The old paths of ``rsft.MOVED`` are for users; the package itself names each module's home."""
+    from rsft import MOVED
+
+    wrong = sorted(f"{_module_name(path)} imports {m}" for path in SRC.rglob("*.py")
+                   for m in rsft_imports(path) if m in MOVED)
     assert not wrong, wrong
 
 

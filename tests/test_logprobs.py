@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rsft.logprobs import kl_estimate, sequence_logprobs
+from rsft.train.logprobs import kl_estimate, sequence_logprobs
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

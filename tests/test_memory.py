@@ -275,7 +275,7 @@ def test_small_blocks_select_and_export_the_same(tmp_path, monkeypatch, strategy
 def test_the_ray_executor_takes_a_task_only_when_an_actor_has_room():
     """``_feed`` pulls the next task from the (lazy) task list only when every pool has an actor with
     room, so at most ``IN_FLIGHT`` shards per actor exist at once, however many shards a stage has."""
-    from rsft import ray_executor
+    from rsft.stages import ray_executor
 
     class Ref:
         def __init__(self, value: Any) -> None:

@@ -33,8 +33,8 @@ from rsft.config import (
     load_config,
 )
 from rsft.errors import RsftError
-from rsft.executor import LocalExecutor, make_executor
-from rsft.ray_executor import RayExecutor, pool_resources
+from rsft.stages.executor import LocalExecutor, make_executor
+from rsft.stages.ray_executor import RayExecutor, pool_resources
 from rsft.types import Completion
 
 M, N, SHARD, SEED = 6, 3, 2, 5

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rsft import artifacts, matrix, report
+from rsft import artifacts, matrix
 from rsft.cli import report as report_cli
 from rsft.errors import RsftError
+from rsft.report import runs as report
 from rsft.types import Prompt
 
 NAN = float("nan")

@@ -15,7 +15,7 @@ from rsft import artifacts, matrix
 from rsft.config import RmCheckConfig, RunConfig, load_config
 from rsft.errors import RsftError
 from rsft.prompts import prompt_id
-from rsft.rm import (
+from rsft.rounds.rm_check import (
     Pair,
     RmGateError,
     accuracy_summary,
@@ -189,7 +189,7 @@ def test_gate_writes_report_refuses_and_reuses(tmp_path, tiny_rm, monkeypatch):
     assert saved["gate"]["passed"] and saved["pairs"]["n"] == 6 and saved["rm"] == f"rm:{tiny_rm}"
     assert rep["key"] == saved["key"]
     with monkeypatch.context() as m:  # same RM files, pairs and settings: the saved check is reused
-        m.setattr("rsft.rm.load_rm", lambda *a: pytest.fail("the RM was loaded again"))
+        m.setattr("rsft.rounds.rm_check.load_rm", lambda *a: pytest.fail("the RM was loaded again"))
         assert gate_round(config, tmp_path / "r0") == saved
     (tmp_path / "r0" / "rm_check.json").write_text("{not json")
     assert gate_round(config, tmp_path / "r0")["key"] == saved["key"]  # an unreadable file: checked again

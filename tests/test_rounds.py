@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from digits_run import rsft_cli, write_run
 
-from rsft import rounds
 from rsft.config import load_config
 from rsft.errors import RsftError
+from rsft.rounds import loop as rounds
 
 ROUND_FILES = {"prompts.parquet", "completions.parquet", "rewards.parquet", "selection.parquet",
                "selected.jsonl", "manifest.json", "train_log.jsonl", "checkpoint", "eval", "kl", "eval.json"}

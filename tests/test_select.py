@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import rsft.select
+import rsft.select.core
 from rsft.errors import RsftError
 from rsft.select import (
     STRATEGIES,
@@ -157,7 +158,7 @@ def test_dpo_pairs_match_reference(R):
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("block", [1, 7, 64])
 def test_many_row_blocks_give_the_same_answers(seed, block, monkeypatch):
-    monkeypatch.setattr(rsft.select, "_BLOCK_ELEMS", block)
+    monkeypatch.setattr(rsft.select.core, "_BLOCK_ELEMS", block)
     rng = np.random.default_rng(1000 + seed)
     R = rng.integers(0, 4, (150, 8)).astype(np.float32)
     R[rng.random(R.shape) < 0.1] = NAN
@@ -449,7 +450,9 @@ def test_rso_in_the_config_and_the_select_flags():
     assert (sel.beta, sel.seed) == (1.0, 3) and isinstance(sel.beta, float)
     with pytest.raises(RsftError, match="seed: expected int"):
         from_dict(SelectionConfig, {"seed": 0.5}, "config.yaml: selection")
-    assert "rso" in field_docs(SelectionConfig)["strategy"] and "exp(r(y) / beta)" in field_docs(SelectionConfig)["beta"]
+    assert "exp(r(y) / beta)" in field_docs(SelectionConfig)["beta"]
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["select"].format_help().split())
+    assert "rso: statistical rejection sampling at beta" in help_text  # the help line of the registry
 
 
 class _ListGenerator:

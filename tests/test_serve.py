@@ -523,7 +523,7 @@ def test_handler_chat_with_the_tiny_model(tiny_generator):
 def test_budget_request_stops_early_and_reports_samples_saved():
     from test_adaptive import SCRIPT, ScriptedGenerator
 
-    from rsft.adaptive import AdaptivePolicy
+    from rsft.bon.adaptive import AdaptivePolicy
 
     gen = ScriptedGenerator(SCRIPT)
     app = create_app(gen, None, "majority", max_n=8, adaptive=AdaptivePolicy(8, min_n=2))
@@ -575,7 +575,7 @@ def test_tiny_model_budget_request(tiny_generator):
 def test_the_server_votes_with_its_equivalence():
     from test_bon import ListGenerator
 
-    from rsft.bon import answer_extractor
+    from rsft.bon.infer import answer_extractor
 
     texts = ["\\boxed{3}", "\\boxed{1/2}", "\\boxed{0.5}"]
     for equivalence, index in [("exact", 0), ("math", 1)]:

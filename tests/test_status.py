@@ -7,9 +7,10 @@ import shutil
 
 import pytest
 
-from rsft import pipeline, status
+from rsft import pipeline
 from rsft.config import GenerationConfig, PromptsConfig, RunConfig
 from rsft.errors import RsftError
+from rsft.report import status
 from rsft.types import Completion
 
 

@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 from digits_run import rsft_cli, write_run
 
-from rsft import matrix, sweep
+from rsft import matrix
 from rsft.config import load_config
 from rsft.errors import RsftError
+from rsft.rounds import sweep
 
 TEMPS, NS, THRESHOLDS, EPOCHS = [0.7, 1.5], [2, 4], [None, -1.0], [1.0, 2.0]
 

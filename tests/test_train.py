@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from rsft import train as train_mod
 from rsft.cli import stages as stages_cli
 from rsft.cli.options import apply_flags
 from rsft.config import RunConfig, from_dict
 from rsft.errors import RsftError
-from rsft.logprobs import sequence_logprobs
-from rsft.train import TrainConfig, train
+from rsft.train import sft as train_mod
+from rsft.train.logprobs import sequence_logprobs
+from rsft.train.sft import TrainConfig, train
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -134,7 +134,7 @@ def test_sampled_logprobs_agree_with_transformers(gen, tiny):
     assert len(diffs) == 24 and max(diffs) < 1e-3, diffs
     assert isinstance(gen, LocalModel)  # and the rounds' scoring path: transformers on a LoRA engine
     texts = ["5\n", "def add(a, b):"]
-    from rsft.logprobs import sequence_logprobs
+    from rsft.train.logprobs import sequence_logprobs
 
     expected = sequence_logprobs(*load_causal_lm(str(tiny), dtype="float32", device="cpu"), TEXT[:2], texts)
     assert gen.sequence_logprobs(TEXT[:2], texts) == pytest.approx(expected, abs=1e-5)
@@ -152,8 +152,8 @@ def test_a_prompt_longer_than_the_context_is_one_line(gen):
 def test_two_rsft_rounds_on_vllm_with_lora_adapters_and_kl(gen, tiny, tmp_path):
     from digits_run import write_run
 
-    from rsft import rounds
     from rsft.config import load_config
+    from rsft.rounds import loop as rounds
 
     cfg = write_run(tmp_path, tiny, "v", extra="rounds: {rounds: 2, train: true, prompts_per_round: 6, control: true, "
                                                "control_mode: chain}\n")
@@ -192,7 +192,7 @@ def test_best_of_n_and_rsft_serve_on_vllm(gen):
     import httpx
     from test_serve import Running
 
-    from rsft.bon import best_of_n
+    from rsft.bon.infer import best_of_n
     from rsft.serve.app import create_app
 
     picks = best_of_n(TEXT[:2], n=4, generator=gen, scorer=lambda p, c: float(len(c)),
@@ -223,7 +223,7 @@ def test_ray_executor_runs_a_vllm_generator_actor(gen, tiny, tmp_path):
     ray = pytest.importorskip("ray")
     from rsft import pipeline
     from rsft.config import ActorPoolConfig, RayConfig
-    from rsft.ray_executor import RayExecutor
+    from rsft.stages.ray_executor import RayExecutor
 
     prompts = [Prompt(f"p{i}", p) for i, p in enumerate(TEXT)]
     config = GenerationConfig(n=2, shard_size=3, generator=GeneratorConfig("vllm", str(tiny), TINY_OPTIONS),
@@ -354,10 +354,10 @@ def qwen():
 
 def test_embedded_qwen_samples_chat_prompts_and_its_logprobs_agree_with_transformers(qwen):
     """chain_sum chat prompts on the real model: N distinct answers per question, reproducible, and
-    log p(completion | prompt) from vLLM's prompt log-probs equal to ``rsft.logprobs`` (float32)."""
-    from rsft.logprobs import sequence_logprobs
+    log p(completion | prompt) from vLLM's prompt log-probs equal to ``rsft.train.logprobs`` (float32)."""
     from rsft.models import load_causal_lm
     from rsft.prompts import TaskSpec, task_prompts
+    from rsft.train.logprobs import sequence_logprobs
 
     prompts = [p.prompt for p in task_prompts(TaskSpec("chain_sum", size=4, chat=True))]
     sampling = SamplingParams(temperature=0.8, top_k=50, max_new_tokens=48, seed=11)

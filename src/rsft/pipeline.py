@@ -24,11 +24,13 @@ from rsft.config import (
     ScoringConfig,
     dump_config,
 )
+from rsft.config.checks import check_generation, check_prompts, check_run, check_scorer_spec
 from rsft.errors import RsftError
-from rsft.executor import Executor, make_executor
-from rsft.generate import BACKENDS, Generator, generator_from_config
+from rsft.generate import Generator, generator_from_config
 from rsft.prompts import FieldMap, TaskSpec, open_prompts, task_prompts
+from rsft.registry import SCORERS
 from rsft.score import Scorer, as_scorer
+from rsft.stages.executor import Executor, make_executor
 from rsft.types import Prompt
 
 
@@ -44,12 +46,9 @@ def load_prompt_set(config: PromptsConfig) -> list[Prompt]:
 def open_prompt_set(config: PromptsConfig) -> Iterable[Prompt]:
     """``load_prompt_set``, with a file's prompts read as they are used (``rsft.prompts.open_prompts``):
     the config and the file are checked now, each row when it is reached."""
-    if config.task is not None and config.path is not None:
-        raise RsftError("prompts: give either 'path' or 'task', not both")
+    check_prompts(config)
     if config.task is not None:
         t = config.task
-        if t.size < 1:
-            raise RsftError(f"prompts.task.size: must be >= 1, got {t.size}")
         return task_prompts(TaskSpec(name=t.name, size=t.size, seed=t.seed, shot_seed=t.shot_seed, shots=t.shots,
                                      options=t.options, template=t.template, chat=t.chat))
     if config.path is None:
@@ -71,23 +70,12 @@ def build_generator(config: GenerationConfig, round_dir: Path | None = None) -> 
         name = f"journal-{artifacts.config_hash(g.model)}.jsonl"  # not the address: a restarted server may move
         return generator_from_config(g, journal=str((Path(round_dir) / artifacts.SHARDS / name).absolute()))  # Ray too
 
-    check_backends(config)
+    check_generation(config)
     if not config.mix:
         return one(config.generator)
     from rsft.generate.mixed import MixedGenerator
 
-    shares = [g.n for g in config.mix]
-    if any(k < 1 for k in shares) or sum(shares) != config.n:
-        raise RsftError(f"generation.mix: each entry needs n >= 1 and they must sum to generation.n={config.n}, "
-                        f"got {shares}")
     return MixedGenerator([(one(g), g.n) for g in config.mix])
-
-
-def check_backends(config: GenerationConfig) -> None:
-    """Fail on an unknown backend name before anything is written or loaded."""
-    for g in config.mix or [config.generator]:
-        if g.backend not in BACKENDS:
-            raise RsftError(f"generation: unknown backend {g.backend!r}; choose one of {', '.join(sorted(BACKENDS))}")
 
 
 def build_scorer(config: ScoringConfig, round_dir: Path | None = None) -> Scorer:
@@ -98,8 +86,7 @@ def build_scorer(config: ScoringConfig, round_dir: Path | None = None) -> Scorer
     """
     if isinstance(config.scorer, Mapping):
         return as_scorer("gate", {**config.scorer, **config.options})
-    if not isinstance(config.scorer, str):
-        raise RsftError(f"scoring.scorer: expected a name or a mapping, got {config.scorer!r}")
+    check_scorer_spec(config.scorer, "scoring.scorer")
     options = dict(config.options)
     if round_dir is not None and journals(config):
         name = f"{artifacts.JOURNALS['score']}{artifacts.config_hash(config.scorer)}.jsonl"
@@ -109,8 +96,8 @@ def build_scorer(config: ScoringConfig, round_dir: Path | None = None) -> Scorer
 
 def journals(config: ScoringConfig) -> bool:
     """Whether the scorer keeps a journal in the round (an ``http:URL`` scorer without its own ``journal``)."""
-    return (isinstance(config.scorer, str) and config.scorer.partition(":")[0] in ("http", "https")
-            and "journal" not in config.options)
+    entry, _ = SCORERS.split(config.scorer)
+    return entry is not None and entry.journal and "journal" not in config.options
 
 
 def scorer_factory(config: ScoringConfig, executor: Executor,
@@ -149,14 +136,13 @@ def run_round(
     With ``config.executor: ray`` the shards run on Ray actor pools, and with ``ray.overlap``
     generation and scoring form one streaming pipeline; the files written are the same.
     """
+    check_run(config)  # a config built or changed in code fails as its YAML would, before anything is written
     config.run_dir.mkdir(parents=True, exist_ok=True)
     if write_config:
         artifacts.write_text(config.run_dir / artifacts.CONFIG, dump_config(config))
     out = round_dir(config, index)
 
     prompts = prompts if prompts is not None else open_prompt_set(config.prompts)  # streamed into prompts.parquet
-    if generator is None:
-        check_backends(config.generation)
     executor = make_executor(config.executor, config.ray)
     make_scorer = None if scorer is not None else scorer_factory(config.scoring, executor, round_dir=out)
     scorer = scorer or build_scorer(config.scoring, round_dir=out)  # before generating: a bad scorer fails fast

@@ -2,7 +2,7 @@
 
 The reward summary (``reward_stats``, ``format_stats``): what the scores look like and whether
 selection has anything to work with; and ``wilson_interval`` for the small proportions reported.
-What Best-of-n buys for each n is ``rsft.bon_stats``.
+What Best-of-n buys for each n is ``rsft.bon.stats``.
 
 Every value in the summary is a plain Python int, float, str, list or None (never NaN or inf), so
 it goes into JSON as is.
@@ -20,7 +20,7 @@ from rsft.errors import RsftError
 from rsft.select import as_reward_matrix
 
 BLOCK_ELEMS = 1 << 18
-"""Elements of R handled at once by the block-wise passes (``rsft.bon_stats`` too)."""
+"""Elements of R handled at once by the block-wise passes (``rsft.bon.stats`` too)."""
 
 MIN_SAMPLES_PER_PROMPT = 10
 """Below this N, ``reward_stats`` warns that per-prompt estimates are noisy."""

@@ -1,4 +1,4 @@
-"""``rsft bon``: Best-of-N over a prompt file or stdin, one JSON line per prompt (``rsft.bon``).
+"""``rsft bon``: Best-of-N over a prompt file or stdin, one JSON line per prompt (``rsft.bon.infer``).
 
 The generator and sampling flags are the ``generation`` fields of the run config (their defaults
 are ``GenerationConfig``'s: N 8, temperature 1.0, top_k 50, 64 new tokens); the scorer, selector
@@ -12,14 +12,15 @@ import json
 import sys
 from typing import TYPE_CHECKING, Any
 
-from rsft.bon import SELECTORS
+from rsft.bon.infer import SELECTORS
 from rsft.cli.options import Command, Section, Spelling, add_config_flags, apply_flags, given_flags
 from rsft.config import GenerationConfig, RunConfig, key_value, sampling_params
 from rsft.errors import RsftError
 from rsft.generate import generator_from_config
+from rsft.registry import ANSWERS, EQUIVALENCES, SCORERS
 
 if TYPE_CHECKING:
-    from rsft.adaptive import AdaptivePolicy
+    from rsft.bon.adaptive import AdaptivePolicy
     from rsft.generate import Generator
     from rsft.score import Scorer
     from rsft.types import Prompt
@@ -39,7 +40,7 @@ ADAPTIVE = Section("adaptive N (sample in growing batches until the answers agre
 def add_selection_arguments(p: argparse.ArgumentParser) -> None:
     """--scorer/--scorer-option/--selector."""
     g = p.add_argument_group("scoring and selection")
-    g.add_argument("--scorer", help="scorer spec: math, exact, regex:PAT, task, rm:PATH or pkg.module:name "
+    g.add_argument("--scorer", help=f"scorer spec: {SCORERS.help()} or pkg.module:name "
                                     "(default: none, which means --selector majority)")
     g.add_argument("--scorer-option", type=key_value, action="append", metavar="KEY=VALUE",
                    help="scorer option (repeatable), e.g. batch_size=16")
@@ -52,16 +53,16 @@ def add_voting_arguments(parser: argparse.ArgumentParser) -> None:
     """--answer and --equivalence."""
     g = parser.add_argument_group("voting (majority, weighted_majority)")
     g.add_argument("--answer", default="first_line",
-                   help="the answer a completion votes for: first_line, boxed (the last \\boxed{...}) or "
-                        "pkg.module:name, a function of the completion text (default: first_line)")
+                   help=f"the answer a completion votes for: {ANSWERS.describe()}; or pkg.module:name, a "
+                        "function of the completion text (default: first_line)")
     g.add_argument("--equivalence", default="exact",
-                   help="answers that vote together: exact (same text), math (math-verify equivalent) or "
-                        "pkg.module:name, a function mapping an answer to a hashable key (default: exact)")
+                   help=f"answers that vote together: {EQUIVALENCES.describe()}; or pkg.module:name, a "
+                        "function mapping an answer to a hashable key (default: exact)")
 
 
 def add_adaptive_arguments(parser: argparse.ArgumentParser, budget: bool = True) -> None:
     """The ``AdaptivePolicy`` flags, with ``--adaptive`` and ``--budget`` for ``rsft bon``."""
-    from rsft.adaptive import AdaptivePolicy
+    from rsft.bon.adaptive import AdaptivePolicy
 
     section = ADAPTIVE if budget else Section(ADAPTIVE.title, ADAPTIVE.include, exclude=("budget",),
                                               description="for requests that send the budget extension field")
@@ -75,14 +76,14 @@ def add_adaptive_arguments(parser: argparse.ArgumentParser, budget: bool = True)
 
 def adaptive_policy(args: argparse.Namespace, budget: int) -> AdaptivePolicy:
     """The ``AdaptivePolicy`` of the flags given, for ``budget`` samples unless ``--budget`` says otherwise."""
-    from rsft.adaptive import AdaptivePolicy
+    from rsft.bon.adaptive import AdaptivePolicy
 
     return apply_flags(args, AdaptivePolicy(budget=budget))
 
 
 def scorer_from_args(args: argparse.Namespace) -> tuple[Scorer | None, str]:
     """The scorer (or None) and the selector named by ``add_selection_arguments`` flags, checked together."""
-    from rsft.bon import check_selector
+    from rsft.bon.infer import check_selector
     from rsft.score import as_scorer
 
     selector = args.selector or ("argmax" if args.scorer else "majority")
@@ -108,7 +109,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _adaptive_policy(args: argparse.Namespace, n: int) -> AdaptivePolicy | None:
     """``--adaptive``'s policy (budget: --budget, else -n); None without it (other adaptive flags refused)."""
-    from rsft.adaptive import AdaptivePolicy
+    from rsft.bon.adaptive import AdaptivePolicy
 
     if not getattr(args, "adaptive", False):
         given = given_flags(args, AdaptivePolicy)
@@ -120,7 +121,7 @@ def _adaptive_policy(args: argparse.Namespace, n: int) -> AdaptivePolicy | None:
 
 def main(args: argparse.Namespace) -> None:
     """``rsft bon``: Best-of-N over a prompt file (or stdin), one JSON line per prompt."""
-    from rsft.bon import answer_extractor, read_prompt_lines, resolve_equivalence
+    from rsft.bon.infer import answer_extractor, read_prompt_lines, resolve_equivalence
     from rsft.prompts import load_prompts
 
     config: GenerationConfig = apply_flags(args, RunConfig()).generation
@@ -147,7 +148,7 @@ def main(args: argparse.Namespace) -> None:
 
 
 def _fixed_rows(prompts: list[Prompt], n: int, generator: Generator, choose: dict[str, Any]) -> list[dict[str, Any]]:
-    from rsft.bon import best_of_n, result_row
+    from rsft.bon.infer import best_of_n, result_row
 
     results = best_of_n(prompts, n, generator, **choose)
     return [result_row(p, r) for p, r in zip(prompts, results, strict=True)]
@@ -155,7 +156,7 @@ def _fixed_rows(prompts: list[Prompt], n: int, generator: Generator, choose: dic
 
 def _adaptive_rows(prompts: list[Prompt], policy: AdaptivePolicy, generator: Generator,
                    choose: dict[str, Any]) -> list[dict[str, Any]]:
-    from rsft.bon import adaptive_best_of_n, result_row
+    from rsft.bon.infer import adaptive_best_of_n, result_row
 
     run = adaptive_best_of_n(prompts, policy, generator, **choose)
     rows = [{**result_row(p, r), "samples": k} for p, r, k in zip(prompts, run.results, run.samples, strict=True)]

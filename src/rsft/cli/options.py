@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from rsft.config import RunConfig, field_docs, key_value, load_config
+from rsft.config import RunConfig, check_run, field_docs, key_value, load_config
 
 FLAGS = "_config_flags"
 """Namespace attribute listing the generated flags of a parser (set as a parser default)."""
@@ -197,8 +197,13 @@ def _new_section(obj: Any, name: str) -> Any:
 
 
 def _help(leaf: Leaf, spelling: Spelling, override: str | None, default: Any) -> str:
+    """The field's docstring (or ``override``), the names of its registry (each with its help line,
+    or just the names for a long list) and its default."""
     text = override if override is not None else spelling.help_prefix + field_docs(leaf.owner).get(leaf.name, "")
     text = text.replace("``", "").rstrip().removesuffix(".")
+    registry = leaf.field.metadata.get("registry")
+    if registry is not None and override is None:
+        text += f" ({registry.describe()})" if len(registry) <= 10 else f" (built in: {registry.help()})"
     if default is not None and default != [] and default != {} and "(default" not in text:
         shown = str(default).lower() if isinstance(default, bool) else default
         text += f" (default: {shown})"
@@ -300,4 +305,4 @@ def add_config_argument(parser: argparse.ArgumentParser, **kwargs: Any) -> None:
 def config_from(args: argparse.Namespace) -> RunConfig:
     """The ``--config`` file (or the defaults) with every given flag applied on top."""
     config = load_config(args.config) if getattr(args, "config", None) else RunConfig()
-    return apply_flags(args, config)
+    return check_run(apply_flags(args, config))

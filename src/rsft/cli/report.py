@@ -1,4 +1,4 @@
-"""``rsft report RUN_DIR``: the HTML report of a run and its table (``rsft.report``)."""
+"""``rsft report RUN_DIR``: the HTML report of a run and its table (``rsft.report.runs``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from rsft.report import format_table, write_report
+    from rsft.report.runs import format_table, write_report
 
     run, output = write_report(args.run_dir, args.output)
     if not args.no_terminal:

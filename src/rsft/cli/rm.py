@@ -1,7 +1,7 @@
 """``rsft rm-check`` and ``rsft rm-train``: re-validate a reward model on preference pairs, or train one.
 
 Both read pairs from ``--pairs FILE`` or build them from a scored round (``--from-round``); the
-library code is ``rsft.rm`` and ``rsft.rm_train``. rm-train's training flags are the fields of
+library code is ``rsft.rounds.rm_check`` and ``rsft.train.rm``. rm-train's training flags are the fields of
 ``RmTrainConfig``.
 """
 
@@ -17,7 +17,7 @@ from rsft.config import key_value
 from rsft.errors import RsftError
 
 if TYPE_CHECKING:
-    from rsft.rm import RoundVerdicts
+    from rsft.rounds.rm_check import RoundVerdicts
 
 
 def add_pair_source_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,7 +44,7 @@ def add_pair_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 def round_source(args: argparse.Namespace) -> list[RoundVerdicts]:
     """The verdicts of each ``--from-round``, after checking the flags agree."""
-    from rsft.rm import round_verdicts
+    from rsft.rounds.rm_check import round_verdicts
 
     if args.round_rewards and args.checker:
         raise RsftError("give either --checker or --round-rewards with --from-round, not both")
@@ -68,7 +68,7 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
 def check(args: argparse.Namespace) -> None:
     """``rsft rm-check``: the report as a table or JSON; exit code 1 below ``--min-accuracy``."""
     from rsft import artifacts
-    from rsft.rm import (
+    from rsft.rounds.rm_check import (
         RmGateError,
         check_pairs,
         check_round,
@@ -104,7 +104,7 @@ def check(args: argparse.Namespace) -> None:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    from rsft.rm_train import RmTrainConfig
+    from rsft.train.rm import RmTrainConfig
 
     add_pair_source_arguments(parser)
     parser.add_argument("--base", required=True, metavar="MODEL",
@@ -115,8 +115,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def train(args: argparse.Namespace) -> None:
     """``rsft rm-train``: train on the pairs and print the summary as JSON."""
-    from rsft.rm import Pair, file_source, read_pairs, sample_pairs
-    from rsft.rm_train import RmTrainConfig, train_rm
+    from rsft.rounds.rm_check import Pair, file_source, read_pairs, sample_pairs
+    from rsft.train.rm import RmTrainConfig, train_rm
 
     config = apply_flags(args, RmTrainConfig())
     if args.from_round is not None:

@@ -24,6 +24,7 @@ from rsft.cli.options import Command, Section, add_config_flags, apply_flags
 from rsft.config import RewardServerConfig, RunConfig, ServeConfig
 from rsft.errors import RsftError
 from rsft.generate import generator_from_config
+from rsft.registry import SCORERS
 
 if TYPE_CHECKING:
     from rsft.generate import Generator
@@ -40,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     """``rsft serve``: load the model and serve Best-of-N until interrupted."""
-    from rsft.bon import answer_extractor, resolve_equivalence
+    from rsft.bon.infer import answer_extractor, resolve_equivalence
 
     try:
         import uvicorn
@@ -91,8 +92,8 @@ def _plain_chat_template_if_missing(generator: Generator) -> None:
 def add_reward_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags of ``rsft serve-reward``: the run config's scorer and the server's limits."""
     add_config_flags(parser, [Section("scorer", ("scoring.scorer", "scoring.options"),
-                                      help={"scoring.scorer": "scorer spec to serve: math, task, code, exact, "
-                                                              "regex:PAT, rm:PATH, judge:MODEL or pkg.module:name"})])
+                                      help={"scoring.scorer": f"scorer spec to serve: {SCORERS.help()} "
+                                                              "or pkg.module:name"})])
     add_config_flags(parser, [Section("server", ("",))], root=RewardServerConfig)
 
 

@@ -59,12 +59,11 @@ def _stage_arguments(*sections: Section, new_version: bool = False) -> Any:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     from rsft import pipeline, stages
-    from rsft.executor import make_executor
+    from rsft.stages.executor import make_executor
 
     config = config_from(args)
     executor = make_executor(config.executor, config.ray)
     prompts = pipeline.open_prompt_set(config.prompts)  # streamed into prompts.parquet, as in rsft run
-    pipeline.check_backends(config.generation)
     counts = stages.generate(args.round_dir, config.generation,
                              functools.partial(pipeline.build_generator, config.generation, round_dir=args.round_dir),
                              prompts, new_version=args.new_version, executor=executor)
@@ -73,7 +72,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 def cmd_score(args: argparse.Namespace) -> None:
     from rsft import pipeline, stages, stats
-    from rsft.executor import make_executor
+    from rsft.stages.executor import make_executor
 
     config = config_from(args)
     executor = make_executor(config.executor, config.ray)
@@ -108,7 +107,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     """Train on ROUND_DIR/selected.jsonl and print the summary as JSON."""
     from rsft import artifacts
     from rsft.models import EMBEDDED_DEFAULT
-    from rsft.train import train
+    from rsft.train.sft import train
 
     run_config = args.round_dir.parent / artifacts.CONFIG  # the run's own settings, as rsft run wrote them
     if args.config is None and run_config.is_file():
@@ -133,11 +132,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     config = config_from(args)
     if config.rounds.train:
-        from rsft import rounds
+        from rsft.rounds import loop as rounds
 
         _print_json(rounds.run_rounds(config))
         return
-    from rsft.rm import gate_round
+    from rsft.rounds.rm_check import gate_round
     from rsft.tracking import start as start_tracking
 
     tracker = start_tracking(config)  # before any work: a missing tracker library fails at once

@@ -1,4 +1,4 @@
-"""``rsft stats RUN_OR_ROUND_DIR``: the Best-of-N curve of a scored round (``rsft.bon_report``)."""
+"""``rsft stats RUN_OR_ROUND_DIR``: the Best-of-N curve of a scored round (``rsft.bon.report``)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from rsft.bon_report import find_round, format_report, plot, report
+    from rsft.bon.report import find_round, format_report, plot, report
 
     rep = report(find_round(args.path, args.round_index), args.threshold)
     if args.plot is not None:

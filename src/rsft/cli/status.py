@@ -1,4 +1,4 @@
-"""``rsft status RUN_DIR``: each round's stages of a run (``rsft.status``)."""
+"""``rsft status RUN_DIR``: each round's stages of a run (``rsft.report.status``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> None:
-    from rsft.status import format_status, run_status
+    from rsft.report.status import format_status, run_status
 
     status: Any = run_status(args.run_dir)
     print(json.dumps(status, indent=2) if args.json else format_status(status))

@@ -1,4 +1,4 @@
-"""``rsft sweep --config FILE``: a grid over N, temperature, keep threshold and epochs (``rsft.sweep``)."""
+"""``rsft sweep --config FILE``: a grid over N, temperature, keep threshold and epochs (``rsft.rounds.sweep``)."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     from rsft import artifacts
-    from rsft.config import load_config
-    from rsft.sweep import format_markdown, format_plan, plan, run_sweep
+    from rsft.config import check_run, load_config
+    from rsft.rounds.sweep import format_markdown, format_plan, plan, run_sweep
 
-    config = apply_flags(args, load_config(args.config))
+    config = check_run(apply_flags(args, load_config(args.config)))
     if args.dry_run:
         print(format_plan(plan(config)))
         return

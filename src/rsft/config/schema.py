@@ -8,18 +8,34 @@ from pathlib import Path
 from typing import Any
 
 from rsft.errors import RsftError
-from rsft.select import SELECTION_STRATEGIES
+from rsft.registry import ANSWERS, BACKENDS, EQUIVALENCES, SCORERS, STRATEGIES, TRACKERS, Registry
 from rsft.types import SamplingParams
 
 MIXED_PRECISION = ("auto", "bf16", "no")
 """Values of ``train.mixed_precision``."""
 REPORT_TO = ("none", "tensorboard", "wandb", "mlflow")
 """Values of ``train.report_to``."""
+STOP_RULES = ("share", "beta")
+"""The stopping rules of adaptive N (``generation.adaptive.rule``, ``AdaptivePolicy.rule``)."""
+ON_ERROR = ("fail", "record")
+"""Values of ``scoring.on_error``."""
+REFRESH = ("subsample", "rotate")
+"""Values of ``rounds.refresh``."""
+CONTROL_MODES = ("round", "chain")
+"""Values of ``rounds.control_mode``."""
+EXECUTORS = ("local", "ray")
+"""Values of ``executor``."""
 
 
 def choices(*values: str) -> dict[str, tuple[str, ...]]:
     """Field metadata naming a string field's valid values: the CLI offers exactly these."""
     return {"choices": values}
+
+
+def registered(registry: Registry) -> dict[str, Registry]:
+    """Field metadata naming the registry whose names the field takes (``rsft.registry``): the CLI's
+    help lists them, and the config checks read them."""
+    return {"registry": registry}
 
 
 @dataclass
@@ -66,8 +82,8 @@ class PromptsConfig:
 class GeneratorConfig:
     """One generator: a backend, its model and options."""
 
-    backend: str = "hf"
-    """Generation backend: ``hf``, ``openai`` or ``vllm``."""
+    backend: str = field(default="hf", metadata=registered(BACKENDS))
+    """Generation backend."""
     model: str = "gemma3-270m"
     """Model path, hub id (offline), served model name (openai), or ``gemma3-270m``."""
     options: dict[str, Any] = field(default_factory=dict)
@@ -99,7 +115,7 @@ class SamplingConfig:
 class AdaptiveGenerationConfig:
     """Adaptive N in the generate stage: each prompt samples in growing batches (``min_n``, then
     x ``growth``) and stops once its answers agree, up to ``generation.n``; the cells it did not
-    sample are recorded as unsampled (no text, NaN reward, never selected). ``rsft.adaptive``."""
+    sample are recorded as unsampled (no text, NaN reward, never selected). ``rsft.bon.adaptive``."""
 
     enabled: bool = False
     """Sample adaptively (``generation.n`` is then the most samples per prompt)."""
@@ -109,14 +125,14 @@ class AdaptiveGenerationConfig:
     """share rule: stop once the leading answer holds at least this fraction of the samples."""
     growth: float = 2.0
     """Each later batch grows a prompt's samples to ceil(growth x samples so far), up to N."""
-    rule: str = field(default="share", metadata=choices("share", "beta"))
+    rule: str = field(default="share", metadata=choices(*STOP_RULES))
     """Stopping rule: share (supermajority of the votes) or beta (P(leader beats runner-up) >= confidence)."""
     confidence: float = 0.95
     """beta rule: posterior probability that the leading answer beats the runner-up needed to stop."""
-    answer: str = "first_line"
-    """The answer a completion votes for: first_line, boxed (the last \\boxed{...}) or pkg.module:name."""
-    equivalence: str = "exact"
-    """Answers that vote together: exact (same text), math (math-verify equivalent) or pkg.module:name."""
+    answer: str = field(default="first_line", metadata=registered(ANSWERS))
+    """The answer a completion votes for: a built-in extractor or pkg.module:name."""
+    equivalence: str = field(default="exact", metadata=registered(EQUIVALENCES))
+    """Answers that vote together: a built-in grouping or pkg.module:name (a key function of the answer)."""
 
 
 @dataclass
@@ -139,7 +155,12 @@ class GenerationConfig:
 def sampling_params(config: GenerationConfig, seed_offset: int = 0) -> SamplingParams:
     """What a generator is handed for ``config.sampling``, its seed moved by ``seed_offset`` (one per
     shard); raises ValueError on an invalid setting."""
-    s = config.sampling
+    return sampling_of(config.sampling, seed_offset)
+
+
+def sampling_of(s: SamplingConfig, seed_offset: int = 0) -> SamplingParams:
+    """``SamplingParams`` of a ``SamplingConfig``, its seed moved by ``seed_offset``; raises ValueError
+    on an invalid setting."""
     return SamplingParams(
         temperature=s.temperature,
         top_p=s.top_p,
@@ -154,12 +175,12 @@ def sampling_params(config: GenerationConfig, seed_offset: int = 0) -> SamplingP
 class ScoringConfig:
     """Which scorer and what to do when it fails."""
 
-    scorer: Any = "task"
-    """Built-in name (``task``, ``math``, ``exact``, ``regex:PAT``, ``rm:PATH``), ``pkg.module:name``,
-    or a mapping such as ``{gate: math, inner: "rm:PATH"}``."""
+    scorer: Any = field(default="task", metadata=registered(SCORERS))
+    """A built-in scorer (``task``, ``math``, ``regex:PAT``, ``rm:PATH``, ...), ``pkg.module:name``, or a
+    mapping such as ``{gate: math, inner: "rm:PATH"}``."""
     options: dict[str, Any] = field(default_factory=dict)
     """Scorer options (e.g. ``batch_size`` for ``rm``)."""
-    on_error: str = field(default="fail", metadata=choices("fail", "record"))
+    on_error: str = field(default="fail", metadata=choices(*ON_ERROR))
     """``fail``: a scorer exception stops the stage; ``record``: the pair gets NaN and is counted."""
     pass_threshold: float = 0.5
     """Reward at or above which a completion counts as passing, for the statistics."""
@@ -169,10 +190,8 @@ class ScoringConfig:
 class SelectionConfig:
     """Which completions to keep."""
 
-    strategy: str = field(default="best", metadata=choices(*SELECTION_STRATEGIES))
-    """``best`` (one per prompt), ``top_k`` (overall), ``threshold`` (best if >= threshold),
-    ``k_per_prompt``, ``rso`` (statistical rejection sampling at ``beta``), or ``dpo_pairs`` (best vs
-    worst for DPO)."""
+    strategy: str = field(default="best", metadata={"choices": STRATEGIES, **registered(STRATEGIES)})
+    """Which completions to keep (``k``, ``threshold``, ``beta`` and ``seed`` are the strategies' settings)."""
     k: int | None = None
     """How many to keep: ``top_k`` overall; ``k_per_prompt`` and ``rso`` per prompt."""
     threshold: float | None = None
@@ -236,7 +255,7 @@ class EvalConfig:
 
     prompts: PromptsConfig | None = None
     """Held-out prompts (a file or a task with a different seed); None disables the gate."""
-    scorer: Any = "task"
+    scorer: Any = field(default="task", metadata=registered(SCORERS))
     """Scorer of the eval (may differ from the training scorer, e.g. a checker while training used an RM)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Options of the eval scorer."""
@@ -258,18 +277,14 @@ class EvalConfig:
     """Estimate KL on the first this many held-out prompts only (None: all of them)."""
 
 
-TRACKERS = ("tensorboard", "mlflow", "trackio", "wandb")
-"""Values of ``tracking.report_to`` (``metrics.jsonl`` is always written)."""
-
-
 @dataclass
 class TrackingConfig:
     """Experiment trackers of ``rsft run``: one rsft run is one tracked run with the resolved config as
     parameters, the config hash as a tag and every round's metrics (``rsft.tracking``)."""
 
-    report_to: list[str] = field(default_factory=list)
-    """Trackers besides ``metrics.jsonl`` (always written in the run folder): tensorboard, mlflow,
-    trackio, wandb; on the command line comma-separated or repeated (``--report-to tensorboard,mlflow``)."""
+    report_to: list[str] = field(default_factory=list, metadata=registered(TRACKERS))
+    """Trackers besides ``metrics.jsonl`` (always written in the run folder); on the command line
+    comma-separated or repeated (``--report-to tensorboard,mlflow``)."""
     project: str = "rsft"
     """Project (W&B, trackio) or experiment (MLflow) the run goes into; the run is named after ``name``."""
     mlflow_tracking_uri: str | None = None

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from rsft.config.checks import check_run
 from rsft.config.schema import RunConfig
 from rsft.errors import RsftError
 
@@ -30,7 +31,11 @@ def load_config(path: str | Path) -> RunConfig:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark else ""
         raise RsftError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
-    return from_dict(RunConfig, data, str(path))
+    config = from_dict(RunConfig, data, str(path))
+    try:
+        return check_run(config)
+    except RsftError as e:
+        raise RsftError(f"{path}: {e}") from None
 
 
 def from_dict(cls: type, data: Any, where: str) -> Any:

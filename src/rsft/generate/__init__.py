@@ -1,14 +1,15 @@
 """Generators: ``generate(prompts, n, sampling) -> list[list[Completion]]`` (M prompts -> M lists of N).
 
-Backends are looked up by name in ``BACKENDS``; each factory imports its heavy dependencies only
-when called, so ``import rsft`` stays light and ``vllm`` is needed only by the ``vllm`` backend.
+Backends are looked up by name in ``rsft.registry.BACKENDS``; each one's module is imported only
+when it is used, so ``import rsft`` stays light and ``vllm`` is needed only by the ``vllm`` backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from rsft import registry
 from rsft.errors import RsftError
 from rsft.types import Completion, PromptValue, SamplingParams
 
@@ -53,46 +54,18 @@ class LocalModel(Protocol):
         ...
 
 
-def _hf(**options: Any) -> Generator:
-    from rsft.generate.hf import HFGenerator
-
-    return HFGenerator(**options)
-
-
-def _openai(**options: Any) -> Generator:
-    from rsft.generate.openai import OpenAIGenerator
-
-    return OpenAIGenerator(**options)
-
-
-def _vllm(**options: Any) -> Generator:
-    from rsft.generate.vllm import VLLMGenerator
-
-    return VLLMGenerator(**options)
-
-
-BACKENDS: dict[str, Callable[..., Generator]] = {"hf": _hf, "openai": _openai, "vllm": _vllm}
-
-GPUS: dict[str, Callable[[Mapping[str, Any]], float]] = {
-    "hf": lambda options: 0.0 if options.get("device") == "cpu" else 1.0,
-    "vllm": lambda options: float(options.get("tensor_parallel_size", 1)),
-}
-"""GPUs one generator of a backend wants, from its options: vLLM's tensor-parallel size, 1 for hf
-(none on ``device: cpu``); a backend not listed (``openai``: a remote server) wants none."""
+BACKENDS = registry.BACKENDS
+"""The backends by name: ``rsft.registry.BACKENDS`` (each entry's class, its help, its GPUs)."""
 
 
 def generator_gpus(backend: str, options: Mapping[str, Any]) -> float:
     """GPUs one ``backend`` generator with ``options`` wants where the cluster has them."""
-    wants = GPUS.get(backend)
-    return wants(options) if wants is not None else 0.0
+    return BACKENDS[backend].gpus(options) if backend in BACKENDS else 0.0
 
 
 def make_generator(backend: str, options: Mapping[str, Any] | None = None) -> Generator:
     """Build a generator from a backend name and its options (e.g. ``model``, ``batch_size``)."""
-    try:
-        factory = BACKENDS[backend]
-    except KeyError:
-        raise RsftError(f"unknown backend {backend!r}; choose one of {', '.join(sorted(BACKENDS))}") from None
+    factory = BACKENDS.get(backend).load()
     try:
         return factory(**dict(options or {}))
     except TypeError as e:

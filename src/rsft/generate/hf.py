@@ -84,8 +84,8 @@ class HFGenerator:
         return len(self.tokenizer(text, add_special_tokens=adds_bos(self.tokenizer, [text]))["input_ids"])
 
     def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
-        """``log p(completion | prompt)`` of each pair under this model (``rsft.logprobs``)."""
-        from rsft.logprobs import sequence_logprobs
+        """``log p(completion | prompt)`` of each pair under this model (``rsft.train.logprobs``)."""
+        from rsft.train.logprobs import sequence_logprobs
 
         return sequence_logprobs(self.model, self.tokenizer, prompts, completions)
 

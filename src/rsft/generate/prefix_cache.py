@@ -2,7 +2,7 @@
 run that prefix through the model once, and its KV cache is repeated for every row of a batch.
 
 Used by generation (``rsft.generate.hf``: one batch of prompts, then N samples each) and by
-log-prob scoring for KL (``rsft.logprobs``: every batch of completions over the same prompts), so
+log-prob scoring for KL (``rsft.train.logprobs``: every batch of completions over the same prompts), so
 both take the same prefix and the same fallbacks. torch is imported inside the functions.
 """
 

@@ -194,8 +194,8 @@ class VLLMGenerator:
 
     def sequence_logprobs(self, prompts: Sequence[str], completions: Sequence[str]) -> list[float]:
         """``log p(completion | prompt)`` of each pair under this policy (adapter included), from
-        vLLM's prompt log-probabilities; tokenized as ``rsft.logprobs.sequence_logprobs`` does."""
-        from rsft.logprobs import checkpoint_logprobs, pair_token_ids
+        vLLM's prompt log-probabilities; tokenized as ``rsft.train.logprobs.sequence_logprobs`` does."""
+        from rsft.train.logprobs import checkpoint_logprobs, pair_token_ids
 
         vllm = _import_vllm()
         if self.lora_engine:

@@ -1,14 +1,15 @@
-"""What the scorer modules share: the ``Scorer`` protocol, plain callables as scorers, and loading
-user code named ``"pkg.module:name"``. It imports no other scorer module, so every one can import it."""
+"""What the scorer modules share: the ``Scorer`` protocol and plain callables as scorers (and
+``load_object`` for user code named ``"pkg.module:name"``, from ``rsft.registry``). It imports no
+other scorer module, so every one can import it."""
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from rsft.errors import RsftError
+from rsft.registry import load_object as load_object
 from rsft.types import PromptValue, Verdict
 
 ScoreValue = float | Verdict
@@ -60,21 +61,3 @@ class CallableScorer:
             kwargs = dict(meta) if self._takes_all else {k: v for k, v in meta.items() if k in self._extra}
             out.append(self.fn(prompt, completion, **kwargs))
         return out
-
-
-def load_object(spec: str, what: str = "scorer") -> Any:
-    """Import ``"pkg.module:name"`` (``name`` may be dotted) and return the object; ``what`` names the
-    option in the one-line error (``scorer``, ``answer extractor``, ...)."""
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise RsftError(f"{what} {spec!r}: expected 'pkg.module:name'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as e:
-        raise RsftError(f"{what} {spec!r}: cannot import {module_name!r}: {e}") from e
-    for part in attr.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise RsftError(f"{what} {spec!r}: {module_name!r} has no attribute {attr!r}") from None
-    return obj

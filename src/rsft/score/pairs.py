@@ -1,7 +1,7 @@
 """Scoring a flat batch of pairs with any scorer, locating the pairs a scorer fails on.
 
-Used by the score stage (one shard at a time), by Best-of-N at inference (``rsft.bon``) and, through
-``score_batch`` and ``score_each``, by the combined scorers and the GRPO reward (``rsft.grpo``).
+Used by the score stage (one shard at a time), by Best-of-N at inference (``rsft.bon.infer``) and, through
+``score_batch`` and ``score_each``, by the combined scorers and the GRPO reward (``rsft.train.grpo``).
 """
 
 from __future__ import annotations

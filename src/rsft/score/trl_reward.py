@@ -1,5 +1,5 @@
 """TRL reward functions as rsft scorers: spec ``trl:pkg.module:name``, or ``trl:NAME`` for the rewards
-TRL ships in ``trl.rewards`` (the other way, rsft scorers as TRL rewards, is ``rsft.grpo``).
+TRL ships in ``trl.rewards`` (the other way, rsft scorers as TRL rewards, is ``rsft.train.grpo``).
 
 TRL calls a reward function as ``f(prompts=..., completions=..., completion_ids=..., trainer_state=...,
 log_extra=..., log_metric=..., **dataset_columns)`` with one list entry per completion and takes one
@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from rsft.errors import RsftError, first_line
-from rsft.score.base import load_object
+from rsft.registry import load_object
 from rsft.types import PromptValue, Verdict
 
 

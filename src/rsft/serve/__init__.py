@@ -7,8 +7,8 @@ The answer holds the best candidate as the one ordinary ``choices[0]`` and an ex
 
 Adaptive N: a request with the extension field ``budget`` (wins over ``n`` and ``best_of``) samples
 in growing batches of at most ``budget`` candidates and stops once their answers agree
-(``rsft.adaptive``; the server's ``--min-n``/``--supermajority``/... settings, which the request
-may override with ``min_n`` and ``supermajority``); its ``rsft.adaptive`` field reports the budget,
+(``rsft.bon.adaptive``; the server's ``--min-n``/``--supermajority``/... settings, which the request
+may override with ``min_n`` and ``supermajority``); its ``rsft.bon.adaptive`` field reports the budget,
 the samples used and the samples saved.
 
 Requests are batched dynamically: they wait in a bounded queue; one worker takes what arrived

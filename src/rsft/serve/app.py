@@ -12,8 +12,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from rsft.adaptive import AdaptivePolicy
-from rsft.bon import Extract, KeyFn, answer_extractor, check_selector, resolve_equivalence
+from rsft.bon.adaptive import AdaptivePolicy
+from rsft.bon.infer import Extract, KeyFn, answer_extractor, check_selector, resolve_equivalence
 from rsft.config import ServeConfig
 from rsft.generate import Generator
 from rsft.score import as_scorer
@@ -47,7 +47,7 @@ def create_app(
     Args:
         generator: samples the candidates (any ``Generator``).
         scorer: anything ``rsft.score.as_scorer`` accepts, or None (then use ``majority``).
-        selector: ``argmax``, ``majority`` or ``weighted_majority`` (see ``rsft.bon``).
+        selector: ``argmax``, ``majority`` or ``weighted_majority`` (see ``rsft.bon.infer``).
         model_name: the id reported by ``/v1/models`` and in responses.
         api_key: when set, every ``/v1`` request needs ``Authorization: Bearer <api_key>``.
         config: the server's limits (``rsft.config.ServeConfig``, whose defaults are the server's):
@@ -59,7 +59,7 @@ def create_app(
         extract: the answer a completion votes for (majority selectors): ``first_line`` (also None),
             ``boxed``, ``pkg.module:name`` or a callable.
         equivalence: which answers vote together (majority selectors): ``exact``, ``math`` or a key
-            function (see ``rsft.answers.answer_groups``).
+            function (see ``rsft.bon.answers.answer_groups``).
         adaptive: settings of requests that send ``budget`` (adaptive N; each request's budget, and
             its ``min_n``/``supermajority`` when given, replace these); None: ``AdaptivePolicy``'s defaults.
         limits: keyword arguments named as ``ServeConfig`` fields (``max_n=8``), replacing those of ``config``.

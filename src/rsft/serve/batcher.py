@@ -3,7 +3,7 @@
 One worker takes what arrived within ``batch_window_ms`` (at most ``max_batch_prompts``), groups
 requests with the same N and sampling settings, and calls ``generator.generate`` once per group in a
 worker thread (generation blocks), then scores and selects. Adaptive requests (a ``budget``) with the
-same policy form a group too, sampled by ``rsft.bon.adaptive_best_of_n``: one ``generate``
+same policy form a group too, sampled by ``rsft.bon.infer.adaptive_best_of_n``: one ``generate``
 call per batch over the group's prompts still open.
 """
 
@@ -15,8 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from rsft.adaptive import AdaptivePolicy
-from rsft.bon import BoNResult, Extract, KeyFn, adaptive_best_of_n, select_best
+from rsft.bon.adaptive import AdaptivePolicy
+from rsft.bon.infer import BoNResult, Extract, KeyFn, adaptive_best_of_n, select_best
 from rsft.config import ServeConfig
 from rsft.errors import RsftError
 from rsft.generate import Generator, LocalModel

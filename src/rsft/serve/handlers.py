@@ -11,7 +11,7 @@ import hmac
 import time
 from typing import Any, Protocol
 
-from rsft.adaptive import AdaptivePolicy
+from rsft.bon.adaptive import AdaptivePolicy
 from rsft.config import ServeConfig
 from rsft.errors import RsftError
 from rsft.serve.batcher import BoNService, Job, serve_config

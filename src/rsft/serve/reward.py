@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from rsft.bon import json_number
+from rsft.bon.infer import json_number
 from rsft.score import Scorer, as_scorer, score_pairs
 from rsft.serve.handlers import answer_within, check_bearer, queue_full
 from rsft.serve.schemas import HTTPError

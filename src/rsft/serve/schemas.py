@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import Any
 
-from rsft.bon import BoNResult, json_number
+from rsft.bon.infer import BoNResult, json_number
 
 ROLES = ("system", "user", "assistant", "tool", "developer")
 
@@ -103,7 +103,7 @@ def completion_response(result: BoNResult, chat: bool, model_name: str, prompt_t
                         budget: int | None = None) -> dict[str, Any]:
     """The OpenAI body: the chosen candidate as ``choices[0]``, every candidate under ``rsft``.
 
-    An adaptive request (``budget``) also gets ``rsft.adaptive``: the budget, the samples used, the saved.
+    An adaptive request (``budget``) also gets ``rsft.bon.adaptive``: the budget, the samples used, the saved.
     """
     completion_tokens = sum(c.n_tokens or 0 for c in result.completions)
     choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": result.finish_reason}

@@ -6,7 +6,7 @@ select:   selection.parquet                          export: selected.jsonl
 
 Generation and scoring run in shards of prompts (``shards``); each finished shard is written
 atomically under ``.shards/`` so an interrupted stage resumes at the first missing shard. An
-executor (``rsft.executor``) computes the missing shards, here or on Ray actors; the driver writes them.
+executor (``rsft.stages.executor``) computes the missing shards, here or on Ray actors; the driver writes them.
 
 The functions ``generate`` and ``score`` hide the submodules of the same names as attributes of this
 package: import from those with ``from rsft.stages.generate import ...``.

@@ -1,6 +1,6 @@
 """The export stage: the selected completions as TRL-ready JSONL (``selected.jsonl``).
 
-The rows themselves (SFT or preference, text or chat) are built by ``rsft.export``. They are made
+The rows themselves (SFT or preference, text or chat) are built by ``rsft.train.rows``. They are made
 ``EXPORT_BLOCK`` selected rows at a time: only those rows' prompts and texts are read (forward
 through ``prompts.parquet`` and ``completions.parquet``), so memory does not grow with the round.
 """
@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from rsft import artifacts, matrix
 from rsft.errors import RsftError
-from rsft.export import preference_row, sft_row
+from rsft.train.rows import preference_row, sft_row
 
 EXPORT_BLOCK = 4096
 """Selected rows whose prompts and texts are in memory at once."""

@@ -4,7 +4,7 @@
 (``rsft.stages.shards``), shard ``s`` sampling with seed offset ``1009 * s``. Prompts are streamed
 into that file and read back a shard at a time, so memory does not grow with their number.
 
-With ``config.adaptive.enabled`` a shard samples adaptively (``rsft.adaptive``): each prompt stops
+With ``config.adaptive.enabled`` a shard samples adaptively (``rsft.bon.adaptive``): each prompt stops
 once its answers agree, and its row is filled up to N with unsampled cells (``matrix.UNSAMPLED``:
 null text, scored NaN without calling the scorer, never selected). The counts say how many
 completions were drawn and how many were saved.
@@ -24,14 +24,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rsft import artifacts, matrix
-from rsft.adaptive import AdaptivePolicy, sample_adaptively
-from rsft.answers import answer_extractor, resolve_equivalence
+from rsft.bon.adaptive import AdaptivePolicy, sample_adaptively
+from rsft.bon.answers import answer_extractor, resolve_equivalence
 from rsft.config import GenerationConfig, sampling_params
+from rsft.config.checks import check_generation
 from rsft.errors import RsftError
-from rsft.executor import Executor, LocalExecutor
 from rsft.generate import Generator, generator_gpus
 from rsft.progress import progress
-from rsft.shard_job import ShardResult
+from rsft.stages.executor import Executor, LocalExecutor
+from rsft.stages.shard_job import ShardResult
 from rsft.stages.shards import finish_shards, hash_with_ids, run_shards
 from rsft.types import Completion, Prompt, SamplingParams
 
@@ -94,13 +95,8 @@ def plan_generation(
 ) -> GenerationPlan | dict[str, Any]:
     """Check the config, write the prompts; the finished stage's counts when it is current, else the plan."""
     started = time.time()
-    try:
-        sampling_params(config)
-    except ValueError as e:
-        raise RsftError(f"generation.sampling: {e}") from None
-    if config.n < 1:
-        raise RsftError(f"generation.n: must be >= 1, got {config.n}")
-    adaptive_sampling(config)  # a bad adaptive setting fails before any prompt is written
+    check_generation(config)
+    adaptive_sampling(config)  # answer and equivalence code is imported before any prompt is written
     path = round_dir / artifacts.PROMPTS
     if prompts is not None:
         update_prompts(path, prompts, lambda: artifacts.guard_outputs(round_dir, "generate", None, new_version,
@@ -127,12 +123,11 @@ def stage_config(config: GenerationConfig) -> dict[str, Any]:
 
 
 def adaptive_sampling(config: GenerationConfig) -> AdaptiveSampling | None:
-    """The adaptive sampling of ``config.adaptive`` (budget ``config.n``), checked; None when it is off."""
+    """The adaptive sampling of ``config.adaptive`` (budget ``config.n``; the settings checked by
+    ``check_generation``), with its user code imported; None when it is off."""
     a = config.adaptive
     if not a.enabled:
         return None
-    if config.mix:
-        raise RsftError("generation.adaptive: not with generation.mix (each generator owns fixed columns)")
     try:
         policy = AdaptivePolicy(budget=config.n, min_n=a.min_n, supermajority=a.supermajority, growth=a.growth,
                                 rule=a.rule, confidence=a.confidence)

@@ -12,12 +12,11 @@ from typing import Any
 
 from rsft import artifacts, matrix, stats
 from rsft.config import GenerationConfig, ScoringConfig
-from rsft.errors import RsftError
-from rsft.executor import Executor, LocalExecutor
+from rsft.config.checks import check_on_error
 from rsft.generate import Generator
 from rsft.progress import progress
 from rsft.score import ReportsStats, Scorer, as_scorer, score_pairs, scorer_gpus
-from rsft.shard_job import ShardResult
+from rsft.stages.executor import Executor, LocalExecutor
 from rsft.stages.generate import (
     GenerationPlan,
     GenerationShards,
@@ -26,6 +25,7 @@ from rsft.stages.generate import (
     generation_gpus,
     plan_generation,
 )
+from rsft.stages.shard_job import ShardResult
 from rsft.stages.shards import LazyTasks, finish_shards, missing_shards, run_shards, shard_dir, shard_path
 from rsft.types import Prompt, SamplingParams
 
@@ -99,11 +99,6 @@ def score(
                            extra={"stats": summary, "scorer": scorer.name, "shard_key": digest})
     matrix.release_memory()
     return summary
-
-
-def check_on_error(config: ScoringConfig) -> None:
-    if config.on_error not in ("fail", "record"):
-        raise RsftError(f"scoring.on_error: expected 'fail' or 'record', got {config.on_error!r}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from rsft import artifacts, matrix
+from rsft import artifacts, matrix, registry
 from rsft import select as selectors
 from rsft.config import SelectionConfig
 from rsft.stages import shards
@@ -38,15 +38,18 @@ def select_completions(round_dir: Path, config: SelectionConfig) -> dict[str, An
     no_finite = int(np.count_nonzero(~(R > -np.inf).any(axis=1))) if R.shape[1] else m
     Rs = selectors.apply_mask(R, dedup_mask(round_dir, ids)) if config.dedup else R
 
-    if config.strategy == "dpo_pairs":
-        triples = np.concatenate([_offset(selectors.dpo_pairs(block, min_margin=config.threshold or 0.0), start, 3)
-                                  for start, block in _blocks(Rs)])
+    strategy = registry.STRATEGIES.get(config.strategy, "selection.strategy: ")
+    if strategy.pairs:
+        pick = strategy.load()
+        triples = np.concatenate([_offset(pick(block, k=config.k, threshold=config.threshold, beta=config.beta,
+                                               seed=config.seed), start, 3)
+                                  for start, block in (_blocks(Rs) if strategy.row_wise else [(0, Rs)])])
         rows, samples = np.repeat(triples[:, 0], 2), triples[:, 1:].reshape(-1)
         roles, role_names = np.tile(np.array([0, 1], dtype=np.int8), len(triples)), ["chosen", "rejected"]
         pairs = np.repeat(np.arange(len(triples)), 2)
         kept_rows = len(np.unique(matrix.rows_of_ids(ids, ids.take(pa.array(np.unique(rows))))))  # distinct ids
     else:
-        rows, samples, without_pick = _select(Rs, config)
+        rows, samples, without_pick = _select(Rs, config, strategy.row_wise)
         roles, role_names, pairs = np.zeros(len(rows), dtype=np.int8), ["keep"], np.arange(len(rows))
         kept_rows = m - without_pick
     rewards = R[rows, samples]
@@ -67,10 +70,10 @@ def select_completions(round_dir: Path, config: SelectionConfig) -> dict[str, An
     return counts
 
 
-ROW_WISE = ("best", "threshold", "k_per_prompt", "dpo_pairs")
-"""Strategies that pick within each row alone: run ``SELECT_BLOCK`` rows at a time (the same picks),
-so their lists of picks stay small; ``top_k`` (global) and ``rso`` (one seeded stream) take R whole."""
 SELECT_BLOCK = 8192
+"""Rows at a time of a strategy that picks within each row alone (``row_wise`` in
+``rsft.registry.STRATEGIES``: the same picks, and its lists of picks stay small); ``top_k`` (global)
+and ``rso`` (one seeded stream) take R whole."""
 
 
 def _blocks(R: np.ndarray) -> list[tuple[int, np.ndarray]]:
@@ -84,10 +87,10 @@ def _offset(picks: list[tuple[int, ...]], start: int, width: int) -> np.ndarray:
     return out
 
 
-def _select(R: np.ndarray, config: SelectionConfig) -> tuple[np.ndarray, np.ndarray, int]:
+def _select(R: np.ndarray, config: SelectionConfig, row_wise: bool) -> tuple[np.ndarray, np.ndarray, int]:
     """``selectors.select``'s picks as (rows, columns) arrays, and the rows without a pick."""
     picks, without = [], 0
-    for start, block in _blocks(R) if config.strategy in ROW_WISE else [(0, R)]:
+    for start, block in _blocks(R) if row_wise else [(0, R)]:
         picked = selectors.select(block, config.strategy, k=config.k, threshold=config.threshold,
                                   beta=config.beta, seed=config.seed)
         picks.append(_offset(picked.pairs, start, 2))

@@ -1,7 +1,7 @@
 """Shards: how generation and scoring split a stage into pieces that survive a kill.
 
 Each finished shard is written atomically as ``.shards/<kind>-<key>/<s>.parquet``, so an
-interrupted stage resumes at the first missing shard; an executor (``rsft.executor``) computes the
+interrupted stage resumes at the first missing shard; an executor (``rsft.stages.executor``) computes the
 missing ones, here or on Ray actors, and the driver writes them. ``finish_shards`` then streams
 them into the stage's one output file.
 """
@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from rsft import artifacts
-from rsft.executor import Executor
-from rsft.shard_job import ShardJob, ShardResult
+from rsft.stages.executor import Executor
+from rsft.stages.shard_job import ShardJob, ShardResult
 
 
 def shard_dir(round_dir: Path, kind: str, stage_config: Mapping[str, Any]) -> tuple[Path, str]:

@@ -30,29 +30,24 @@ from pathlib import Path
 from typing import Any
 
 from rsft import artifacts
-from rsft.config import TRACKERS, RunConfig, dump_config, to_dict
+from rsft.config import RunConfig, dump_config, to_dict
+from rsft.config.checks import tracker_names
 from rsft.errors import RsftError
+from rsft.registry import TRACKERS
 from rsft.tracking.backends import RunInfo
 
 __all__ = ["Tracker", "read_ledger", "start"]
 
 
 def backend_names(config: RunConfig) -> list[str]:
-    """``tracking.report_to`` as a list of known names (``a,b`` entries split), checked."""
-    names = [n.strip() for entry in config.tracking.report_to for n in entry.split(",") if n.strip()]
-    for name in names:
-        if name not in TRACKERS:
-            raise RsftError(f"tracking.report_to: unknown tracker {name!r}; choose from {', '.join(TRACKERS)} "
-                            "(metrics.jsonl is always written)")
-    return list(dict.fromkeys(names))
+    """``tracking.report_to`` as a list of registered trackers (``a,b`` entries split), checked."""
+    return tracker_names(config.tracking)
 
 
 def start(config: RunConfig) -> Tracker:
     """The tracker of ``config``'s run; fails at once, naming the extra, when a library is missing."""
-    from rsft.tracking.backends import LIBRARIES
-
     for name in backend_names(config):
-        if not _available(LIBRARIES[name]):
+        if not _available(TRACKERS[name].library):
             raise RsftError(f"tracking.report_to {name}: needs the '{name}' extra: pip install 'rsft[{name}]'")
     return Tracker(config)
 
@@ -161,9 +156,7 @@ class Tracker:
 
     def _backend(self, name: str, state: dict[str, Any]) -> Any:
         if name not in self.open:
-            from rsft.tracking.backends import BACKENDS
-
-            self.open[name] = BACKENDS[name](self.info, state)
+            self.open[name] = TRACKERS[name].load()(self.info, state)
             artifacts.write_json(self.state_path, self.state)
         return self.open[name]
 

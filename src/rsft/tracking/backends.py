@@ -1,4 +1,5 @@
-"""The trackers of ``rsft.tracking``, each through its own client library, imported when opened.
+"""The trackers of ``rsft.tracking``, each through its own client library, imported when opened;
+``rsft.registry.TRACKERS`` registers each class under its ``tracking.report_to`` name.
 
 Each backend is opened once per process for one rsft run, receives ``log(metrics, step, axis)``
 (``axis`` is ``round`` for the per-round metrics and ``train_step`` for the train losses, two step
@@ -170,10 +171,3 @@ class Wandb:
 
     def close(self) -> None:
         self.run.finish()
-
-
-BACKENDS: dict[str, type] = {"tensorboard": TensorBoard, "mlflow": MLflow, "trackio": Trackio, "wandb": Wandb}
-"""The trackers by ``tracking.report_to`` name."""
-
-LIBRARIES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "trackio": "trackio", "wandb": "wandb"}
-"""The module each tracker imports (checked before a run starts)."""

@@ -144,7 +144,7 @@ def _check_metrics(config: RunConfig, samples: Mapping[str, Any]) -> dict[str, A
     finite = rewards[np.isfinite(rewards)]
     if not finite.size or not np.isin(finite, (0.0, 1.0)).all():
         return {}
-    from rsft.answers import answer_extractor, answer_groups
+    from rsft.bon.answers import answer_extractor, answer_groups
 
     a = config.generation.adaptive
     extract = answer_extractor(a.answer)

@@ -23,8 +23,8 @@ import numpy as np
 
 from rsft import artifacts, matrix
 from rsft.errors import RsftError
-from rsft.tables import DASH as DASH
-from rsft.tables import finite, format_kl, format_metric, sweep_table, sweep_table_note
+from rsft.report.tables import DASH as DASH
+from rsft.report.tables import finite, format_kl, format_metric, sweep_table, sweep_table_note
 
 COLUMNS = ["round", "kept", "reward all/kept", "eval (CI)", "control eval", "KL", "promoted"]
 _ROUND = re.compile(r"round-(\d+)")

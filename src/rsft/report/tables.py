@@ -1,5 +1,5 @@
-"""The cells of the results tables, shared by ``rsft report`` (``rsft.report``) and ``rsft sweep``
-(``rsft.sweep``): numbers as they are read back from JSON, a metric with its CI, KL with its stderr,
+"""The cells of the results tables, shared by ``rsft report`` (``rsft.report.runs``) and ``rsft sweep``
+(``rsft.rounds.sweep``): numbers as they are read back from JSON, a metric with its CI, KL with its stderr,
 and the sweep's results table (``RUN/sweep.md``, the terminal and the report's sweep section).
 """
 

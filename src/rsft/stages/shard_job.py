@@ -1,4 +1,4 @@
-"""The per-shard work of a stage, as executors see it: a leaf module that ``rsft.executor``, the
+"""The per-shard work of a stage, as executors see it: a leaf module that ``rsft.stages.executor``, the
 ``ray`` executor and the stages all import (and that imports none of them).
 
 A stage describes its per-shard work as a ``ShardJob``: a picklable object that builds its model

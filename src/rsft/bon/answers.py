@@ -3,7 +3,7 @@
 An extractor maps a completion to its answer (``first_line``, ``boxed`` or a user function; None
 abstains); ``answer_groups`` puts equivalent answers in one group: ``exact`` (equal texts), ``math``
 (math-verify equivalence, so ``1/2``, ``0.5`` and ``\\frac{1}{2}`` vote together) or a user key
-function. Used by the voting selectors of ``rsft.bon`` and by adaptive N (``rsft.adaptive``), which
+function. Used by the voting selectors of ``rsft.bon.infer`` and by adaptive N (``rsft.bon.adaptive``), which
 the generate stage runs too.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+from rsft import registry
 from rsft.errors import RsftError
 
 Extract = Callable[[str], "str | None"]
@@ -26,10 +27,10 @@ def first_line(text: str) -> str | None:
     return None
 
 
-ANSWERS = ("first_line", "boxed")
+ANSWERS = registry.ANSWERS
 """Built-in answer extractors (``--answer``); ``pkg.module:name`` loads a user function."""
 
-EQUIVALENCES = ("exact", "math")
+EQUIVALENCES = registry.EQUIVALENCES
 """Built-in answer groupings (``--equivalence``); ``pkg.module:name`` loads a user key function."""
 
 KeyFn = Callable[[str], Hashable]
@@ -45,9 +46,7 @@ def last_boxed(text: str) -> str | None:
 
 def _load_function(spec: str, what: str) -> Callable[..., Any]:
     """Import a user function ``"pkg.module:name"`` named by option ``what``."""
-    from rsft.score.base import load_object
-
-    obj = load_object(spec, what)
+    obj = registry.load_object(spec, what)
     if not callable(obj):
         raise RsftError(f"{what} {spec!r}: {spec.partition(':')[2]!r} is not callable")
     return obj
@@ -55,15 +54,15 @@ def _load_function(spec: str, what: str) -> Callable[..., Any]:
 
 def answer_extractor(spec: str | Extract | None = None) -> Extract:
     """The extractor named by ``spec``: ``first_line`` (also None), ``boxed``, ``pkg.module:name``, a callable."""
-    if spec is None or spec == "first_line":
+    if spec is None:
         return first_line
     if callable(spec):
         return spec
-    if spec == "boxed":
-        return last_boxed
+    if spec in ANSWERS:
+        return ANSWERS[spec].load()
     if ":" in spec:
         return _load_function(spec, "answer extractor")
-    raise RsftError(f"unknown answer extractor {spec!r}; choose {', '.join(ANSWERS)} or pkg.module:name")
+    raise ANSWERS.unknown(spec)
 
 
 def resolve_equivalence(spec: str | KeyFn) -> str | KeyFn:
@@ -72,18 +71,28 @@ def resolve_equivalence(spec: str | KeyFn) -> str | KeyFn:
         return spec
     if isinstance(spec, str) and ":" in spec:
         return _load_function(spec, "equivalence")
-    raise RsftError(f"unknown equivalence {spec!r}; choose {', '.join(EQUIVALENCES)} or pkg.module:name")
+    raise EQUIVALENCES.unknown(spec)
 
 
 def answer_groups(answers: Sequence[str | None], equivalence: str | KeyFn = "exact") -> list[int | None]:
     """The group of each answer, labelled by the index of the group's first member; None abstains.
 
-    ``exact``: equal texts. ``math``: see ``_math_groups``. A key function: equal keys.
+    A name of ``EQUIVALENCES`` (``exact``: equal texts, ``math``: see ``math_groups``) groups the
+    answers itself; a key function puts answers with equal keys together (``key_groups``).
     """
     equivalence = resolve_equivalence(equivalence)
-    if equivalence == "math":
-        return _math_groups(answers)
-    key: KeyFn = (lambda a: a) if equivalence == "exact" else equivalence  # type: ignore[assignment]
+    if isinstance(equivalence, str):
+        return EQUIVALENCES[equivalence].load()(answers)
+    return key_groups(answers, equivalence)
+
+
+def exact_groups(answers: Sequence[str | None]) -> list[int | None]:
+    """Groups of equal texts."""
+    return key_groups(answers, lambda a: a)
+
+
+def key_groups(answers: Sequence[str | None], key: KeyFn) -> list[int | None]:
+    """Groups of answers whose ``key`` is equal; a None key abstains."""
     first: dict[Hashable, int] = {}
     out: list[int | None] = []
     for j, answer in enumerate(answers):
@@ -95,7 +104,7 @@ def answer_groups(answers: Sequence[str | None], equivalence: str | KeyFn = "exa
     return out
 
 
-def _math_groups(answers: Sequence[str | None]) -> list[int | None]:
+def math_groups(answers: Sequence[str | None]) -> list[int | None]:
     """Groups by math-verify equivalence: ``verify(a, b) or verify(b, a)`` on the parsed answers.
 
     Each distinct text is parsed once and compared with the representative (first member) of each

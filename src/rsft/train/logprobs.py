@@ -5,7 +5,7 @@ completion are tokenized separately and their ids concatenated, so the boundary 
 the caller put it (tokenizing the joined text could merge tokens across it). ``kl_estimate`` turns
 two such lists, scored on samples drawn from the policy, into an estimate of KL(policy || base).
 
-torch is imported inside the functions, so ``import rsft.logprobs`` stays cheap.
+torch is imported inside the functions, so ``import rsft.train.logprobs`` stays cheap.
 """
 
 from __future__ import annotations

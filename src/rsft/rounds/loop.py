@@ -32,9 +32,10 @@ from rsft.config import (
     ScoringConfig,
     dump_config,
 )
+from rsft.config.checks import check_eval, check_rounds, check_run
 from rsft.errors import RsftError
 from rsft.generate import Generator, LocalModel
-from rsft.rm import gate_round
+from rsft.rounds.rm_check import gate_round
 from rsft.types import Prompt
 
 # --- prompt refresh ------------------------------------------------------------------------------
@@ -43,19 +44,18 @@ from rsft.types import Prompt
 def round_prompts(pool: list[Prompt], index: int, config: RunConfig) -> list[Prompt]:
     """The prompts of round ``index``: all of them, a seeded sub-sample, or a rotating slice."""
     r = config.rounds
+    check_rounds(r)
     size = r.prompts_per_round
     if size is None or size >= len(pool):
         return list(pool)
     if r.refresh == "subsample":
         rng = random.Random(f"{r.seed}:{index}")
         picked = sorted(rng.sample(range(len(pool)), size))
-    elif r.refresh == "rotate":
+    else:  # rotate
         order = list(range(len(pool)))
         random.Random(r.seed).shuffle(order)
         start = (index * size) % len(pool)
         picked = sorted((order * 2)[start : start + size])
-    else:
-        raise RsftError(f"rounds.refresh: expected 'subsample' or 'rotate', got {r.refresh!r}")
     return [pool[i] for i in picked]
 
 
@@ -120,7 +120,7 @@ class Policies:
             g = self.generator(model)
             if isinstance(g, LocalModel):
                 return g.sequence_logprobs(prompts, completions)
-        from rsft.logprobs import checkpoint_logprobs
+        from rsft.train.logprobs import checkpoint_logprobs
 
         self.release()
         return checkpoint_logprobs(model, prompts, completions)
@@ -199,11 +199,10 @@ def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, p
     e = config.eval
     if e.kl_samples < 1:
         return None
-    from rsft.logprobs import kl_estimate
+    from rsft.train.logprobs import kl_estimate
 
+    check_eval(e)
     if e.kl_prompts is not None:
-        if e.kl_prompts < 1:
-            raise RsftError(f"eval.kl_prompts: must be >= 1 (or null for all), got {e.kl_prompts}")
         prompts = prompts[: e.kl_prompts]
     if model == base:  # KL(base || base) is 0 exactly: nothing to sample
         zeros = [0.0] * (len(prompts) * e.kl_samples)
@@ -230,7 +229,7 @@ def kl_from_base(config: RunConfig, policies: Policies, model: str, base: str, p
 
 def train_arm(arm_dir: Path, config: RunConfig, start: str) -> str:
     """Fine-tune ``start`` on ``arm_dir/selected.jsonl`` unless an intact checkpoint exists; returns it."""
-    from rsft.train import train
+    from rsft.train.sft import train
 
     checkpoint = arm_dir / artifacts.CHECKPOINT
     key = {"base_model": start, **dataclasses.asdict(config.train)}
@@ -246,7 +245,7 @@ def write_control_set(round_dir: Path, count: int, seed: int) -> int:
     comps = matrix.read_completions(round_dir / artifacts.COMPLETIONS, prompts)
     rng = random.Random(seed)
     rows_idx = sorted(rng.sample(range(len(prompts)), min(count, len(prompts))))
-    from rsft.export import sft_row
+    from rsft.train.rows import sft_row
 
     rows = []
     for i in rows_idx:
@@ -257,6 +256,7 @@ def write_control_set(round_dir: Path, count: int, seed: int) -> int:
 
 def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: bool = False) -> dict[str, Any]:
     """The whole RSFT loop. Returns the summary also written to ``<run>/rounds.json``."""
+    check_run(config)
     if config.eval.prompts is None:
         raise RsftError("eval.prompts: RSFT rounds need held-out eval prompts (the gate never promotes blindly)")
     run_dir = config.run_dir
@@ -275,8 +275,6 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
                           base, eval_prompts)
     best, current, history = baseline["metric"]["value"], base, []
     control_policy = base  # control_mode "chain": the control's own policy
-    if config.rounds.control and config.rounds.control_mode not in ("round", "chain"):
-        raise RsftError(f"rounds.control_mode: expected 'round' or 'chain', got {config.rounds.control_mode!r}")
     say = (lambda *a: None) if quiet else (lambda *a: print(*a, file=sys.stderr))
     say(f"base: {format_eval(baseline)}")
     for k in range(config.rounds.rounds):
@@ -360,7 +358,7 @@ def write_own_control_set(rd: Path, config: RunConfig, policies: Policies, polic
     out = rd / artifacts.CONTROL
     stages.generate(out, gen, lambda: policies.generator(policy), picked)
     comps = matrix.read_completions(out / artifacts.COMPLETIONS, picked)
-    from rsft.export import sft_row
+    from rsft.train.rows import sft_row
 
     return artifacts.write_jsonl(out / artifacts.SELECTED, [sft_row(p, row[0]) for p, row in zip(picked, comps.texts, strict=True)])
 

@@ -2,7 +2,7 @@
 
 For each n (powers of two up to the round's N, then N) it prints the expected best reward of n
 samples, pass@n and the KL from the base policy, all estimated from the round's M x N rewards
-(``rsft.bon_stats.bon_curve``). ``--json`` prints the same as JSON; ``--plot`` draws it to a PNG.
+(``rsft.bon.stats.bon_curve``). ``--json`` prints the same as JSON; ``--plot`` draws it to a PNG.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from rsft import artifacts, bon_stats, matrix
+from rsft import artifacts, matrix
+from rsft.bon import stats as bon_stats
 from rsft.errors import RsftError
 
 _ROUND = re.compile(r"round-(\d+)")

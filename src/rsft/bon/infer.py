@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from rsft.adaptive import AdaptivePolicy, sample_adaptively
-from rsft.answers import (
+from rsft.bon.adaptive import AdaptivePolicy, sample_adaptively
+from rsft.bon.answers import (
     Extract,
     KeyFn,
     answer_extractor,
@@ -342,7 +342,7 @@ def adaptive_best_of_n(
     extract: Extract | str | None = None,
     equivalence: str | KeyFn = "exact",
 ) -> AdaptiveResult:
-    """``rsft.bon.best_of_n`` with adaptive N: each prompt samples until its answers agree or ``policy.budget``.
+    """``rsft.bon.infer.best_of_n`` with adaptive N: each prompt samples until its answers agree or ``policy.budget``.
 
     Args:
         prompts, scorer, sampling, metadata, extract, equivalence: as for ``best_of_n``.

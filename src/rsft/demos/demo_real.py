@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from rsft import artifacts, matrix, pipeline, rounds, stages
-from rsft.bon_stats import pass_at_k
+from rsft import artifacts, matrix, pipeline, stages
+from rsft.bon.stats import pass_at_k
 from rsft.config import (
     EvalConfig,
     GenerationConfig,
@@ -43,9 +43,10 @@ from rsft.config import (
     TaskConfig,
     TrainConfig,
 )
-from rsft.demo import train_summary
+from rsft.demos.demo import train_summary
 from rsft.prompts import humaneval_prompts
-from rsft.train import peak_rss_mb
+from rsft.rounds import loop as rounds
+from rsft.train.sft import peak_rss_mb
 from rsft.types import Prompt
 
 MODEL = "qwen2.5-coder-0.5b"
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         timings["rsft_rounds"] = _done(f"{args.rounds} RSFT rounds", t0)
         print_rsft(summary["rsft"])
         t0 = time.time()
-        from rsft import report
+        from rsft.report import runs as report
 
         print(f"report: {report.write_report(config.run_dir)[1]}")
         timings["report"] = _done("report", t0)

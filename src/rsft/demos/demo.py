@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def rsft_round(config: RunConfig, args: argparse.Namespace) -> dict:
     """One RSFT round on the demo's kept set, gated on held-out questions, beside a random control."""
-    from rsft import rounds
+    from rsft.rounds import loop as rounds
 
     config.train = dataclasses.replace(DEMO_TRAIN, learning_rate=args.lr, epochs=args.epochs, lora_r=args.lora_r,
                                        lora_alpha=2 * args.lora_r)

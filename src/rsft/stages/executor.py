@@ -1,6 +1,6 @@
 """Where a stage's shards are computed: in this process (``local``) or on Ray actor pools (``ray``).
 
-A stage hands an executor a ``ShardJob`` (``rsft.shard_job``) and the tasks of its missing shards.
+A stage hands an executor a ``ShardJob`` (``rsft.stages.shard_job``) and the tasks of its missing shards.
 The driver writes each result atomically as it arrives, so an interrupted stage resumes at the
 first missing shard and every executor writes the same artifacts.
 """
@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from rsft.errors import RsftError
-from rsft.shard_job import OnDone, ShardJob, StreamedScoring, Tasks
-
-EXECUTORS = ("local", "ray")
+from rsft.config.checks import check_executor
+from rsft.config.schema import EXECUTORS as EXECUTORS
+from rsft.stages.shard_job import OnDone, ShardJob, StreamedScoring, Tasks
 
 
 class Executor(Protocol):
@@ -60,10 +59,9 @@ class LocalExecutor:
 
 def make_executor(name: str, ray_config: Any = None) -> Executor:
     """The executor called ``name``; ``ray_config`` is a ``RayConfig`` (defaults when None)."""
+    check_executor(name)
     if name == "local":
         return LocalExecutor()
-    if name == "ray":
-        from rsft.ray_executor import RayExecutor
+    from rsft.stages.ray_executor import RayExecutor  # name == "ray"
 
-        return RayExecutor(ray_config)
-    raise RsftError(f"executor: unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+    return RayExecutor(ray_config)

@@ -5,10 +5,10 @@ samples disagree. Here each prompt gets at most ``budget`` samples, drawn in bat
 first, then the samples so far grow by ``growth`` (4, 8, 16, ... capped at the budget). After each
 batch a prompt whose answers already agree stops and leaves the later batches, which run over the
 prompts still open (one ``generate`` call per batch). Answers are grouped exactly as the voting
-selectors of ``rsft.bon`` group them (``rsft.answers``: the same ``extract`` and ``equivalence``);
+selectors of ``rsft.bon.infer`` group them (``rsft.bon.answers``: the same ``extract`` and ``equivalence``);
 with ``weighted_majority`` each vote weighs its reward (negative and NaN rewards count 0 here).
 
-Two users: ``rsft.bon.adaptive_best_of_n`` (``rsft bon --adaptive``, ``rsft serve``'s ``budget``)
+Two users: ``rsft.bon.infer.adaptive_best_of_n`` (``rsft bon --adaptive``, ``rsft serve``'s ``budget``)
 then picks among the samples drawn, as ``best_of_n`` would; the generate stage
 (``generation.adaptive``) writes them into the round's M x N matrix, the cells a prompt did not
 sample marked unsampled.
@@ -36,13 +36,12 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from rsft.answers import Extract, KeyFn, answer_groups
-from rsft.config import choices
+from rsft.bon.answers import Extract, KeyFn, answer_groups
+from rsft.config import STOP_RULES, check_adaptive_policy, choices
 from rsft.errors import RsftError
 from rsft.generate import Generator
 from rsft.types import Completion, PromptValue, SamplingParams
 
-STOP_RULES = ("share", "beta")
 """Stopping rules accepted by ``AdaptivePolicy.rule``."""
 
 
@@ -64,18 +63,7 @@ class AdaptivePolicy:
     """beta rule: posterior probability that the leading answer beats the runner-up needed to stop."""
 
     def __post_init__(self) -> None:
-        for name in ("budget", "min_n"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise RsftError(f"adaptive {name} must be a positive integer, got {value!r}")
-        if not self.supermajority > 0:  # also NaN
-            raise RsftError(f"adaptive supermajority must be > 0, got {self.supermajority!r}")
-        if not (self.growth >= 1 and math.isfinite(self.growth)):
-            raise RsftError(f"adaptive growth must be a finite number >= 1, got {self.growth!r}")
-        if self.rule not in STOP_RULES:
-            raise RsftError(f"adaptive rule {self.rule!r} is unknown; choose {' or '.join(STOP_RULES)}")
-        if not 0 < self.confidence < 1:
-            raise RsftError(f"adaptive confidence must be in (0, 1), got {self.confidence!r}")
+        check_adaptive_policy(self.budget, self.min_n, self.supermajority, self.growth, self.rule, self.confidence)
 
     def schedule(self) -> list[int]:
         """Samples per prompt after each batch, e.g. ``[4, 8, 16]`` for budget 16, min_n 4, growth 2."""
@@ -96,7 +84,7 @@ def vote_totals(
     """(leading group's votes, runner-up group's votes, all samples' votes) for the stopping rule.
 
     A vote weighs 1, or its weight clipped at 0 (NaN counts 0): a share needs non-negative votes.
-    Abstaining samples (answer None) add to the total only. Groups are ``rsft.answers.answer_groups``.
+    Abstaining samples (answer None) add to the total only. Groups are ``rsft.bon.answers.answer_groups``.
     """
     clipped = [1.0] * len(answers) if weights is None else [
         0.0 if math.isnan(w) else max(0.0, float(w)) for w in weights]

@@ -1,4 +1,4 @@
-"""``python -m rsft.compare``: is rejection sampling enough, or do I need RL? RSFT against GRPO, a
+"""``python -m rsft.demos.compare`` (``make compare``): is rejection sampling enough, or do I need RL? RSFT against GRPO, a
 random-sample control and the base model, on one task, one held-out set and one sample budget, over
 several seeds.
 
@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from rsft import artifacts, matrix, pipeline, rounds, stages
+from rsft import artifacts, matrix, pipeline, stages
 from rsft.config import (
     EvalConfig,
     GenerationConfig,
@@ -51,9 +51,10 @@ from rsft.config import (
     SelectionConfig,
     TaskConfig,
 )
-from rsft.demo_real import CHAIN_TEMPLATE, MODEL, SAMPLING, TRAIN
+from rsft.demos.demo_real import CHAIN_TEMPLATE, MODEL, SAMPLING, TRAIN
 from rsft.errors import RsftError
 from rsft.generate import LocalModel
+from rsft.rounds import loop as rounds
 from rsft.types import Prompt
 
 ARMS = ("base", "rsft", "control", "grpo")
@@ -134,7 +135,7 @@ def train_rsft_and_control(study: Study, seed: int, policies: rounds.Policies) -
 
 def train_grpo_arm(study: Study, seed: int) -> str:
     """GRPO rounds of ``seed`` on the same questions per round as RSFT; returns the last policy."""
-    from rsft.train import train_grpo
+    from rsft.train.sft import train_grpo
 
     config = study.run_config(seed)
     pool = pipeline.load_prompt_set(config.prompts)
@@ -451,7 +452,7 @@ def _say(text: str, started: float) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m rsft.compare", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m rsft.demos.compare", description=__doc__.splitlines()[0])
     d = Study(out=Path("runs"))
     p.add_argument("--out", default=None, help="study folder (default: runs/compare-TASK)")
     p.add_argument("--model", default=d.model, help=f"base model: an embedded name or a folder (default {d.model})")

@@ -4,7 +4,7 @@ A checker that filters completions for RSFT is the same function an RL trainer w
 so one definition serves both (nanochat's task ``reward`` is its ``evaluate``):
 
     from trl import GRPOTrainer
-    from rsft.grpo import as_grpo_reward, grpo_rows
+    from rsft.train.grpo import as_grpo_reward, grpo_rows
     rows = grpo_rows(pipeline.load_prompt_set(config.prompts))   # prompt + the metadata checkers need
     GRPOTrainer(model, reward_funcs=as_grpo_reward("task"), train_dataset=Dataset.from_list(rows), ...)
 

@@ -34,7 +34,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from rsft import artifacts
+from rsft.config.checks import check_rounds
 from rsft.errors import RsftError, first_line
+from rsft.registry import SCORERS
 from rsft.stats import wilson_interval
 from rsft.types import Prompt, PromptValue
 
@@ -117,7 +119,7 @@ def _assistant_text(value: Any, where: str, key: str) -> str:
     if len(messages) != 1 or messages[0]["role"] != "assistant":
         raise RsftError(f"{where}: field {key!r} must be one assistant message, got roles "
                         f"{[m['role'] for m in messages]}")
-    from rsft.grpo import message_text
+    from rsft.train.grpo import message_text
 
     return message_text(messages[0]["content"])
 
@@ -201,11 +203,17 @@ def sample_pairs(verdicts: RoundVerdicts, per_prompt: int = 1, seed: int = 0) ->
 # --- scoring and the figures ---------------------------------------------------------------------
 
 
+def rm_path(spec: Any) -> str | None:
+    """The PATH of a scorer spec ``rm:PATH``; None for any other spec."""
+    entry, arg = SCORERS.split(spec)
+    return arg if entry is not None and entry.name == "rm" else None
+
+
 def load_rm(spec: str, options: Mapping[str, Any] | None = None) -> Scorer:
     """A reward model from ``rm:PATH`` or a model folder (any other scorer spec also works)."""
     from rsft.score import as_scorer
 
-    if not spec.startswith("rm:") and Path(spec).is_dir():
+    if rm_path(spec) is None and Path(spec).is_dir():
         spec = f"rm:{spec}"
     return as_scorer(spec, options)
 
@@ -366,14 +374,14 @@ def rm_spec_for(config: RunConfig) -> str:
         return c.model
     scorer = config.scoring.scorer
     inner = scorer.get("inner") if isinstance(scorer, Mapping) else scorer
-    if isinstance(inner, str) and inner.startswith("rm:"):
+    if rm_path(inner) is not None:
         return inner
     raise RsftError("rounds.rm_check.model: give the reward model to check (scoring.scorer is not 'rm:PATH')")
 
 
 def _model_fingerprint(spec: str) -> list[Any]:
     """Names, sizes and mtimes of a local model folder's files: a retrained RM at the same path differs."""
-    path = Path(spec.removeprefix("rm:"))
+    path = Path(p if (p := rm_path(spec)) is not None else spec)
     if not path.is_dir():
         return [spec]
     return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(path.iterdir()) if f.is_file()]
@@ -386,8 +394,7 @@ def gate_round(config: RunConfig, round_dir: Path) -> dict[str, Any] | None:
     c = config.rounds.rm_check
     if c is None:
         return None
-    if not c.pairs:
-        raise RsftError("rounds.rm_check.pairs: give a chosen/rejected JSONL file")
+    check_rounds(config.rounds)
     spec = rm_spec_for(config)
     key = artifacts.config_hash({"rm_check": dataclasses.asdict(c), "rm": spec, "files": _model_fingerprint(spec),
                                  "pairs": artifacts.file_sha256(c.pairs) if Path(c.pairs).is_file() else None})

@@ -26,7 +26,7 @@ from typing import Any
 
 from rsft.config import ActorPoolConfig, RayConfig
 from rsft.errors import RsftError
-from rsft.shard_job import OnDone, ShardJob, StreamedScoring, Tasks
+from rsft.stages.shard_job import OnDone, ShardJob, StreamedScoring, Tasks
 
 
 def import_ray() -> Any:

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from rsft import artifacts
-from rsft.config import MIXED_PRECISION, REPORT_TO, SamplingConfig, TrainConfig
+from rsft.config import SamplingConfig, TrainConfig
+from rsft.config.checks import check_train
 from rsft.errors import RsftError, one_line
 from rsft.types import Prompt
 
@@ -89,24 +90,9 @@ def _is_messages(value: Any) -> bool:
 
 
 def check_config(config: TrainConfig) -> None:
-    """Reject values that would fail deep inside the trainer, naming the field."""
-    positive = {"learning_rate": config.learning_rate, "epochs": config.epochs, "batch_size": config.batch_size,
-                "grad_accum": config.grad_accum, "logging_steps": config.logging_steps}
-    if config.lora:
-        positive.update(lora_r=config.lora_r, lora_alpha=config.lora_alpha)
-    for name, value in (("max_steps", config.max_steps), ("max_length", config.max_length)):
-        if value is not None:
-            positive[name] = value
-    for name, value in positive.items():
-        if not value > 0:
-            raise RsftError(f"train.{name}: must be positive, got {value!r}")
-    if not 0 <= config.lora_dropout < 1:
-        raise RsftError(f"train.lora_dropout: must be in [0, 1), got {config.lora_dropout!r}")
-    if config.mixed_precision not in MIXED_PRECISION:
-        raise RsftError(f"train.mixed_precision: expected one of {', '.join(MIXED_PRECISION)}, "
-                        f"got {config.mixed_precision!r}")
-    if config.report_to not in REPORT_TO:
-        raise RsftError(f"train.report_to: expected one of {', '.join(REPORT_TO)}, got {config.report_to!r}")
+    """Reject values that would fail deep inside the trainer, naming the field (``check_train``), and a
+    ``report_to`` whose library is not installed."""
+    check_train(config)
     packages = _REPORT_PACKAGES.get(config.report_to, ())
     if packages and not any(importlib.util.find_spec(p) for p in packages):
         raise RsftError(f"train.report_to {config.report_to!r} needs the {packages[0]} package: "
@@ -232,7 +218,6 @@ def use_bf16(config: TrainConfig, base_model: str, cuda: bool) -> bool:
 
 def _build_trainer(model: Any, tokenizer: Any, dataset: Any, config: TrainConfig, work: Path, cuda: bool,
                    bf16: bool) -> Any:
-    from transformers import PrinterCallback, ProgressCallback
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(
@@ -254,21 +239,31 @@ def _build_trainer(model: Any, tokenizer: Any, dataset: Any, config: TrainConfig
         dataloader_num_workers=0,
         dataset_num_proc=None,
     )
-    peft_config = None
-    if config.lora and not _is_peft(model):  # a LoRA policy already carries its adapter
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     try:
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             peft_config=peft_config)
+                             peft_config=_lora_config(config, model))
     except ValueError as e:
         raise RsftError(f"cannot set up training: {e}") from e
-    # Progress goes to stderr through rsft's bar; stdout stays for the command's JSON summary.
+    _quiet(trainer)
+    return trainer
+
+
+def _lora_config(config: TrainConfig, model: Any) -> Any:
+    """peft's LoraConfig for ``train.lora``; None for full fine-tuning or a LoRA policy (it carries its adapter)."""
+    if not config.lora or _is_peft(model):
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
+
+
+def _quiet(trainer: Any) -> None:
+    """Progress goes to stderr through rsft's bar; stdout stays for the command's JSON summary."""
+    from transformers import PrinterCallback, ProgressCallback
+
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    return trainer
 
 
 def checkpointing_argument(args_class: Any, enabled: bool) -> dict[str, bool]:
@@ -450,41 +445,22 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
         if info.get("key") == key:
             return info
     check_config(config)
-    if sampling.temperature <= 0 or num_generations < 2:
-        raise RsftError("grpo: needs sampling (temperature > 0) and at least 2 generations per prompt to compare")
-    if sampling.stop:
-        raise RsftError("grpo: stop strings are not supported; the completion ends at EOS or max_new_tokens")
+    generation_batch = _grpo_generation_batch(config, sampling, num_generations, generation_batch)
     try:
         import datasets
         import torch
         from trl import GRPOConfig, GRPOTrainer
     except ImportError as e:
         raise RsftError(f"GRPO needs the 'train' extra: pip install 'rsft[train]' ({e})") from e
-    from rsft.grpo import as_grpo_reward, grpo_rows
+    from rsft.train.grpo import as_grpo_reward, grpo_rows
 
     datasets.disable_progress_bars()
-    reward = as_grpo_reward(scorer)
-    counts = {"samples": 0, "completion_tokens": 0}
-
-    def counted(prompts: Any, completions: Any, **kwargs: Any) -> list[float | None]:
-        counts["samples"] += len(completions)
-        counts["completion_tokens"] += sum(len(ids) for ids in kwargs.get("completion_ids") or [])
-        return reward(prompts, completions, **kwargs)
-
-    counted.__name__ = reward.__name__  # TRL logs rewards/<__name__>/mean
+    reward, counts = _counted(as_grpo_reward(scorer))
     model, tokenizer, model_path = _load_base(base_model)
     cuda = torch.cuda.is_available()
     bf16 = use_bf16(config, base_model, cuda)
-    if bf16 and not cuda:  # TRL samples with the training model: keep the frozen weights in bf16 (their matmuls
-        model.to(torch.bfloat16)  # run in bf16 under autocast anyway) so decoding is bf16's speed, not float32's
-        for param in model.parameters():
-            if param.requires_grad:  # a LoRA policy's adapter: the trained weights stay float32
-                param.data = param.data.float()
-    per_step = config.batch_size * config.grad_accum
-    generation_batch = generation_batch or math.lcm(per_step, num_generations)
-    if generation_batch % per_step or generation_batch % num_generations:
-        raise RsftError(f"grpo: the generation batch ({generation_batch}) must be a multiple of the completions per "
-                        f"optimizer step ({per_step}) and of the generations per prompt ({num_generations})")
+    if bf16 and not cuda:
+        _freeze_in_bf16(model, torch)
     args = GRPOConfig(
         output_dir=str(out_dir / ".grpo-trainer"), num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
         per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
@@ -493,24 +469,15 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
         top_p=sampling.top_p, learning_rate=config.learning_rate, bf16=bf16, use_cpu=not cuda,
         **checkpointing_argument(GRPOConfig, config.activation_checkpointing), logging_steps=1, save_strategy="no",
         report_to=[], seed=config.seed, data_seed=config.seed, dataloader_num_workers=0)
-    peft_config = None
-    if config.lora and not _is_peft(model):
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                                 target_modules=config.lora_target_modules, task_type="CAUSAL_LM")
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{checkpoint.name}.tmp-", dir=out_dir))
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-            trainer = GRPOTrainer(model=model, reward_funcs=counted, args=args,
+            trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args,
                                   train_dataset=datasets.Dataset.from_list(grpo_rows(list(prompts))),
-                                  processing_class=tokenizer, peft_config=peft_config)
-            from transformers import PrinterCallback, ProgressCallback
-
-            trainer.remove_callback(ProgressCallback)
-            trainer.remove_callback(PrinterCallback)
+                                  processing_class=tokenizer, peft_config=_lora_config(config, model))
+            _quiet(trainer)
             log = _attach_logger(trainer, work / artifacts.TRAIN_LOG, extra=GRPO_LOGGED)
             train_started = time.time()
             result = trainer.train()
@@ -520,14 +487,9 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
         rewards = [r["reward"] for r in log.records if r.get("reward") is not None]
         info = {"method": "grpo", "key": key, "base_model": base_model, "base_model_path": model_path,
                 "rows": len(prompts), "num_generations": num_generations, "generation_batch": generation_batch,
-                **counts,
-                "steps": trainer.state.global_step, "epochs": config.epochs, "train_loss": result.training_loss,
-                "reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
-                "reward_mean": sum(rewards) / len(rewards) if rewards else None,
-                "loss_type": args.loss_type, "beta": args.beta, "sampling": dataclasses.asdict(sampling),
-                "lora": _lora_info(config), "merged": bool(config.lora and config.merge),
-                "device": "cuda" if cuda else "cpu", "mixed_precision": "bf16" if bf16 else "no",
-                "peak_rss_mb": peak_rss_mb(), "config": dataclasses.asdict(config), "versions": _versions(),
+                **counts, "steps": trainer.state.global_step, "train_loss": result.training_loss,
+                **_reward_summary(rewards), "loss_type": args.loss_type, "beta": args.beta,
+                "sampling": dataclasses.asdict(sampling), **_run_info(config, cuda, bf16),
                 "train_s": round(train_s, 3), "wall_s": round(time.time() - started, 3)}
         artifacts.write_json(staged / artifacts.TRAIN_INFO, info)
         os.replace(work / artifacts.TRAIN_LOG, out_dir / artifacts.TRAIN_LOG)
@@ -536,3 +498,54 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(out_dir / ".grpo-trainer", ignore_errors=True)
     return info
+
+
+def _reward_summary(rewards: list[float]) -> dict[str, float | None]:
+    """The mean reward of the first and last logged GRPO steps, and over all of them."""
+    return {"reward_first": rewards[0] if rewards else None, "reward_last": rewards[-1] if rewards else None,
+            "reward_mean": sum(rewards) / len(rewards) if rewards else None}
+
+
+def _run_info(config: TrainConfig, cuda: bool, bf16: bool) -> dict[str, Any]:
+    """How a GRPO run trained: LoRA, device, precision, memory, the config and the library versions."""
+    return {"epochs": config.epochs, "lora": _lora_info(config), "merged": bool(config.lora and config.merge),
+            "device": "cuda" if cuda else "cpu", "mixed_precision": "bf16" if bf16 else "no",
+            "peak_rss_mb": peak_rss_mb(), "config": dataclasses.asdict(config), "versions": _versions()}
+
+
+def _grpo_generation_batch(config: TrainConfig, sampling: SamplingConfig, num_generations: int,
+                           generation_batch: int | None) -> int:
+    """The checked generation batch (default: one optimizer step's completions, a multiple of the group)."""
+    if sampling.temperature <= 0 or num_generations < 2:
+        raise RsftError("grpo: needs sampling (temperature > 0) and at least 2 generations per prompt to compare")
+    if sampling.stop:
+        raise RsftError("grpo: stop strings are not supported; the completion ends at EOS or max_new_tokens")
+    per_step = config.batch_size * config.grad_accum
+    batch = generation_batch or math.lcm(per_step, num_generations)
+    if batch % per_step or batch % num_generations:
+        raise RsftError(f"grpo: the generation batch ({batch}) must be a multiple of the completions per "
+                        f"optimizer step ({per_step}) and of the generations per prompt ({num_generations})")
+    return batch
+
+
+def _counted(reward: Any) -> tuple[Any, dict[str, int]]:
+    """``reward`` wrapped to count the completions it scores and their tokens (TRL passes their ids)."""
+    counts = {"samples": 0, "completion_tokens": 0}
+
+    def counted(prompts: Any, completions: Any, **kwargs: Any) -> list[float | None]:
+        counts["samples"] += len(completions)
+        counts["completion_tokens"] += sum(len(ids) for ids in kwargs.get("completion_ids") or [])
+        return reward(prompts, completions, **kwargs)
+
+    counted.__name__ = reward.__name__  # TRL logs rewards/<__name__>/mean
+    return counted, counts
+
+
+def _freeze_in_bf16(model: Any, torch: Any) -> None:
+    """The frozen weights in bf16, the trained ones (a LoRA policy's adapter) in float32. TRL samples
+    with the training model, and on a CPU bf16 decodes about twice as fast as float32 (their matmuls
+    run in bf16 under autocast anyway)."""
+    model.to(torch.bfloat16)
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()

@@ -21,16 +21,18 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from rsft import registry
 from rsft.errors import RsftError
 
-STRATEGIES = ("best", "top_k", "threshold", "k_per_prompt", "rso")
-"""Strategy names accepted by ``select`` (each keeps single completions as ``(i, j)`` pairs)."""
+STRATEGIES = tuple(name for name in registry.STRATEGIES if not registry.STRATEGIES[name].pairs)
+"""The built-in strategies ``select`` runs (each keeps single completions as ``(i, j)`` pairs); the
+registry, ``rsft.registry.STRATEGIES``, holds every strategy, later registered ones too."""
 
-PAIR_STRATEGIES = ("dpo_pairs",)
-"""Strategies that keep (chosen, rejected) pairs of a prompt for DPO (``dpo_pairs``), not run by ``select``."""
+PAIR_STRATEGIES = tuple(name for name in registry.STRATEGIES if registry.STRATEGIES[name].pairs)
+"""The built-in strategies that keep (chosen, rejected) pairs of a prompt for DPO (``dpo_pairs``)."""
 
 SELECTION_STRATEGIES = STRATEGIES + PAIR_STRATEGIES
-"""Every strategy the select stage runs: the choices of ``SelectionConfig.strategy``."""
+"""Every built-in strategy the select stage runs."""
 
 _BLOCK_ELEMS = 1 << 18
 """Entries per block of rows: small enough to stay in cache, large enough to amortise the loop."""
@@ -437,15 +439,13 @@ def select(
     beta: float | None = None,
     seed: int = 0,
 ) -> Selection:
-    """Run one selection strategy over R.
+    """Run one selection strategy of ``rsft.registry.STRATEGIES`` that keeps single completions over R.
 
-    Strategies:
-        ``best``: each row's best (``keep_above`` at ``threshold``, or at -inf without one).
-        ``threshold``: each row's best when >= ``threshold`` (required).
-        ``top_k``: the ``k`` (required) highest rewards overall, highest first.
-        ``k_per_prompt``: up to ``k`` (required) best per row.
-        ``rso``: up to ``k`` (default 1) per row by statistical rejection sampling at ``beta``
-        (required) with ``seed`` (``rso_per_prompt``).
+    Built in (``pick_*`` below): ``best``: each row's best (at ``threshold``, or at -inf without one).
+    ``threshold``: each row's best when >= ``threshold`` (required). ``top_k``: the ``k`` (required)
+    highest rewards overall, highest first. ``k_per_prompt``: up to ``k`` (required) best per row.
+    ``rso``: up to ``k`` (default 1) per row by statistical rejection sampling at ``beta``
+    (required) with ``seed`` (``rso_per_prompt``).
 
     ``threshold``, when given, filters every strategy. With ``dedup=True`` (needs ``texts``),
     repeated completion texts within a row are masked to -inf first. NaN and -inf entries are
@@ -454,33 +454,74 @@ def select(
     Raises:
         RsftError: unknown strategy, missing ``k``/``threshold``/``texts``/``beta``, or a bad R.
     """
-    if strategy not in STRATEGIES:
-        raise RsftError(f"unknown selection strategy {strategy!r}; valid: {', '.join(STRATEGIES)}")
+    entry = registry.STRATEGIES.entries.get(strategy)
+    if entry is None or entry.pairs:
+        valid = [name for name in registry.STRATEGIES if not registry.STRATEGIES[name].pairs]
+        raise RsftError(f"unknown selection strategy {strategy!r}; valid: {', '.join(valid)}")
     R = as_reward_matrix(R)
     nans = nan_count(R)
     if dedup:
         if texts is None:
             raise RsftError("dedup=True needs the completion texts (texts=...)")
         R = apply_mask(R, dedup_mask(texts))
-    if strategy == "threshold" and threshold is None:
-        raise RsftError("selection strategy 'threshold' needs a threshold")
-    if strategy in ("top_k", "k_per_prompt") and k is None:
-        raise RsftError(f"selection strategy {strategy!r} needs k")
-    t = -np.inf if threshold is None else _number(threshold, "threshold")
-
-    if strategy in ("best", "threshold"):
-        pairs = keep_above(R, t)
-    elif strategy == "top_k":
-        idx = top_k_overall(R, _positive_int(k, "k"))
-        rows, cols = np.divmod(idx, R.shape[1])
-        values = R[rows, cols]
-        keep = (values > -np.inf) & (values >= t)
-        pairs = _pairs(rows[keep], cols[keep])
-    elif strategy == "rso":
-        if beta is None:
-            raise RsftError("selection strategy 'rso' needs beta")
-        pairs = rso_per_prompt(R, 1 if k is None else _positive_int(k, "k"), beta, seed, threshold)
-    else:
-        pairs = k_per_prompt(R, _positive_int(k, "k"), threshold)
+    pairs = entry.load()(R, k=k, threshold=threshold, beta=beta, seed=seed)
     n_picked_rows = len({i for i, _ in pairs})
     return Selection(pairs, strategy, nans, R.shape[0] - n_picked_rows)
+
+
+# --- the built-in strategies: pick(R, *, k, threshold, beta, seed), as rsft.registry.STRATEGIES names them
+
+
+def _min_reward(threshold: float | None) -> float:
+    return -np.inf if threshold is None else _number(threshold, "threshold")
+
+
+def pick_best(R: np.ndarray, *, k: int | None = None, threshold: float | None = None, beta: float | None = None,
+              seed: int = 0) -> list[tuple[int, int]]:
+    """``best``: each row's best, at or above ``threshold`` when given."""
+    return keep_above(R, _min_reward(threshold))
+
+
+def pick_threshold(R: np.ndarray, *, k: int | None = None, threshold: float | None = None,
+                   beta: float | None = None, seed: int = 0) -> list[tuple[int, int]]:
+    """``threshold``: each row's best when it is at or above ``threshold`` (required)."""
+    if threshold is None:
+        raise RsftError("selection strategy 'threshold' needs a threshold")
+    return keep_above(R, _min_reward(threshold))
+
+
+def pick_top_k(R: np.ndarray, *, k: int | None = None, threshold: float | None = None, beta: float | None = None,
+               seed: int = 0) -> list[tuple[int, int]]:
+    """``top_k``: the ``k`` (required) highest rewards overall, highest first."""
+    if k is None:
+        raise RsftError("selection strategy 'top_k' needs k")
+    t = _min_reward(threshold)
+    idx = top_k_overall(R, _positive_int(k, "k"))
+    rows, cols = np.divmod(idx, R.shape[1])
+    values = R[rows, cols]
+    keep = (values > -np.inf) & (values >= t)
+    return _pairs(rows[keep], cols[keep])
+
+
+def pick_k_per_prompt(R: np.ndarray, *, k: int | None = None, threshold: float | None = None,
+                      beta: float | None = None, seed: int = 0) -> list[tuple[int, int]]:
+    """``k_per_prompt``: up to ``k`` (required) best per row."""
+    if k is None:
+        raise RsftError("selection strategy 'k_per_prompt' needs k")
+    _min_reward(threshold)
+    return k_per_prompt(R, _positive_int(k, "k"), threshold)
+
+
+def pick_rso(R: np.ndarray, *, k: int | None = None, threshold: float | None = None, beta: float | None = None,
+             seed: int = 0) -> list[tuple[int, int]]:
+    """``rso``: up to ``k`` (default 1) per row by statistical rejection sampling at ``beta`` (required)."""
+    _min_reward(threshold)
+    if beta is None:
+        raise RsftError("selection strategy 'rso' needs beta")
+    return rso_per_prompt(R, 1 if k is None else _positive_int(k, "k"), beta, seed, threshold)
+
+
+def pick_dpo_pairs(R: np.ndarray, *, k: int | None = None, threshold: float | None = None,
+                   beta: float | None = None, seed: int = 0) -> list[tuple[int, int, int]]:
+    """``dpo_pairs``: each row's best vs worst, ``threshold`` the least margin (``dpo_pairs``)."""
+    return dpo_pairs(R, min_margin=threshold or 0.0)

@@ -19,7 +19,7 @@ each expensive step only once:
   set, so cells that keep the same rows (two thresholds below every best reward, say) share one
   checkpoint, whichever of them comes first in the grid, and a changed grid finds it again.
 - Eval: every checkpoint, and the base policy (the baseline row, ``RUN/baseline/``, shared with
-  ``rsft run``), on the held-out ``eval.prompts`` with ``rsft.rounds``' eval: the metric with its 95%
+  ``rsft run``), on the held-out ``eval.prompts`` with ``rsft.rounds.loop``' eval: the metric with its 95%
   CI (``rounds.metric_with_ci``: Wilson for one 0/1 sample per prompt, else normal over prompts) and
   KL(checkpoint || base) by Monte Carlo (mean ± stderr).
 
@@ -47,13 +47,14 @@ from typing import Any
 
 import numpy as np
 
-from rsft import artifacts, matrix, pipeline, rounds, select, stages, stats
+from rsft import artifacts, matrix, pipeline, select, stages, stats
 from rsft.config import RunConfig, dump_config
 from rsft.errors import RsftError
-from rsft.export import sft_row
 from rsft.generate import Generator
-from rsft.tables import finite, label
-from rsft.tables import sweep_markdown as format_markdown
+from rsft.report.tables import finite, label
+from rsft.report.tables import sweep_markdown as format_markdown
+from rsft.rounds import loop as rounds
+from rsft.train.rows import sft_row
 from rsft.types import Prompt
 
 SWEEP = "sweep"
@@ -171,7 +172,7 @@ def generate_at(config: RunConfig, temperature: float, n_max: int, prompts: list
                 policies: rounds.Policies, scorer: Any, new_version: bool = False) -> dict[str, Any]:
     """Sample ``n_max`` completions per prompt at ``temperature`` from the base policy and score them,
     into ``RUN/sweep/T<temp>/`` (skipped when the files are intact)."""
-    from rsft.executor import make_executor
+    from rsft.stages.executor import make_executor
 
     folder = config.run_dir / SWEEP / f"T{label(temperature)}"
     sampling = dataclasses.replace(config.generation.sampling, temperature=temperature)
@@ -276,7 +277,6 @@ def run_sweep(config: RunConfig, generator: Generator | None = None, quiet: bool
     pool = pipeline.load_prompt_set(config.prompts)
     prompts = rounds.round_prompts(pool, 0, config)
     eval_prompts = rounds.held_out(pipeline.load_prompt_set(config.eval.prompts), pool)
-    pipeline.check_backends(config.generation)
     scorer = pipeline.build_scorer(config.scoring)  # before generating: a bad scorer fails fast
     generations = []
     for t in grid.temperature:

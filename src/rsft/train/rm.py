@@ -1,7 +1,7 @@
 """``rsft rm-train``: a reward model from preference pairs with TRL's ``RewardTrainer``.
 
 For a user without an RM: pairs from a file, or built from a round's checker verdicts (see
-``rsft.rm``), train a sequence classifier with one output (Bradley-Terry loss,
+``rsft.rounds.rm_check``), train a sequence classifier with one output (Bradley-Terry loss,
 ``-log sigmoid(r_chosen - r_rejected)``). Every pair is tokenized exactly as the ``rm:PATH`` scorer
 reads a pair (``rsft.score.reward_model.encode_pairs``: the tokenizer's chat template, else plain
 concatenation), so the saved folder scores the way it learned. The folder is written beside ``--out``
@@ -22,8 +22,8 @@ from typing import Any
 
 from rsft import artifacts
 from rsft.errors import RsftError, one_line
-from rsft.rm import Pair
-from rsft.train import checkpointing_argument
+from rsft.rounds.rm_check import Pair
+from rsft.train.sft import checkpointing_argument
 
 TRAIN_INFO = "rsft_rm_train.json"
 
