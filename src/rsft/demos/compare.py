@@ -184,12 +184,8 @@ def evaluate_policy(study: Study, folder: Path, checkpoint: str, policies: round
                     prompts: list[Prompt]) -> dict[str, Any]:
     """Greedy answers of ``checkpoint`` to ``prompts`` at the long budget, scored at both budgets, and
     KL from the base; written to ``folder/eval.json`` and reused while the checkpoint is the same."""
-    identity = {"study": [study.model, study.scorer, study.budget, study.long_budget, study.kl_prompts],
-                "checkpoint": checkpoint, "prompts": [p.prompt_id for p in prompts]}
-    trained = Path(checkpoint) / artifacts.TRAIN_INFO
-    if trained.is_file():
-        identity["trained"] = artifacts.file_sha256(trained)
-    key = artifacts.config_hash(identity)
+    key = rounds.checkpoint_key({"study": [study.model, study.scorer, study.budget, study.long_budget, study.kl_prompts],
+                                 "checkpoint": checkpoint, "prompts": [p.prompt_id for p in prompts]}, checkpoint)
     path = folder / artifacts.EVAL
     if path.is_file():
         old = json.loads(path.read_text(encoding="utf-8"))

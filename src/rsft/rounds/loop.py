@@ -373,10 +373,7 @@ def evaluate_checkpoint(folder: Path, info: dict[str, Any], config: RunConfig, p
         del settings["kl_prompts"]  # evals written before the option existed stay current
     identity = {"eval": settings, "checkpoint": info["checkpoint"],
                 "prompts": [p.prompt_id for p in prompts]}  # the held-out set shrinks when the pool grows
-    meta = Path(info["checkpoint"]) / artifacts.TRAIN_INFO
-    if meta.exists():
-        identity["trained"] = artifacts.file_sha256(meta)
-    key = artifacts.config_hash(identity)
+    key = checkpoint_key(identity, info["checkpoint"])
     path = folder / artifacts.EVAL
     if path.exists():
         old = json.loads(path.read_text(encoding="utf-8"))
@@ -385,6 +382,15 @@ def evaluate_checkpoint(folder: Path, info: dict[str, Any], config: RunConfig, p
     result = {**info, **evaluate(config, policies, info["checkpoint"], base, folder, prompts), "eval_key": key}
     artifacts.write_json(path, result)
     return result
+
+
+def checkpoint_key(identity: dict[str, Any], checkpoint: str) -> str:
+    """The hash of ``identity`` and of the checkpoint's ``rsft_train.json`` when it has one: an eval
+    of a checkpoint retrained at the same path never passes for the old one's."""
+    meta = Path(checkpoint) / artifacts.TRAIN_INFO
+    if meta.exists():
+        identity = {**identity, "trained": artifacts.file_sha256(meta)}
+    return artifacts.config_hash(identity)
 
 
 def over_optimisation(history: list[dict[str, Any]]) -> list[str]:
