@@ -85,7 +85,9 @@ def test_a_rerun_reuses_every_checkpoint_and_eval(study):
     before = ckpt.stat().st_mtime_ns
     again = run(s)
     assert ckpt.stat().st_mtime_ns == before
-    assert _leaves(again["arms"]) == _leaves(summary["arms"])
+    timed = {k for k in _leaves(summary["arms"]) if "/wall_s/" in k}  # the cheap select/export stages rerun
+    assert {k: v for k, v in _leaves(again["arms"]).items() if k not in timed} == \
+        {k: v for k, v in _leaves(summary["arms"]).items() if k not in timed}
 
 
 def _leaves(tree, path=""):
