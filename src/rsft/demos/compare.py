@@ -199,6 +199,7 @@ def evaluate_policy(study: Study, folder: Path, checkpoint: str, policies: round
     samples = folder / artifacts.EVAL_SAMPLES
 
     def generator() -> Any:
+        policies.release()  # before loading: one model in memory at a time
         policies.add(checkpoint, pipeline.build_generator(gen))
         return policies.generator(checkpoint)
 
