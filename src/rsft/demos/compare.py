@@ -55,7 +55,7 @@ from rsft.demos.demo_real import CHAIN_TEMPLATE, MODEL, SAMPLING, TRAIN
 from rsft.errors import RsftError
 from rsft.generate import LocalModel
 from rsft.rounds import loop as rounds
-from rsft.types import Prompt
+from rsft.types import Prompt, unwrap_verdict
 
 ARMS = ("base", "rsft", "control", "grpo")
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
@@ -116,10 +116,7 @@ def train_rsft_and_control(study: Study, seed: int, policies: rounds.Policies) -
     current = control = study.model
     for k in range(study.rounds):
         rd = pipeline.round_dir(config, k)
-        g = config.generation
-        at = dataclasses.replace(g, generator=GeneratorConfig("hf", current))
-        result = pipeline.run_round(dataclasses.replace(config, generation=at), k,
-                                    generator=policies.generator(current),
+        result = pipeline.run_round(rounds.with_policy(config, current), k, generator=policies.generator(current),
                                     prompts=rounds.round_prompts(pool, k, config), quiet=True, write_config=False)
         kept = result.export["rows"]
         policies.release()
@@ -239,7 +236,7 @@ def truncate_tokens(tokenizer: Any, text: str, budget: int) -> str:
 def correct(scorer: Any, prompts: Sequence[Prompt], texts: Sequence[str]) -> np.ndarray:
     """1 where the checker scores an answer 1 (or more), else 0."""
     values = scorer.score([p.prompt for p in prompts], list(texts), [p.metadata for p in prompts])
-    return np.array([float(getattr(v, "score", v)) >= 1.0 for v in values], dtype=bool)
+    return np.array([float(unwrap_verdict(v)[0]) >= 1.0 for v in values], dtype=bool)
 
 
 # --- statistics ----------------------------------------------------------------------------------

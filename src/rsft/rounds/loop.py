@@ -282,7 +282,7 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
         gate_round(config, rd)  # rounds.rm_check: refuse the round when the reward model fails its pairs
         # locally the loaded policy is reused; Ray actors load the checkpoint themselves (never a pickled model)
         live = policies.generator(current) if config.executor == "local" else None
-        result = pipeline.run_round(_with_policy(config, current), k, generator=live,
+        result = pipeline.run_round(with_policy(config, current), k, generator=live,
                                     prompts=round_prompts(pool, k, config), quiet=quiet, write_config=False)
         kept = result.export["rows"]
         if kept == 0:
@@ -321,7 +321,7 @@ def run_rounds(config: RunConfig, generator: Generator | None = None, quiet: boo
     return summary
 
 
-def _with_policy(config: RunConfig, model: str) -> RunConfig:
+def with_policy(config: RunConfig, model: str) -> RunConfig:
     """The run config with the generator pointed at ``model`` (recorded in the round's manifest)."""
     g = config.generation.generator
     generation = dataclasses.replace(config.generation, mix=[], generator=GeneratorConfig(g.backend, model, g.options))

@@ -168,19 +168,12 @@ def _train_info(base_model: str, model_path: str, data: dict[str, Any], config: 
         "data": data,
         "rows": data["rows"],
         "steps": trainer.state.global_step,
-        "epochs": config.epochs,
         "epochs_done": trainer.state.epoch,
         "final_loss": records[-1]["loss"] if records else None,
         "tail_loss": _tail_mean([r["loss"] for r in records]),
         "train_loss": result.training_loss,
-        "lora": _lora_info(config),
-        "merged": bool(config.lora and config.merge),
-        "device": "cuda" if cuda else "cpu",
         "dtype": "float32",
-        "mixed_precision": "bf16" if bf16 else "no",
-        "peak_rss_mb": peak_rss_mb(),
-        "config": dataclasses.asdict(config),
-        "versions": _versions(),
+        **_run_info(config, cuda, bf16),
     }
 
 
@@ -507,7 +500,8 @@ def _reward_summary(rewards: list[float]) -> dict[str, float | None]:
 
 
 def _run_info(config: TrainConfig, cuda: bool, bf16: bool) -> dict[str, Any]:
-    """How a GRPO run trained: LoRA, device, precision, memory, the config and the library versions."""
+    """How a training run (SFT or GRPO) trained: epochs, LoRA, device, precision, memory, the config and
+    the library versions."""
     return {"epochs": config.epochs, "lora": _lora_info(config), "merged": bool(config.lora and config.merge),
             "device": "cuda" if cuda else "cpu", "mixed_precision": "bf16" if bf16 else "no",
             "peak_rss_mb": peak_rss_mb(), "config": dataclasses.asdict(config), "versions": _versions()}
