@@ -47,6 +47,7 @@ def test_rsft_and_grpo_generate_the_same_number_of_samples(study):
         grpo_info = json.loads((grpo_round / artifacts.CHECKPOINT / artifacts.TRAIN_INFO).read_text())
         assert grpo_info["samples"] == s.prompts_per_round * s.n == 8
         assert grpo_info["steps"] >= 1 and grpo_info["completion_tokens"] > 0
+        assert grpo_info["sampler"] == "rsft" and grpo_info["sampling_s"] > 0
         kept = sum(1 for _ in artifacts.read_jsonl(rsft_round / artifacts.SELECTED))
         control = sum(1 for _ in artifacts.read_jsonl(rsft_round / artifacts.CONTROL / artifacts.SELECTED))
         assert control == kept  # the control trains on as many rows as RSFT kept

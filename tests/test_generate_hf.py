@@ -9,7 +9,7 @@ import torch
 
 from rsft.errors import RsftError
 from rsft.generate import make_generator
-from rsft.generate.hf import HFGenerator
+from rsft.generate.hf import HFGenerator, adds_bos
 from rsft.generate.mixed import MixedGenerator
 from rsft.types import SamplingParams
 
@@ -180,3 +180,29 @@ def test_vllm_backend_says_what_it_needs():
         pytest.skip("vllm installed; the backend itself is tested in tests/test_vllm.py")
 
 
+
+
+def test_sample_ids_are_the_tokens_generate_decodes(gen):
+    """sample_ids (what GRPO's rollouts train on) draws the same tokens as generate with the same seed:
+    the prompt's ids as rendered, each completion up to and including its end token."""
+    s = SamplingParams(max_new_tokens=10, seed=4)
+    prompts = [PROMPTS[0], [{"role": "user", "content": "hi"}]]
+    out = gen.generate(prompts, 3, s)
+    prompt_ids, completion_ids = gen.sample_ids(prompts, 3, s)
+    texts = [gen.render(p) for p in prompts]
+    assert prompt_ids == [gen.tokenizer(t, add_special_tokens=adds_bos(gen.tokenizer, texts))["input_ids"] for t in texts]
+    assert len(completion_ids) == 6
+    for k, ids in enumerate(completion_ids):
+        c = out[k // 3][k % 3]
+        assert len(ids) == c.n_tokens
+        assert gen.tokenizer.decode(ids, skip_special_tokens=True) == c.text
+        assert (ids[-1] in gen.eos_ids) == (c.finish_reason == "stop")
+    with pytest.raises(RsftError, match="stop strings"):
+        gen.sample_ids(prompts, 1, SamplingParams(stop=("\n",)))
+
+
+def test_from_model_generates_with_a_model_in_memory(gen):
+    other = HFGenerator.from_model(gen.model, gen.tokenizer, name="policy", batch_size=2)
+    s = SamplingParams(max_new_tokens=6, seed=7)
+    assert [c.text for c in other.generate(PROMPTS, 2, s)[0]] == [c.text for c in gen.generate(PROMPTS, 2, s)[0]]
+    assert other.generate(PROMPTS[:1], 1, s)[0][0].generator == "policy"

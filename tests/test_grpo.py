@@ -172,3 +172,51 @@ def test_grpo_trainer_step_with_rsft_checker(tiny_lm, tmp_path):
     log = trainer.state.log_history[0]
     assert log["rewards/rsft_regex_d/mean"] == pytest.approx(sum(reward.returned) / 2)
     assert log["rsft_regex_d/unscorable"] == 0.0
+
+
+def test_rsft_rollout_samples_each_group_on_the_live_policy(tiny_lm):
+    """The rollout TRL calls gets each prompt once per completion; it returns ids for every entry, in
+    order, puts the policy back in training mode, and draws new samples on every call."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rsft.train.grpo import RsftRollout
+    from rsft.types import SamplingParams
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_lm))
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_lm))
+    model.train()
+    trainer = SimpleNamespace(model=model, accelerator=SimpleNamespace(unwrap_model=lambda m: m))
+    rollout = RsftRollout(tokenizer, SamplingParams(max_new_tokens=8, seed=3))
+    prompts = ["Q: 2 + 3?", "Q: 2 + 3?", "Q: 2 + 3?", "Q: 7 - 4?", "Q: 7 - 4?", "Q: 7 - 4?"]
+    first = rollout(prompts, trainer)
+    assert model.training
+    assert set(first) == {"prompt_ids", "completion_ids", "logprobs"}
+    assert len(first["prompt_ids"]) == len(first["completion_ids"]) == 6
+    ids_a, ids_b = (tokenizer(p)["input_ids"] for p in ("Q: 2 + 3?", "Q: 7 - 4?"))
+    assert first["prompt_ids"] == [ids_a] * 3 + [ids_b] * 3
+    assert all(1 <= len(c) <= 8 for c in first["completion_ids"])
+    second = rollout(prompts, trainer)
+    assert second["completion_ids"] != first["completion_ids"]  # the seed moves with each call
+    assert rollout.calls == 2 and rollout.wall_s > 0
+    uneven = rollout(prompts[:4], trainer)  # groups of unequal size: one completion per entry
+    assert len(uneven["completion_ids"]) == 4 and uneven["prompt_ids"][3] == ids_b
+
+
+@pytest.mark.parametrize("sampler", ["rsft", "trl"])
+def test_train_grpo_with_either_sampler(tiny_lm, tmp_path, sampler):
+    from rsft.config import SamplingConfig, TrainConfig
+    from rsft.train.sft import train_grpo
+    from rsft.types import Prompt
+
+    prompts = [Prompt(prompt_id=f"q{i}", prompt=f"Q: What is {i} + 1?\nA:", metadata={"answer": str(i + 1)})
+               for i in range(4)]
+    config = TrainConfig(lora=True, batch_size=4, grad_accum=1, epochs=1, max_steps=1, seed=0)
+    info = train_grpo(tmp_path / "g", prompts, "regex:(\\d)", config, SamplingConfig(max_new_tokens=6, temperature=1.0),
+                      2, str(tiny_lm), sampler=sampler)
+    assert info["sampler"] == sampler and info["steps"] == 1 and info["samples"] == 4
+    assert (info["sampling_s"] > 0) if sampler == "rsft" else info["sampling_s"] is None
+    assert (tmp_path / "g" / "checkpoint" / "rsft_train.json").is_file()
+    with pytest.raises(RsftError, match="sampler must be one of rsft, trl"):
+        train_grpo(tmp_path / "h", prompts, "regex:(\\d)", config, SamplingConfig(), 2, str(tiny_lm), sampler="vllm")

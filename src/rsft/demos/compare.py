@@ -55,6 +55,7 @@ from rsft.demos.demo_real import CHAIN_TEMPLATE, MODEL, SAMPLING, TRAIN
 from rsft.errors import RsftError
 from rsft.generate import LocalModel
 from rsft.rounds import loop as rounds
+from rsft.train.sft import GRPO_SAMPLERS
 from rsft.types import Prompt, unwrap_verdict
 
 ARMS = ("base", "rsft", "control", "grpo")
@@ -85,6 +86,9 @@ class Study:
     TRL's clipped importance ratio (verl's default ratio of rollout to mini-batch is 4); on 2 CPU
     cores TRL's sampling through ``model.generate`` is the slow part: 8 rows at a time (fully
     on-policy) took 350 s per optimizer step."""
+    grpo_sampler: str = "rsft"
+    """What samples GRPO's completions (``rsft.train.sft.GRPO_SAMPLERS``): ``rsft``'s decoding loop on the
+    policy being trained (about 4x TRL's ``model.generate`` on a peft model on CPU), or ``trl``."""
     kl_prompts: int = 32
 
     def task_config(self, seed: int, size: int) -> TaskConfig:
@@ -141,7 +145,7 @@ def train_grpo_arm(study: Study, seed: int) -> str:
     for k in range(study.rounds):
         out = grpo_round_dir(study, seed, k)
         train_grpo(out, rounds.round_prompts(pool, k, config), study.scorer, train, config.generation.sampling,
-                   study.n, current, generation_batch=study.grpo_generation_batch)
+                   study.n, current, generation_batch=study.grpo_generation_batch, sampler=study.grpo_sampler)
         current = str(out / artifacts.CHECKPOINT)
     return current
 
@@ -464,6 +468,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--grpo-lr", type=float, default=None, help="GRPO's learning rate, if it should differ")
     p.add_argument("--grpo-generation-batch", type=int, default=d.grpo_generation_batch,
                    help="completions GRPO samples at once (default 48: 6 optimizer steps per batch)")
+    p.add_argument("--grpo-sampler", default=d.grpo_sampler, choices=GRPO_SAMPLERS,
+                   help="what samples GRPO's completions: rsft's decoding loop on the live policy (default) or TRL's")
     p.add_argument("--kl-prompts", type=int, default=d.kl_prompts, help="held-out questions KL is estimated on")
     return p
 
@@ -474,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                   seeds=tuple(a.seeds), arms=tuple(dict.fromkeys(a.arms)), rounds=a.rounds,
                   prompts_per_round=a.prompts_per_round, n=a.n, eval_prompts=a.eval_prompts, budget=a.budget,
                   long_budget=a.long_budget, learning_rate=a.lr, grpo_learning_rate=a.grpo_lr,
-                  grpo_generation_batch=a.grpo_generation_batch, kl_prompts=a.kl_prompts)
+                  grpo_generation_batch=a.grpo_generation_batch, grpo_sampler=a.grpo_sampler, kl_prompts=a.kl_prompts)
     try:
         summary = run(study)
     except RsftError as e:

@@ -54,18 +54,29 @@ class HFGenerator:
 
         if truncate not in ("error", "left"):
             raise RsftError(f"hf backend: truncate must be 'error' or 'left', got {truncate!r}")
+        loaded, tokenizer = load_causal_lm(model, dtype=dtype, device=device)
+        if chat_template:
+            tokenizer.chat_template = PLAIN_CHAT_TEMPLATE if chat_template == "plain" else chat_template
+        self._setup(loaded, tokenizer, model, name or f"hf:{model}", batch_size, truncate)
+
+    @classmethod
+    def from_model(cls, model: Any, tokenizer: Any, name: str = "hf:policy", batch_size: int | None = None) -> HFGenerator:
+        """Generate with a model already in memory, as it is (e.g. the policy a trainer is training,
+        LoRA adapters and all): nothing is loaded or copied."""
+        self = cls.__new__(cls)
+        self._setup(model, tokenizer, name, name, batch_size, "error")
+        return self
+
+    def _setup(self, model: Any, tokenizer: Any, spec: str, name: str, batch_size: int | None, truncate: str) -> None:
+        self.model, self.tokenizer, self.model_spec, self.name = model, tokenizer, spec, name
+        self.batch_size = batch_size
         self.truncate = truncate
         self._keep_tokens: int | None = None
-        self.model_spec = model
-        self.model, self.tokenizer = load_causal_lm(model, dtype=dtype, device=device)
-        if chat_template:
-            self.tokenizer.chat_template = PLAIN_CHAT_TEMPLATE if chat_template == "plain" else chat_template
-        self.batch_size = batch_size
-        self.name = name or f"hf:{model}"
-        self.eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.eos_ids = _eos_ids(model, tokenizer)
         self._stop_ids: dict[tuple[str, ...], frozenset[int]] = {}
         self.calls = 0
-        self._cache_kw = cache_keyword(self.model) or "past_key_values"
+        inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper takes **kwargs
+        self._cache_kw = cache_keyword(inner) or "past_key_values"
 
     def render(self, prompt: PromptValue) -> str:
         """The exact text the model is conditioned on (chat prompts go through the chat template)."""
@@ -109,6 +120,33 @@ class HFGenerator:
                 bar.update(len(batch))
                 bar.set_postfix(tok_s=f"{done_tokens / max(time.time() - started, 1e-9):.1f}")
         return out
+
+    def sample_ids(self, prompts: Sequence[PromptValue], n: int, sampling: SamplingParams) -> tuple[list[list[int]], list[list[int]]]:
+        """Token ids for trainers that work on ids (GRPO's rollouts): each prompt's ids as the model is
+        conditioned on them, and ``n`` completions per prompt (prompt-major) up to and including the end
+        token where one was sampled. The same decoding as :meth:`generate`, without stop strings."""
+        import torch
+
+        if sampling.stop:
+            raise RsftError("sample_ids: stop strings are not supported (a completion ends at EOS or max_new_tokens)")
+        texts = [self.render(p) for p in prompts]
+        self._keep_tokens = self._fit_context(prompts, texts, sampling.max_new_tokens)
+        self._rng = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
+        copies = 1 if sampling.temperature == 0 else n
+        tok = self.tokenizer
+        prompt_ids = [tok(t, add_special_tokens=adds_bos(tok, texts))["input_ids"] for t in texts]
+        if self._keep_tokens:
+            prompt_ids = [ids[-self._keep_tokens :] for ids in prompt_ids]
+        completions: list[list[int]] = []
+        per_call = self.batch_size or max(1, 64 // n)
+        for start in range(0, len(texts), per_call):
+            with torch.inference_mode():
+                tokens, _ = self._decode(self._prefill(texts[start : start + per_call], copies), sampling, frozenset())
+            rows = [_until_end(row.tolist(), self.eos_ids) for row in tokens]
+            completions.extend(rows[i * copies + (j if copies > 1 else 0)]
+                               for i in range(len(rows) // copies) for j in range(n))
+        self.calls += 1
+        return prompt_ids, completions
 
     def _generate_batch(self, texts: list[str], n: int, sampling: SamplingParams) -> list[list[Completion]]:
         """Prefill the batch once, copy each prompt's KV cache to its N rows, decode the unfinished rows."""
@@ -296,6 +334,14 @@ def adds_bos(tokenizer: Any, texts: Sequence[str]) -> bool:
     """Add special tokens unless the texts (e.g. from a chat template) already start with BOS."""
     bos = tokenizer.bos_token
     return not (bos and all(t.startswith(bos) for t in texts))
+
+
+def _until_end(ids: list[int], ends: set[int]) -> list[int]:
+    """``ids`` up to and including the first end token (all of them when none was sampled)."""
+    for pos, tok in enumerate(ids):
+        if tok in ends:
+            return ids[: pos + 1]
+    return ids
 
 
 def _first_stop(text: str, stop: tuple[str, ...]) -> int | None:

