@@ -58,3 +58,24 @@ def test_the_qwen_sweep_reuses_the_demos_base_eval(tmp_path):
     assert sweep.eval == demo.eval
     assert sweep.generation.generator.model == demo.generation.generator.model
     assert sweep.prompts == demo.prompts
+
+
+def test_the_last_rsft_round_is_tested_against_the_control_and_base_question_by_question(tmp_path):
+    from rsft import artifacts, pipeline
+    from rsft.config import ScoringConfig
+
+    def policy(name: str, answers: list[str]) -> dict:
+        folder = tmp_path / name
+        _eval_dir(folder, answers)  # writes folder/eval, the eval samples folder
+        scoring = ScoringConfig(scorer="math")
+        stages.score(folder / artifacts.EVAL_SAMPLES, scoring, pipeline.build_scorer(scoring))
+        return {"policy": name, "folder": str(folder)}
+
+    rows = [policy("base", ["1", "9", "9", "9"]), policy("RSFT round 1", ["1", "9", "3", "9"]),
+            policy("control round 1", ["1", "2", "9", "9"]), policy("RSFT round 2", ["1", "2", "3", "4"]),
+            policy("control round 2", ["1", "2", "9", "9"])]
+    vs_control, vs_base = demo_real.paired_rows(rows)
+    assert (vs_control["a"], vs_control["b"]) == ("RSFT round 2", "control round 2")
+    assert (vs_control["a_only"], vs_control["b_only"]) == (2, 0)
+    assert vs_control["p_value"] == 0.5  # 2 questions differ: 2 of the 4 sign patterns are as extreme
+    assert (vs_base["b"], vs_base["a_only"], vs_base["b_only"], vs_base["p_value"]) == ("base", 3, 0, 0.25)

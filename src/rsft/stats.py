@@ -1,7 +1,9 @@
 """Statistics of the M x N reward matrix R, printed after scoring and stored in the manifest.
 
 The reward summary (``reward_stats``, ``format_stats``): what the scores look like and whether
-selection has anything to work with; and ``wilson_interval`` for the small proportions reported.
+selection has anything to work with; ``wilson_interval`` for the small proportions reported; and
+for comparing trained policies, ``mean_ci`` (a t-interval across seeds) and ``paired_test`` (two
+policies on the same questions).
 What Best-of-n buys for each n is ``rsft.bon.stats``.
 
 Every value in the summary is a plain Python int, float, str, list or None (never NaN or inf), so
@@ -11,6 +13,7 @@ it goes into JSON as is.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -249,3 +252,43 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+"""Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond 10 is close enough: 2.23 at 10)."""
+
+
+def mean_ci(values: Sequence[float]) -> dict[str, Any]:
+    """Mean of the per-seed values and a 95% t-interval across seeds (none for one seed)."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return {"mean": mean, "ci_low": None, "ci_high": None, "values": x.tolist()}
+    half = T_975.get(len(x) - 1, 1.96) * float(x.std(ddof=1)) / math.sqrt(len(x))
+    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "values": x.tolist()}
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, draws: int = 100_000, seed: int = 0) -> dict[str, Any]:
+    """Arm ``a`` against arm ``b`` on the same questions: ``a`` and ``b`` are seeds x questions of 0/1.
+
+    Each question's difference is averaged over the seeds (a seed's answers to one question are not
+    independent of another seed's), and the two-sided p-value is a sign-flip permutation test of the
+    mean difference (exact for up to 20 questions that differ, else ``draws`` random flips). Also
+    the discordant counts over all seed x question pairs: ``a`` right where ``b`` is wrong, and back.
+    """
+    a, b = np.atleast_2d(a).astype(float), np.atleast_2d(b).astype(float)
+    d = a.mean(axis=0) - b.mean(axis=0)
+    observed = abs(float(d.mean()))
+    nonzero = d[d != 0]
+    if len(nonzero) == 0:
+        p = 1.0
+    elif len(nonzero) <= 20:
+        signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * len(nonzero))).reshape(len(nonzero), -1).T
+        p = float((np.abs((signs * nonzero).sum(axis=1)) >= abs(nonzero.sum()) - 1e-12).mean())
+    else:
+        rng = np.random.default_rng(seed)
+        flips = rng.choice([-1.0, 1.0], size=(draws, len(nonzero)))
+        p = float(((np.abs((flips * nonzero).sum(axis=1)) >= abs(nonzero.sum()) - 1e-12).sum() + 1) / (draws + 1))
+    aa, bb = np.broadcast_arrays(a, b)
+    return {"difference": float(d.mean()), "p_value": p, "observed_abs": observed,
+            "a_only": int(((aa == 1) & (bb == 0)).sum()), "b_only": int(((aa == 0) & (bb == 1)).sum())}

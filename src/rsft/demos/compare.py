@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import sys
 import time
 from collections.abc import Sequence
@@ -55,12 +54,11 @@ from rsft.demos.demo_real import CHAIN_TEMPLATE, MODEL, SAMPLING, TRAIN
 from rsft.errors import RsftError
 from rsft.generate import LocalModel
 from rsft.rounds import loop as rounds
+from rsft.stats import mean_ci, paired_test
 from rsft.train.sft import GRPO_SAMPLERS
 from rsft.types import Prompt, unwrap_verdict
 
 ARMS = ("base", "rsft", "control", "grpo")
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
-"""Two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond 10 is close enough: 2.23 at 10)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,45 +239,6 @@ def correct(scorer: Any, prompts: Sequence[Prompt], texts: Sequence[str]) -> np.
     """1 where the checker scores an answer 1 (or more), else 0."""
     values = scorer.score([p.prompt for p in prompts], list(texts), [p.metadata for p in prompts])
     return np.array([float(unwrap_verdict(v)[0]) >= 1.0 for v in values], dtype=bool)
-
-
-# --- statistics ----------------------------------------------------------------------------------
-
-
-def mean_ci(values: Sequence[float]) -> dict[str, Any]:
-    """Mean of the per-seed values and a 95% t-interval across seeds (none for one seed)."""
-    x = np.asarray(values, dtype=float)
-    mean = float(x.mean())
-    if len(x) < 2:
-        return {"mean": mean, "ci_low": None, "ci_high": None, "values": x.tolist()}
-    half = T_975.get(len(x) - 1, 1.96) * float(x.std(ddof=1)) / math.sqrt(len(x))
-    return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "values": x.tolist()}
-
-
-def paired_test(a: np.ndarray, b: np.ndarray, draws: int = 100_000, seed: int = 0) -> dict[str, Any]:
-    """Arm ``a`` against arm ``b`` on the same questions: ``a`` and ``b`` are seeds x questions of 0/1.
-
-    Each question's difference is averaged over the seeds (a seed's answers to one question are not
-    independent of another seed's), and the two-sided p-value is a sign-flip permutation test of the
-    mean difference (exact for up to 20 questions that differ, else ``draws`` random flips). Also
-    the discordant counts over all seed x question pairs: ``a`` right where ``b`` is wrong, and back.
-    """
-    a, b = np.atleast_2d(a).astype(float), np.atleast_2d(b).astype(float)
-    d = a.mean(axis=0) - b.mean(axis=0)
-    observed = abs(float(d.mean()))
-    nonzero = d[d != 0]
-    if len(nonzero) == 0:
-        p = 1.0
-    elif len(nonzero) <= 20:
-        signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * len(nonzero))).reshape(len(nonzero), -1).T
-        p = float((np.abs((signs * nonzero).sum(axis=1)) >= abs(nonzero.sum()) - 1e-12).mean())
-    else:
-        rng = np.random.default_rng(seed)
-        flips = rng.choice([-1.0, 1.0], size=(draws, len(nonzero)))
-        p = float(((np.abs((flips * nonzero).sum(axis=1)) >= abs(nonzero.sum()) - 1e-12).sum() + 1) / (draws + 1))
-    aa, bb = np.broadcast_arrays(a, b)
-    return {"difference": float(d.mean()), "p_value": p, "observed_abs": observed,
-            "a_only": int(((aa == 1) & (bb == 0)).sum()), "b_only": int(((aa == 0) & (bb == 1)).sum())}
 
 
 def summarize(study: Study, evals: dict[str, dict[int, dict[str, Any]]],

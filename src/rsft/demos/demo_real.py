@@ -46,6 +46,7 @@ from rsft.config import (
 from rsft.demos.demo import train_summary
 from rsft.prompts import humaneval_prompts
 from rsft.rounds import loop as rounds
+from rsft.stats import paired_test
 from rsft.train.sft import peak_rss_mb
 from rsft.types import Prompt
 
@@ -258,7 +259,30 @@ def rsft_table(config: RunConfig, result: dict[str, Any]) -> dict[str, Any]:
     for row in rows:
         row["shuffled"] = answer_shuffle_accuracy(Path(row["folder"]) / artifacts.EVAL_SAMPLES)
         row["train"] = train_summary(Path(row["folder"]))
-    return {"rows": rows, "current": result["current"]}
+    return {"rows": rows, "current": result["current"], "paired": paired_rows(rows)}
+
+
+def paired_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The last RSFT round against the last control round and against the base, question by question
+    on the same held-out set (``rsft.stats.paired_test``: discordant counts and a sign-flip p-value):
+    what a margin between two accuracies rests on, where their separate CIs overlap."""
+    rsft = [r for r in rows if r["policy"].startswith("RSFT")]
+    control = [r for r in rows if r["policy"].startswith("control")]
+    if not rsft:
+        return []
+    out = []
+    for other in ([control[-1]] if control else []) + [rows[0]]:
+        test = paired_test(held_out_correct(Path(rsft[-1]["folder"])), held_out_correct(Path(other["folder"])))
+        out.append({"a": rsft[-1]["policy"], "b": other["policy"], **test})
+    return out
+
+
+def held_out_correct(folder: Path) -> np.ndarray:
+    """1/0 per held-out question: the policy's greedy answer in ``folder``'s eval scored 1."""
+    samples = folder / artifacts.EVAL_SAMPLES
+    prompts = matrix.read_prompts(samples / artifacts.PROMPTS)
+    R, _ = matrix.read_rewards(samples / artifacts.REWARDS, [p.prompt_id for p in prompts])
+    return (R[:, 0] >= 1.0).astype(float)
 
 
 def _arm(ev: dict[str, Any]) -> dict[str, Any]:
@@ -291,6 +315,9 @@ def print_rsft(table: dict[str, Any]) -> None:
         flag = " (promoted)" if row.get("promoted") else ""
         print(f"{row['policy'] + flag:42}{m['value']:7.1%}   [{m['ci_low']:.2f}, {m['ci_high']:.2f}]  {kl_text:>13}  "
               f"{row['shuffled']:12.1%}  {row.get('kept', '-')!s:>4}  {loss}")
+    for t in table.get("paired", []):
+        print(f"{t['a']} vs {t['b']}, same questions: {t['a_only']} vs {t['b_only']} discordant, "
+              f"paired p = {t['p_value']:.3g}")
 
 
 if __name__ == "__main__":
