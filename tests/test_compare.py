@@ -53,6 +53,7 @@ def test_rsft_and_grpo_generate_the_same_number_of_samples(study):
         assert control == kept  # the control trains on as many rows as RSFT kept
         log = [json.loads(line) for line in (grpo_round / artifacts.TRAIN_LOG).open()]
         assert log and all("reward" in r for r in log)
+        assert 0 < summary["arms"]["grpo"]["cost"]["sampling_s"]["values"][0] <= grpo_info["wall_s"]
     cost = summary["arms"]
     assert cost["rsft"]["cost"]["samples"]["values"] == [8.0, 8.0]
     assert cost["grpo"]["cost"]["samples"]["values"] == [8.0, 8.0]

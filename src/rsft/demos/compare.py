@@ -154,15 +154,16 @@ def grpo_round_dir(study: Study, seed: int, k: int) -> Path:
 
 
 def arm_cost(study: Study, seed: int, arm: str) -> dict[str, float]:
-    """Samples generated, their completion tokens and wall seconds (sampling, scoring, training) of
-    one trained arm, read from its round folders' manifests and checkpoints."""
-    samples = tokens = wall = 0.0
+    """Samples generated, their completion tokens, wall seconds (sampling, scoring, training) and the
+    part of them spent sampling, of one trained arm, read from its round folders' manifests and checkpoints."""
+    samples = tokens = wall = sampling = 0.0
     for k in range(study.rounds):
         if arm == "grpo":
             info_path = grpo_round_dir(study, seed, k) / artifacts.CHECKPOINT / artifacts.TRAIN_INFO
             if info_path.is_file():
                 info = json.loads(info_path.read_text(encoding="utf-8"))
                 samples, tokens, wall = samples + info["samples"], tokens + info["completion_tokens"], wall + info["wall_s"]
+                sampling += info.get("sampling_s") or 0.0
             continue
         rd = pipeline.round_dir(study.run_config(seed), k)
         folder = rd if arm == "rsft" else rd / artifacts.CONTROL  # the control samples into its own folder
@@ -173,7 +174,8 @@ def arm_cost(study: Study, seed: int, arm: str) -> dict[str, float]:
         tokens += float(np.nansum(counts))
         stages_done = artifacts.read_manifest(folder).get("stages", {})
         wall += sum(float(s.get("wall_s", 0.0)) for s in stages_done.values())
-    return {"samples": samples, "completion_tokens": tokens, "wall_s": round(wall, 1)}
+        sampling += float(stages_done.get("generate", {}).get("wall_s", 0.0))
+    return {"samples": samples, "completion_tokens": tokens, "wall_s": round(wall, 1), "sampling_s": round(sampling, 1)}
 
 
 # --- held-out eval -------------------------------------------------------------------------------
@@ -257,7 +259,8 @@ def summarize(study: Study, evals: dict[str, dict[int, dict[str, Any]]],
         row["kl"] = mean_ci(kls) if kls else None
         cost = [costs.get(arm, {}).get(s) for s in seeds]
         if all(c is not None for c in cost):
-            row["cost"] = {key: mean_ci([c[key] for c in cost]) for key in ("samples", "completion_tokens", "wall_s")}
+            row["cost"] = {key: mean_ci([c[key] for c in cost])
+                           for key in ("samples", "completion_tokens", "wall_s", "sampling_s")}
         for other in ("control", "base"):
             if other in evals and other != arm:
                 row[f"vs_{other}"] = {budget: paired_test(_correct(per_seed, budget), _correct(evals[other], budget))
@@ -309,14 +312,15 @@ def markdown(summary: dict[str, Any]) -> str:
                          f"| {_vs(row, 'control', budget)} | {_vs(row, 'base', budget)} |")
         lines.append("")
     lines += ["**Cost and drift** (means over seeds)", "",
-              "| arm | mean answer tokens (long budget) | KL from base | samples | completion tokens | wall s |",
-              "|---|---|---|---|---|---|"]
+              "| arm | mean answer tokens (long budget) | KL from base | samples | completion tokens | wall s (sampling) | wall s per seed |",
+              "|---|---|---|---|---|---|---|"]
     for arm, row in arms.items():
         kl = row.get("kl")
         cost = row.get("cost")
         kl_text = f"{kl['mean']:.2f}" if kl else "-"
+        per_seed = ", ".join(f"{v:.0f}" for v in cost["wall_s"]["values"]) if cost else ""
         cost_text = (f"{cost['samples']['mean']:.0f} | {cost['completion_tokens']['mean']:.0f} | "
-                     f"{cost['wall_s']['mean']:.0f}") if cost else "- | - | -"
+                     f"{cost['wall_s']['mean']:.0f} ({cost['sampling_s']['mean']:.0f}) | {per_seed}") if cost else "- | - | - | -"
         lines.append(f"| {arm} | {row['long_budget']['mean_tokens']['mean']:.0f} | {kl_text} | {cost_text} |")
     return "\n".join(lines) + "\n"
 
