@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -379,3 +380,25 @@ def load_causal_lm(spec: str, dtype: str = "auto", device: str = "auto") -> tupl
     if gen_config is not None and gen_config.pad_token_id is None:
         gen_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+_ONEDNN_WARNED = False
+
+
+def keep_onednn() -> None:
+    """Turn oneDNN back on where torch turned it off for the whole process after one failed oneDNN
+    matmul. A strided 3-D input (a slice of hidden states, as some trainers hand to the output layer)
+    makes oneDNN's bf16 matmul copy the weight once per row; when that allocation fails, torch falls
+    back for that call and disables oneDNN for good, and every later CPU matmul takes a naive path
+    10-20x slower. The failed call has already been served, so turning it back on is safe; rsft's own
+    decoding never hands over such a slice. Called before each generation batch."""
+    global _ONEDNN_WARNED
+    import torch
+
+    backend = torch.backends.mkldnn
+    if backend.is_available() and not backend.enabled:
+        backend.enabled = True
+        if not _ONEDNN_WARNED:
+            _ONEDNN_WARNED = True
+            print("rsft: warning: torch had turned oneDNN off after a failed matmul; turned back on "
+                  "(CPU matmuls are 10-20x slower without it)", file=sys.stderr)

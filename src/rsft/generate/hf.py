@@ -18,6 +18,7 @@ from typing import Any
 from rsft.errors import RsftError
 from rsft.generate.prefix_cache import cache_keyword, cache_of, prefix_cache, repeated
 from rsft.generate.sampling import sample_next
+from rsft.models import keep_onednn
 from rsft.progress import progress
 from rsft.types import Completion, PromptValue, SamplingParams
 
@@ -105,6 +106,7 @@ class HFGenerator:
 
         if n < 1:
             raise RsftError(f"n must be >= 1, got {n}")
+        keep_onednn()
         texts = [self.render(p) for p in prompts]
         self._keep_tokens = self._fit_context(prompts, texts, sampling.max_new_tokens)
         per_call = self.batch_size or max(1, 64 // n)
@@ -129,6 +131,7 @@ class HFGenerator:
 
         if sampling.stop:
             raise RsftError("sample_ids: stop strings are not supported (a completion ends at EOS or max_new_tokens)")
+        keep_onednn()
         texts = [self.render(p) for p in prompts]
         self._keep_tokens = self._fit_context(prompts, texts, sampling.max_new_tokens)
         self._rng = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
@@ -190,8 +193,12 @@ class HFGenerator:
         ids, mask = ids.to(device), mask.to(device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
         kwargs = {self._cache_kw: cache} if cache is not None else {}
+        # the last position as an index, not logits_to_keep=1: transformers then copies the hidden states
+        # instead of slicing a strided view, which oneDNN's bf16 matmul handles by copying the output
+        # weights once per row (26 GB at 96 rows of Qwen2.5-0.5B); when that allocation fails torch turns
+        # oneDNN off for the whole process and every later matmul runs 10-20x slower
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                         logits_to_keep=1, **kwargs)
+                         logits_to_keep=torch.tensor([width - 1], device=device), **kwargs)
         cache = cache_of(out)
         logits = out.logits[:, -1].float()
         if copies > 1:
