@@ -206,3 +206,28 @@ def test_from_model_generates_with_a_model_in_memory(gen):
     s = SamplingParams(max_new_tokens=6, seed=7)
     assert [c.text for c in other.generate(PROMPTS, 2, s)[0]] == [c.text for c in gen.generate(PROMPTS, 2, s)[0]]
     assert other.generate(PROMPTS[:1], 1, s)[0][0].generator == "policy"
+
+
+def test_the_output_layer_never_gets_a_strided_slice(gen):
+    """oneDNN's bf16 matmul copies the weights once per row of a strided 3-D input; at 96 rows of a real
+    model that allocation fails and torch turns oneDNN off for the whole process. Prefill and decode
+    hand the output layer contiguous hidden states only."""
+    seen = []
+    head = gen.model.get_output_embeddings()
+    handle = head.register_forward_pre_hook(lambda module, args: seen.append(args[0].is_contiguous()))
+    try:
+        gen.generate(PROMPTS, 2, SamplingParams(max_new_tokens=4, seed=0))
+    finally:
+        handle.remove()
+    assert seen and all(seen)
+
+
+def test_onednn_is_turned_back_on_before_generating(gen):
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    torch.backends.mkldnn.enabled = False  # what torch does after one failed oneDNN matmul
+    try:
+        gen.generate(PROMPTS[:1], 1, SamplingParams(max_new_tokens=2))
+        assert torch.backends.mkldnn.enabled
+    finally:
+        torch.backends.mkldnn.enabled = True
