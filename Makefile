@@ -33,7 +33,7 @@ demo-real: $(VENV)/.installed-qwen
 	$(PY) -m rsft.demo_real
 
 # RSFT against GRPO, a random-sample control and the base on one sample budget, 3 seeds, on the
-# embedded Qwen and chain_sum (docs/rsft-vs-grpo.md; about 1 h 40 min per seed on 2 cores, resumable)
+# embedded Qwen and chain_sum (docs/rsft-vs-grpo.md; about 20 min per seed on 2 cores, resumable)
 compare: $(VENV)/.installed-qwen
 	$(PY) -m rsft.demos.compare
 
