@@ -102,15 +102,7 @@ class HFGenerator:
         return sequence_logprobs(self.model, self.tokenizer, prompts, completions)
 
     def generate(self, prompts: Sequence[PromptValue], n: int, sampling: SamplingParams) -> list[list[Completion]]:
-        import torch
-
-        if n < 1:
-            raise RsftError(f"n must be >= 1, got {n}")
-        keep_onednn()
-        texts = [self.render(p) for p in prompts]
-        self._keep_tokens = self._fit_context(prompts, texts, sampling.max_new_tokens)
-        per_call = self.batch_size or max(1, 64 // n)
-        self._rng = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
+        texts, per_call = self._begin(prompts, n, sampling)
         out: list[list[Completion]] = []
         bar = progress(len(texts), "  batch", unit="prompt", position=1)
         started, done_tokens = time.time(), 0
@@ -127,44 +119,51 @@ class HFGenerator:
         """Token ids for trainers that work on ids (GRPO's rollouts): each prompt's ids as the model is
         conditioned on them, and ``n`` completions per prompt (prompt-major) up to and including the end
         token where one was sampled. The same decoding as :meth:`generate`, without stop strings."""
-        import torch
-
         if sampling.stop:
             raise RsftError("sample_ids: stop strings are not supported (a completion ends at EOS or max_new_tokens)")
+        texts, per_call = self._begin(prompts, n, sampling)
+        prompt_ids: list[list[int]] = []
+        completions: list[list[int]] = []
+        for start in range(0, len(texts), per_call):
+            encoded, tokens, _ = self._sample(texts[start : start + per_call], n, sampling, frozenset())
+            prompt_ids.extend(encoded)
+            rows = [_until_end(row.tolist(), self.eos_ids) for row in tokens]
+            completions.extend(row for group in _by_prompt(rows, len(encoded), n) for row in group)
+        return prompt_ids, completions
+
+    def _begin(self, prompts: Sequence[PromptValue], n: int, sampling: SamplingParams) -> tuple[list[str], int]:
+        """What every call does first: the rendered prompts, checked against the context, the RNG
+        seeded, oneDNN on; returns the texts and the prompts per batch."""
+        import torch
+
+        if n < 1:
+            raise RsftError(f"n must be >= 1, got {n}")
         keep_onednn()
         texts = [self.render(p) for p in prompts]
         self._keep_tokens = self._fit_context(prompts, texts, sampling.max_new_tokens)
         self._rng = torch.Generator(device=self.model.device).manual_seed(sampling.seed)
-        copies = 1 if sampling.temperature == 0 else n
-        tok = self.tokenizer
-        prompt_ids = [tok(t, add_special_tokens=adds_bos(tok, texts))["input_ids"] for t in texts]
-        if self._keep_tokens:
-            prompt_ids = [ids[-self._keep_tokens :] for ids in prompt_ids]
-        completions: list[list[int]] = []
-        per_call = self.batch_size or max(1, 64 // n)
-        for start in range(0, len(texts), per_call):
-            with torch.inference_mode():
-                tokens, _ = self._decode(self._prefill(texts[start : start + per_call], copies), sampling, frozenset())
-            rows = [_until_end(row.tolist(), self.eos_ids) for row in tokens]
-            completions.extend(rows[i * copies + (j if copies > 1 else 0)]
-                               for i in range(len(rows) // copies) for j in range(n))
-        self.calls += 1
-        return prompt_ids, completions
+        return texts, self.batch_size or max(1, 64 // n)
 
-    def _generate_batch(self, texts: list[str], n: int, sampling: SamplingParams) -> list[list[Completion]]:
-        """Prefill the batch once, copy each prompt's KV cache to its N rows, decode the unfinished rows."""
+    def _sample(self, texts: list[str], n: int, sampling: SamplingParams, stop_ids: frozenset[int]) -> tuple[Any, Any, Any]:
+        """Prefill the batch once, copy each prompt's KV cache to its N rows (one row when greedy: the
+        rows would be identical), decode the unfinished rows; returns the prompts' token ids and the
+        sampled tokens and log-probs (rows prompt-major)."""
         import torch
 
-        copies = 1 if sampling.temperature == 0 else n  # greedy rows would all be identical
-        stop_ids = self.stop_token_ids(sampling.stop)
+        copies = 1 if sampling.temperature == 0 else n
         with torch.inference_mode():
             state = self._prefill(texts, copies)
             tokens, logprobs = self._decode(state, sampling, stop_ids)
         self.calls += 1
         self.last_tokens = tokens  # the sampled ids of the last batch (rows = prompt-major), for inspection
+        return state["encoded"], tokens, logprobs
+
+    def _generate_batch(self, texts: list[str], n: int, sampling: SamplingParams) -> list[list[Completion]]:
+        stop_ids = self.stop_token_ids(sampling.stop)
+        _, tokens, logprobs = self._sample(texts, n, sampling, stop_ids)
         ends = self.eos_ids | stop_ids
         rows = [self._completion(tokens[k], logprobs[k], sampling.stop, ends) for k in range(tokens.shape[0])]
-        return [[rows[i * copies + (j if copies > 1 else 0)] for j in range(n)] for i in range(len(texts))]
+        return _by_prompt(rows, len(texts), n)
 
     def _prefill(self, texts: list[str], copies: int) -> dict[str, Any]:
         """Run the prompts through the model once; returns the decoding state with ``copies`` rows each.
@@ -205,7 +204,7 @@ class HFGenerator:
             cache.batch_repeat_interleave(copies)
             logits, mask = logits.repeat_interleave(copies, 0), mask.repeat_interleave(copies, 0)
             positions = positions.repeat_interleave(copies, 0)
-        return {"cache": cache, "logits": logits, "mask": mask, "position": positions[:, -1]}
+        return {"cache": cache, "logits": logits, "mask": mask, "position": positions[:, -1], "encoded": encoded}
 
     def _decode(self, state: dict[str, Any], sampling: SamplingParams, stop_ids: frozenset[int]) -> tuple[Any, Any]:
         """Sample token by token; finished rows leave the batch (their cache rows are dropped)."""
@@ -287,13 +286,10 @@ class HFGenerator:
         return self._stop_ids[stop]
 
     def _completion(self, ids: Any, logprobs: Any, stop: tuple[str, ...], ends: set[int] | frozenset[int]) -> Completion:
-        ids_list = ids.tolist()
-        length, finish = len(ids_list), "length"
-        for pos, tok in enumerate(ids_list):
-            if tok in ends:
-                length, finish = pos + 1, "stop"
-                break
-        text = self._decode_ids(ids_list[:length])
+        ids_list = _until_end(ids.tolist(), ends)
+        length = len(ids_list)
+        finish = "stop" if ids_list and ids_list[-1] in ends else "length"
+        text = self._decode_ids(ids_list)
         if stop:
             cut = _first_stop(text, stop)
             if cut is not None:
@@ -343,7 +339,13 @@ def adds_bos(tokenizer: Any, texts: Sequence[str]) -> bool:
     return not (bos and all(t.startswith(bos) for t in texts))
 
 
-def _until_end(ids: list[int], ends: set[int]) -> list[int]:
+def _by_prompt(rows: list[Any], prompts: int, n: int) -> list[list[Any]]:
+    """Prompt-major rows grouped ``n`` per prompt; a prompt decoded as one row (greedy) has it repeated."""
+    copies = len(rows) // prompts
+    return [[rows[i * copies + (j if copies > 1 else 0)] for j in range(n)] for i in range(prompts)]
+
+
+def _until_end(ids: list[int], ends: set[int] | frozenset[int]) -> list[int]:
     """``ids`` up to and including the first end token (all of them when none was sampled)."""
     for pos, tok in enumerate(ids):
         if tok in ends:
