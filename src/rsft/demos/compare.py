@@ -175,7 +175,7 @@ def arm_cost(study: Study, seed: int, arm: str) -> dict[str, float]:
         stages_done = artifacts.read_manifest(folder).get("stages", {})
         wall += sum(float(s.get("wall_s", 0.0)) for s in stages_done.values())
         sampling += float(stages_done.get("generate", {}).get("wall_s", 0.0))
-    return {"samples": samples, "completion_tokens": tokens, "wall_s": round(wall, 1), "sampling_s": round(sampling, 1)}
+    return {"samples": samples, "completion_tokens": tokens, "wall_s": round(wall, 3), "sampling_s": round(sampling, 3)}
 
 
 # --- held-out eval -------------------------------------------------------------------------------
