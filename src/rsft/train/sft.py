@@ -442,11 +442,9 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
     if sampler not in GRPO_SAMPLERS:
         raise RsftError(f"grpo: sampler must be one of {', '.join(GRPO_SAMPLERS)}, got {sampler!r}")
     key = grpo_key(prompts, scorer, config, sampling, num_generations, base_model, generation_batch, sampler)
-    info_path = checkpoint / artifacts.TRAIN_INFO
-    if info_path.is_file():
-        info = json.loads(info_path.read_text(encoding="utf-8"))
-        if info.get("key") == key:
-            return info
+    reused = _trained_with(checkpoint, key)
+    if reused is not None:
+        return reused
     check_config(config)
     generation_batch = _grpo_generation_batch(config, sampling, num_generations, generation_batch)
     try:
@@ -465,14 +463,7 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
     bf16 = use_bf16(config, base_model, cuda)
     if bf16 and not cuda:
         _freeze_in_bf16(model, torch)
-    args = GRPOConfig(
-        output_dir=str(out_dir / ".grpo-trainer"), num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
-        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
-        generation_batch_size=generation_batch, num_generations=num_generations,
-        max_completion_length=sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
-        top_p=sampling.top_p, learning_rate=config.learning_rate, bf16=bf16, use_cpu=not cuda,
-        **checkpointing_argument(GRPOConfig, config.activation_checkpointing), logging_steps=1, save_strategy="no",
-        report_to=[], seed=config.seed, data_seed=config.seed, dataloader_num_workers=0)
+    args = _grpo_args(GRPOConfig, out_dir, config, sampling, num_generations, generation_batch, bf16, cuda)
     rollout = (RsftRollout(tokenizer, sampling_of(sampling), batch_size=generation_batch // num_generations)
                if sampler == "rsft" else None)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -507,6 +498,28 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(out_dir / ".grpo-trainer", ignore_errors=True)
     return info
+
+
+def _trained_with(checkpoint: Path, key: str) -> dict[str, Any] | None:
+    """The training info of ``checkpoint`` if it is intact and was trained with ``key``, else None."""
+    info_path = checkpoint / artifacts.TRAIN_INFO
+    if not info_path.is_file():
+        return None
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    return info if info.get("key") == key else None
+
+
+def _grpo_args(grpo_config: type, out_dir: Path, config: TrainConfig, sampling: SamplingConfig, num_generations: int,
+               generation_batch: int, bf16: bool, cuda: bool) -> Any:
+    """TRL's ``GRPOConfig`` for rsft's train and sampling settings; TRL's defaults for everything else."""
+    return grpo_config(
+        output_dir=str(out_dir / ".grpo-trainer"), num_train_epochs=config.epochs, max_steps=config.max_steps or -1,
+        per_device_train_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        generation_batch_size=generation_batch, num_generations=num_generations,
+        max_completion_length=sampling.max_new_tokens, temperature=sampling.temperature, top_k=sampling.top_k,
+        top_p=sampling.top_p, learning_rate=config.learning_rate, bf16=bf16, use_cpu=not cuda,
+        **checkpointing_argument(grpo_config, config.activation_checkpointing), logging_steps=1, save_strategy="no",
+        report_to=[], seed=config.seed, data_seed=config.seed, dataloader_num_workers=0)
 
 
 def _reward_summary(rewards: list[float]) -> dict[str, float | None]:
