@@ -33,7 +33,8 @@ demo-real: $(VENV)/.installed-qwen
 	$(PY) -m rsft.demo_real
 
 # RSFT against GRPO, a random-sample control and the base on one sample budget, 3 seeds, on the
-# embedded Qwen and chain_sum (docs/rsft-vs-grpo.md; about 20 min per seed on 2 cores, resumable)
+# embedded Qwen and chain_sum (docs/rsft-vs-grpo.md; about 20 min per seed on 2 cores, resumable;
+# --task simple_equations --budget 256 --long-budget 512 gives the second task, about 30 min per seed)
 compare: $(VENV)/.installed-qwen
 	$(PY) -m rsft.demos.compare
 

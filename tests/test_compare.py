@@ -35,7 +35,20 @@ def test_every_arm_is_trained_and_evaluated_per_seed(study):
     for name in ("compare.json", "compare.md", "compare.png"):
         assert (s.out / name).stat().st_size > 0
     md = (s.out / "compare.md").read_text()
-    assert "| grpo |" in md and "vs control" in md and "does not bind, 12 tokens" in md
+    assert "| grpo |" in md and "vs control" in md and "vs grpo" in md and "does not bind, 12 tokens" in md
+
+
+def test_compare_json_keeps_each_seeds_answers_so_any_pair_can_be_tested_later(study):
+    s, summary = study
+    saved = json.loads((s.out / "compare.json").read_text())["arms"]
+    for row in saved.values():
+        for budget in ("budget", "long_budget"):
+            answers = np.array(row["correct"][budget])
+            assert answers.shape == (2, s.eval_prompts) and set(np.unique(answers)) <= {0, 1}
+            assert answers.mean(axis=1).tolist() == pytest.approx(row[budget]["accuracy"]["values"])
+    rsft, grpo = (np.array(saved[a]["correct"]["long_budget"]) for a in ("rsft", "grpo"))
+    assert saved["rsft"]["vs_grpo"]["long_budget"] == paired_test(rsft, grpo)
+    assert "vs_grpo" not in saved["grpo"]
 
 
 def test_rsft_and_grpo_generate_the_same_number_of_samples(study):

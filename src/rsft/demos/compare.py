@@ -59,6 +59,9 @@ from rsft.train.sft import GRPO_SAMPLERS
 from rsft.types import Prompt, unwrap_verdict
 
 ARMS = ("base", "rsft", "control", "grpo")
+VERSUS = ("control", "base", "grpo")
+"""The arms every other arm is tested against, paired on the same questions: the control (does the
+selection matter?), the base (did training help?) and GRPO (is rejection sampling enough?)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,10 +264,12 @@ def summarize(study: Study, evals: dict[str, dict[int, dict[str, Any]]],
         if all(c is not None for c in cost):
             row["cost"] = {key: mean_ci([c[key] for c in cost])
                            for key in ("samples", "completion_tokens", "wall_s", "sampling_s")}
-        for other in ("control", "base"):
+        for other in VERSUS:
             if other in evals and other != arm:
                 row[f"vs_{other}"] = {budget: paired_test(_correct(per_seed, budget), _correct(evals[other], budget))
                                       for budget in ("budget", "long_budget")}
+        # each seed's 0/1 answers to the held-out questions, so that any other paired test can be run later
+        row["correct"] = {budget: _correct(per_seed, budget).astype(int).tolist() for budget in ("budget", "long_budget")}
         table[arm] = row
     return {"study": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(study).items()},
             "arms": table}
@@ -305,11 +310,12 @@ def markdown(summary: dict[str, Any]) -> str:
                           ("long_budget", f"budget that does not bind, {s['long_budget']} tokens")):
         lines += [f"**Held-out accuracy at the {title}** (mean [95% t-interval across seeds]; paired tests: "
                   "difference of the means, sign-flip p-value over questions, discordant answers)", "",
-                  "| arm | per seed | mean [CI] | finished | vs control | vs base |", "|---|---|---|---|---|---|"]
+                  "| arm | per seed | mean [CI] | finished | " + " | ".join(f"vs {o}" for o in VERSUS) + " |",
+                  "|---|---|---|---|" + "---|" * len(VERSUS)]
         for arm, row in arms.items():
             b = row[budget]
-            lines.append(f"| {arm} | {_per_seed(b['accuracy'])} | {_pct(b['accuracy'])} | {b['finished']['mean']:.1%} "
-                         f"| {_vs(row, 'control', budget)} | {_vs(row, 'base', budget)} |")
+            lines.append(f"| {arm} | {_per_seed(b['accuracy'])} | {_pct(b['accuracy'])} | {b['finished']['mean']:.1%} | "
+                         + " | ".join(_vs(row, o, budget) for o in VERSUS) + " |")
         lines.append("")
     lines += ["**Cost and drift** (means over seeds)", "",
               "| arm | mean answer tokens (long budget) | KL from base | samples | completion tokens | wall s (sampling) | wall s per seed |",

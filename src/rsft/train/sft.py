@@ -134,8 +134,8 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         work.chmod(0o755)
-        with warnings.catch_warnings():  # transformers' deprecation notice for an API that peft calls
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with warnings.catch_warnings():  # transformers' deprecation notices for the names peft and TRL call
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
             bf16 = use_bf16(config, base_model, cuda)
             trainer = _build_trainer(model, tokenizer, datasets.Dataset.from_list(rows), config, work, cuda, bf16)
             log = _attach_logger(trainer, work / artifacts.TRAIN_LOG)
@@ -469,8 +469,8 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{checkpoint.name}.tmp-", dir=out_dir))
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        with warnings.catch_warnings():  # as in train(); TRL's rollout_func is marked experimental
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
             warnings.filterwarnings("ignore", message=".*'rollout_func'.*experimental.*", category=UserWarning)
             trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args,
                                   train_dataset=datasets.Dataset.from_list(grpo_rows(list(prompts))),
