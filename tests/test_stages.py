@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from rsft import stages
-from rsft.artifacts import COMPLETIONS, PROMPTS, REWARDS, file_sha256, read_manifest
+from rsft.artifacts import COMPLETIONS, PROMPTS, REWARDS, file_sha256, read_if_key, read_manifest, write_json
 from rsft.config import GenerationConfig, GeneratorConfig, SamplingConfig, ScoringConfig
 from rsft.generate import generator_gpus
 from rsft.score import ReportsStats, as_scorer, scorer_gpus
@@ -114,3 +114,11 @@ def test_bon_imports_no_stage_code_and_no_private_prompts_helper():
             assert not node.module.startswith("rsft.stages"), node.module
             if node.module in ("rsft.prompts", "rsft.score"):
                 assert not [a.name for a in node.names if a.name.startswith("_")], (node.module, node.lineno)
+
+
+def test_read_if_key_reuses_a_result_only_while_its_key_is_the_same(tmp_path):
+    path = tmp_path / "eval.json"
+    assert read_if_key(path, "abc") is None  # no file yet
+    write_json(path, {"key": "abc", "accuracy": 0.5})
+    assert read_if_key(path, "abc") == {"key": "abc", "accuracy": 0.5}
+    assert read_if_key(path, "abd") is None  # made from something else: redo the step

@@ -220,6 +220,16 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+def read_if_key(path: str | os.PathLike[str], key: str) -> dict[str, Any] | None:
+    """The JSON object at ``path`` if it records ``key`` (its ``"key"`` field), else None (also when there
+    is no file): how a finished step's result is reused only while what it was made from is the same."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    return obj if obj.get("key") == key else None
+
+
 def read_manifest(round_dir: str | os.PathLike[str]) -> dict[str, Any]:
     path = Path(round_dir) / MANIFEST
     if not path.exists():

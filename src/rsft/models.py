@@ -71,7 +71,6 @@ QWEN_GGUF_SIZE = 491_400_064
 QWEN_GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
 
 
-
 @contextlib.contextmanager
 def quiet_checkpointing_notices() -> Iterator[None]:
     """Silence transformers' FutureWarnings for the ``gradient_checkpointing`` names (renamed to activation

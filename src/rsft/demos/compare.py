@@ -191,10 +191,9 @@ def evaluate_policy(study: Study, folder: Path, checkpoint: str, policies: round
     key = rounds.checkpoint_key({"study": [study.model, study.scorer, study.budget, study.long_budget, study.kl_prompts],
                                  "checkpoint": checkpoint, "prompts": [p.prompt_id for p in prompts]}, checkpoint)
     path = folder / artifacts.EVAL
-    if path.is_file():
-        old = json.loads(path.read_text(encoding="utf-8"))
-        if old.get("key") == key:
-            return old
+    old = artifacts.read_if_key(path, key)
+    if old is not None:
+        return old
     greedy = dataclasses.replace(SAMPLING, temperature=0.0, top_k=0, max_new_tokens=study.long_budget)
     # every question in one batch: rsft's decode loop drops finished rows, so one pass at 96 rows costs less
     # than 64 + 32 rows that both run to the longest answer
@@ -251,6 +250,9 @@ def summarize(study: Study, evals: dict[str, dict[int, dict[str, Any]]],
     """The head-to-head: per arm, per seed and mean with CI at both budgets, finished share, mean
     length, KL, cost, and paired tests against the control and the base."""
     table: dict[str, Any] = {}
+    # each arm's 0/1 answers, seeds x questions, per budget: the paired tests' input, and kept in compare.json
+    answers = {arm: {budget: _correct(per_seed, budget) for budget in ("budget", "long_budget")}
+               for arm, per_seed in evals.items()}
     for arm, per_seed in evals.items():
         seeds = sorted(per_seed)
         row: dict[str, Any] = {"seeds": seeds}
@@ -266,10 +268,10 @@ def summarize(study: Study, evals: dict[str, dict[int, dict[str, Any]]],
                            for key in ("samples", "completion_tokens", "wall_s", "sampling_s")}
         for other in VERSUS:
             if other in evals and other != arm:
-                row[f"vs_{other}"] = {budget: paired_test(_correct(per_seed, budget), _correct(evals[other], budget))
-                                      for budget in ("budget", "long_budget")}
-        # each seed's 0/1 answers to the held-out questions, so that any other paired test can be run later
-        row["correct"] = {budget: _correct(per_seed, budget).astype(int).tolist() for budget in ("budget", "long_budget")}
+                row[f"vs_{other}"] = {budget: paired_test(mine, answers[other][budget])
+                                      for budget, mine in answers[arm].items()}
+        # so that any other pair of arms can be tested later
+        row["correct"] = {budget: mine.astype(int).tolist() for budget, mine in answers[arm].items()}
         table[arm] = row
     return {"study": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(study).items()},
             "arms": table}

@@ -443,7 +443,7 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
     if sampler not in GRPO_SAMPLERS:
         raise RsftError(f"grpo: sampler must be one of {', '.join(GRPO_SAMPLERS)}, got {sampler!r}")
     key = grpo_key(prompts, scorer, config, sampling, num_generations, base_model, generation_batch, sampler)
-    reused = _trained_with(checkpoint, key)
+    reused = artifacts.read_if_key(checkpoint / artifacts.TRAIN_INFO, key)
     if reused is not None:
         return reused
     check_config(config)
@@ -498,15 +498,6 @@ def train_grpo(out_dir: Path, prompts: Sequence[Prompt], scorer: str, config: Tr
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(out_dir / ".grpo-trainer", ignore_errors=True)
     return info
-
-
-def _trained_with(checkpoint: Path, key: str) -> dict[str, Any] | None:
-    """The training info of ``checkpoint`` if it is intact and was trained with ``key``, else None."""
-    info_path = checkpoint / artifacts.TRAIN_INFO
-    if not info_path.is_file():
-        return None
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    return info if info.get("key") == key else None
 
 
 def _grpo_args(grpo_config: type, out_dir: Path, config: TrainConfig, sampling: SamplingConfig, num_generations: int,
